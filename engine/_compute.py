@@ -1,0 +1,302 @@
+"""The band kernel: correlate one row band of an image and map it to the output dtype.
+
+Plain functions of (input array, band, kernel, options) -> rows written into an output array.
+They run the same in the parent (tests, the Dask backend) and in worker processes.
+
+Border modes, one table (scipy.ndimage name, OpenCV constant, what lies past the edge of ``a b c d``):
+
+=========== ======== ===================== =====================
+border      scipy    OpenCV                past the left edge
+=========== ======== ===================== =====================
+replicate   nearest  BORDER_REPLICATE      ``a a a | a b c d``
+reflect     reflect  BORDER_REFLECT        ``c b a | a b c d``
+mirror      mirror   BORDER_REFLECT_101    ``d c b | a b c d``
+wrap        wrap     (built here: halo     ``b c d | a b c d``
+                     from the other edge)
+constant    constant BORDER_CONSTANT, 0    ``0 0 0 | a b c d``
+=========== ======== ===================== =====================
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ._bands import Band, halo
+from ._kernels import Kernel
+
+__all__ = [
+    "BORDERS",
+    "OUTPUTS",
+    "IMPLEMENTATIONS",
+    "SCIPY_MODES",
+    "PYTHON_MAX_PIXELS",
+    "border_index",
+    "color_channels",
+    "correlate_band",
+    "map_output",
+    "filter_band",
+    "band_range",
+    "work_dtype",
+]
+
+BORDERS = {
+    "replicate": "repeat the edge pixel (aaa|abcd); scipy 'nearest', the notebook's choice",
+    "reflect": "mirror including the edge pixel (cba|abcd); scipy 'reflect'",
+    "mirror": "mirror about the edge pixel (dcb|abcd); scipy 'mirror', OpenCV's default",
+    "wrap": "continue from the opposite edge (bcd|abcd), as if the image tiled the plane",
+    "constant": "pad with zeros (000|abcd); dark frames appear at the edges",
+}
+OUTPUTS = {
+    "clip": "round to nearest and clip to the dtype's range: negative responses become black",
+    "abs": "absolute value, then clip: edges of both signs show bright",
+    "normalize": "stretch the whole result's min..max to the full range (a constant result gives 0)",
+    "offset": "add half the range (128 or 32768), then clip: zero is mid-gray, signs show as dark/light",
+}
+IMPLEMENTATIONS = {
+    "opencv": "OpenCV per band (cv2.sepFilter2D for rank-1 kernels, cv2.filter2D otherwise)",
+    "numpy": "numpy only: one vectorized multiply-add per kernel weight",
+    "python": "the notebook's per-pixel Python loops, for teaching (images up to 256x256 pixels)",
+}
+SCIPY_MODES = {"replicate": "nearest", "reflect": "reflect", "mirror": "mirror", "wrap": "wrap", "constant": "constant"}
+PYTHON_MAX_PIXELS = 256 * 256
+#: Above this many taps a 2-D OpenCV filter may switch to a DFT, whose rounding depends on the
+#: band's size; such kernels run as a sum of 1-D row filters so every process count agrees.
+_DFT_SAFE_TAPS = 49
+_DEPTH_DTYPE = {5: np.float32, 6: np.float64}  # cv2.CV_32F, cv2.CV_64F
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _cv_border(border: str) -> int:
+    cv2 = _cv2()
+    return {
+        "replicate": cv2.BORDER_REPLICATE,
+        "reflect": cv2.BORDER_REFLECT,
+        "mirror": cv2.BORDER_REFLECT_101,
+        "constant": cv2.BORDER_CONSTANT,
+        "wrap": cv2.BORDER_CONSTANT,  # never used at a real edge: wrap halos are built explicitly
+    }[border]
+
+
+def border_index(idx: np.ndarray, n: int, border: str) -> np.ndarray:
+    """Map indices (any integers) to ``[0, n)`` by the border rule; ``-1`` means zero (constant).
+
+    >>> border_index(np.arange(-3, 7), 4, "reflect").tolist()
+    [2, 1, 0, 0, 1, 2, 3, 3, 2, 1]
+    >>> border_index(np.arange(-3, 7), 4, "mirror").tolist()
+    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if border == "replicate":
+        return np.clip(idx, 0, n - 1)
+    if border == "wrap":
+        return np.mod(idx, n)
+    if border == "constant":
+        return np.where((idx >= 0) & (idx < n), idx, -1)
+    if border == "reflect":
+        m = np.mod(idx, 2 * n)
+        return np.where(m >= n, 2 * n - 1 - m, m)
+    if border == "mirror":
+        if n == 1:
+            return np.zeros_like(idx)
+        m = np.mod(idx, 2 * n - 2)
+        return np.where(m >= n, 2 * n - 2 - m, m)
+    raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
+
+
+def color_channels(c: int) -> int:
+    """Channels that are filtered: all but a trailing alpha (C = 2 or 4)."""
+    return c if c in (1, 3) else c - 1
+
+
+def work_dtype(kernel: Kernel, dtype: np.dtype) -> type:
+    """float32 when its rounding error provably stays under 1/4 gray level, else float64."""
+    maxval = float(np.iinfo(dtype).max)
+    w = kernel.weights
+    bound = maxval * float(np.abs(w).sum()) * w.size * 2.0**-24
+    return np.float32 if bound <= 0.25 else np.float64
+
+
+def _take(src: np.ndarray, rows: np.ndarray, cols: np.ndarray | None, border: str) -> np.ndarray:
+    """Rows (and columns) of ``src`` by mapped index; ``-1`` gives zeros."""
+    r = border_index(rows, src.shape[0], border)
+    block = src[np.maximum(r, 0)]
+    if border == "constant":
+        block[r < 0] = 0
+    if cols is not None:
+        c = border_index(cols, src.shape[1], border)
+        block = block[:, np.maximum(c, 0)]
+        if border == "constant":
+            block[:, c < 0] = 0
+    return block
+
+
+def _padded(src: np.ndarray, band: Band, shape: tuple[int, int], border: str) -> np.ndarray:
+    """The band's input with every halo row and column materialized by the border rule."""
+    (top, bottom), (left, right) = halo(shape[0]), halo(shape[1])
+    rows = np.arange(band.start - top, band.stop + bottom)
+    cols = np.arange(-left, src.shape[1] + right)
+    return _take(src, rows, cols, border)
+
+
+_local = threading.local()
+
+
+def _scratch(shape, dtype) -> np.ndarray:
+    """A reusable output buffer for OpenCV, one per thread and dtype: no fresh pages per band."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    bufs = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < n:
+        buf = bufs[dtype] = np.empty(max(n, 1), dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
+def _opencv_band(src, band, kernel, border, ddepth):
+    """Correlate with OpenCV; returns the band's rows for all channels, dtype from ``ddepth``."""
+    cv2 = _cv2()
+    kh, kw = kernel.shape
+    top = halo(kh)[0]
+    rows, width = band.rows, src.shape[1]
+    mode = _cv_border(border)
+    w = kernel.weights
+    two_d = not kernel.separable and w.size > _DFT_SAFE_TAPS
+    if border == "wrap" or two_d:
+        # OpenCV has no wrap border for filters, and big 2-D kernels need exact padded rows:
+        # materialize the halo rows (and, for wrap, the halo columns) by the border rule.
+        left = halo(kw)[0] if border == "wrap" else 0
+        rows_idx = np.arange(band.start - top, band.stop + kh - 1 - top)
+        cols_idx = np.arange(-left, width + kw - 1 - left) if border == "wrap" else None
+        view, off = _take(src, rows_idx, cols_idx, border), top
+    else:
+        view, off, left = src[band.read_start : band.read_stop], band.start - band.read_start, 0
+    if view.shape[2] == 1:
+        view = view[:, :, 0]
+    if kernel.separable:
+        column, row = kernel.factors
+        res = cv2.sepFilter2D(view, ddepth, row, column, dst=_scratch(view.shape, _DEPTH_DTYPE[ddepth]), borderType=mode)
+    elif not two_d:
+        res = cv2.filter2D(view, ddepth, w, dst=_scratch(view.shape, _DEPTH_DTYPE[ddepth]), borderType=mode)
+    else:
+        # A sum of 1-D row filters: a fixed order of taps, never OpenCV's size-dependent DFT.
+        res = None
+        for i in range(kh):
+            if w[i].any():
+                r = cv2.filter2D(view[i : i + rows], ddepth, w[i : i + 1], anchor=(kw // 2, 0), borderType=mode)
+                res = r if res is None else np.add(res, r, out=res)
+        if res is None:
+            res = np.zeros((rows,) + view.shape[1:], dtype=np.float32 if ddepth == cv2.CV_32F else np.float64)
+        off = 0
+    res = res[off : off + rows, left : left + width]
+    return res if res.ndim == 3 else res[:, :, None]
+
+
+def _weighted_sum(block, kernel, rows, width, acc_dtype=np.float64):
+    """numpy: one vectorized multiply-add per nonzero weight over the padded block."""
+    acc = np.zeros((rows, width, block.shape[2]), dtype=acc_dtype)
+    for (i, j), w in np.ndenumerate(kernel.weights):
+        if w:
+            acc += w * block[i : i + rows, j : j + width]
+    return acc
+
+
+def _python_loops(block, kernel, rows, width):
+    """The notebook's algorithm: a loop over every pixel, channel and weight."""
+    w = kernel.weights.tolist()
+    px = block.tolist()
+    nc = block.shape[2]
+    out = np.zeros((rows, width, nc), dtype=np.float64)
+    for y in range(rows):
+        for x in range(width):
+            for c in range(nc):
+                s = 0.0
+                for i, wi in enumerate(w):
+                    line = px[y + i]
+                    for j, wij in enumerate(wi):
+                        s += wij * line[x + j][c]
+                out[y, x, c] = s
+    return out
+
+
+def correlate_band(src, band, kernel, border, implementation, *, acc=np.float64):
+    """Correlation of the band's output rows as float, shape ``(rows, W, C')``.
+
+    C' is C for ``opencv`` (alpha is filtered too and overwritten later: cheaper than a copy)
+    and the color channels for ``numpy``/``python``.
+    """
+    if implementation == "opencv":
+        cv2 = _cv2()
+        ddepth = cv2.CV_32F if acc == np.float32 else cv2.CV_64F
+        return _opencv_band(src, band, kernel, border, ddepth)
+    nc = color_channels(src.shape[2])
+    block = _padded(src[:, :, :nc], band, kernel.shape, border)
+    if implementation == "numpy":
+        return _weighted_sum(block.astype(np.float64), kernel, band.rows, src.shape[1])
+    return _python_loops(block, kernel, band.rows, src.shape[1])
+
+
+def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarray:
+    """Map float responses to ``dtype`` (in place on ``f`` where possible).
+
+    ``value_range`` is the whole image's ``(min, max)`` for ``normalize``.
+    """
+    maxval = float(np.iinfo(dtype).max)
+    if output == "abs":
+        f = np.abs(f, out=f)
+    elif output == "offset":
+        f = np.add(f, (maxval + 1) / 2, out=f)
+    elif output == "normalize":
+        lo, hi = value_range
+        if hi > lo:
+            f = np.multiply(np.subtract(f, lo, out=f), maxval / (hi - lo), out=f)
+        else:
+            f[...] = 0
+    np.rint(f, out=f)
+    np.clip(f, 0, maxval, out=f)
+    return f.astype(dtype)
+
+
+def band_range(src, band, kernel, border, implementation):
+    """``(min, max)`` of the band's float response over color channels (for ``normalize``)."""
+    acc = work_dtype(kernel, src.dtype)
+    f = correlate_band(src, band, kernel, border, implementation, acc=acc)
+    f = f[:, :, : color_channels(src.shape[2])]
+    return float(f.min()), float(f.max())
+
+
+def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None):
+    """Filter one band of ``src`` (H, W, C) into rows ``[band.start, band.stop)`` of ``dst``.
+
+    This is the whole computation; backends only decide where it runs.
+    """
+    nc = color_channels(src.shape[2])
+    acc = work_dtype(kernel, src.dtype)
+    rows = slice(band.start, band.stop)
+    if implementation == "opencv" and output == "clip" and acc == np.float32 and border != "wrap" and (
+        kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS
+    ):
+        # Fast path: OpenCV rounds and saturates to the input dtype itself (float32 inside).
+        cv2 = _cv2()
+        view = src[band.read_start : band.read_stop]
+        v = view[:, :, 0] if view.shape[2] == 1 else view
+        s = _scratch(v.shape, src.dtype)
+        if kernel.separable:
+            column, row = kernel.factors
+            res = cv2.sepFilter2D(v, -1, row, column, dst=s, borderType=_cv_border(border))
+        else:
+            res = cv2.filter2D(v, -1, kernel.weights, dst=s, borderType=_cv_border(border))
+        off = band.start - band.read_start
+        res = res[off : off + band.rows]
+        dst[rows] = res if res.ndim == 3 else res[:, :, None]
+    else:
+        f = correlate_band(src, band, kernel, border, implementation, acc=acc)
+        dst[rows, :, :nc] = map_output(np.ascontiguousarray(f[:, :, :nc]), output, src.dtype, value_range)
+    if nc < src.shape[2]:
+        dst[rows, :, nc:] = src[rows, :, nc:]

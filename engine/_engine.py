@@ -1,0 +1,625 @@
+"""The process-pool engine: warm worker processes, shared-memory bands, jobs you can cancel.
+
+Data flow of one job (``filter_pair``; ``filter_image`` is the same with one filter)::
+
+    caller thread            job thread (parent)                worker slots (processes)
+    -------------            -------------------                ------------------------
+    submit() -- validate --> lease slots (wait if busy)
+                             input segment  <- copy image      (skipped: shared_array input)
+                             output segments A, B              (skipped: shared_array out=)
+                             plan_bands(A), plan_bands(B)
+                             bands of A --------------------->  group A: slots 0..a-1
+                             bands of B --------------------->  group B: slots a..a+b-1
+                                   each slot holds <= 2 bands;  attach(input, output), run the
+                                   an idle slot gets the next   band kernel, write rows
+                                   band of its own filter       [start, stop) straight into
+                             <--- (filter, band, pid, t0, t1)   the output segment
+                             copy outputs out                   (skipped: shared_array out=)
+                             finally: unlink temp segments,
+                               tell slots to unmap them,
+                               return slots to the engine
+    result() <-------------- PairResult(outputs, timeline, phases)
+
+Ownership: this process creates and unlinks every segment (``_shm.Segment``); workers only
+attach. A slot is a ``ProcessPoolExecutor`` with one process (spawn start method), so that each
+filter runs on its own group of processes and a band goes to a chosen process. A slot whose
+process dies (SIGKILL, OOM killer, crash) breaks: the job fails at once with ``WorkerError``
+naming the exit signal, the slot is shut down and a fresh one is started for the next job.
+At most ``max_workers`` processes exist at any time; jobs that need more than are free wait
+in FIFO order (``Job.state() == "waiting"``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures as cf
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _worker
+from ._bands import band_count, plan_bands
+from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS
+from ._kernels import Kernel
+from ._shm import Segment, sweep_stale
+from ._validate import check_choice, check_image, check_kernel, check_out, check_processes, check_python_size
+
+__all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
+
+IN_FLIGHT_PER_SLOT = 2
+_START_TIMEOUT = 120.0
+
+
+class WorkerError(RuntimeError):
+    """A worker process died while running a job. The engine replaces it; retrying works."""
+
+
+class JobCancelled(cf.CancelledError):
+    """``Job.result()`` of a job that was cancelled."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity``), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BandRecord:
+    """One band of one filter: rows ``first_row..last_row`` (inclusive) on process ``pid``,
+    from ``start`` to ``end`` seconds after the job started."""
+
+    filter: int
+    band: int
+    first_row: int
+    last_row: int
+    pid: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Seconds spent copying the input in, computing, copying outputs out, and in all."""
+
+    copy_in: float
+    compute: float
+    copy_out: float
+    wall: float
+
+
+@dataclass(frozen=True)
+class PairResult:
+    outputs: tuple
+    timeline: tuple
+    phases: Phases
+    kernels: tuple
+    processes: tuple
+    filter_walls: tuple = ()  # per filter: first band start .. last band end, seconds
+
+    def __iter__(self):  # a, b = engine.filter_pair(...)
+        return iter(self.outputs)
+
+
+def _death_cause(exitcode) -> str:
+    if exitcode is None:
+        return "stopped responding (its process pool broke)"
+    if exitcode == -signal.SIGKILL:
+        return "was killed with SIGKILL: likely out of memory (the kernel's OOM killer) or a kill -9"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE):
+            return f"crashed ({name})"
+        return f"was terminated by {name}"
+    return f"exited unexpectedly with code {exitcode}"
+
+
+class _Slot:
+    """One worker process, reached through a one-process executor."""
+
+    def __init__(self, ctx):
+        self.executor = cf.ProcessPoolExecutor(
+            max_workers=1, mp_context=ctx, initializer=_worker.init, initargs=(os.getpid(),)
+        )
+        self._ping = self.executor.submit(_worker.ping)
+        self.pid = None
+        self.process = None
+        self.broken = False
+
+    def ready(self, timeout=_START_TIMEOUT):
+        if self.pid is None:
+            try:
+                self.pid = self._ping.result(timeout=timeout)
+            except (BrokenProcessPool, cf.TimeoutError):
+                self.broken = True
+                raise WorkerError(
+                    "a worker process failed to start. Workers are spawned and re-import your main "
+                    "module: in a script, call the engine under `if __name__ == \"__main__\":`"
+                ) from None
+            self.process = next(iter(self.executor._processes.values()))  # noqa: SLF001
+        return self
+
+    def exitcode(self):
+        p = self.process
+        if p is None:
+            return None
+        p.join(timeout=1.0)
+        return p.exitcode
+
+    def shutdown(self, kill=False):
+        if kill and self.process is not None and self.process.is_alive():
+            self.process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _Shared:
+    """Segment + the base array of an ``Engine.shared_array``."""
+
+    def __init__(self, segment: Segment, base: np.ndarray):
+        self.segment = segment
+        self.lo = base.__array_interface__["data"][0]
+        self.hi = self.lo + base.nbytes
+
+
+class Job:
+    """A submitted job. ``result()`` gives a ``PairResult`` (one output for one kernel)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, engine, image, kernels, processes, border, output, implementation, outs, user):
+        self.id = next(Job._ids)
+        self._user_image, self._user_outs = user  # what the caller passed: returned as given
+        self._engine = engine
+        self._image, self._kernels, self._processes = image, kernels, processes
+        self._border, self._output, self._impl, self._outs = border, output, implementation, outs
+        self._future: cf.Future = cf.Future()
+        self._cancel = threading.Event()
+        self._state = "waiting"
+        self._done_bands = 0
+        h, w = image.shape[:2]
+        wrap = border == "wrap"
+        self._plans = tuple(
+            plan_bands(h, k.shape[0], band_count(h, w, p), wrap=wrap) for k, p in zip(kernels, processes)
+        )
+        passes = 2 if output == "normalize" else 1
+        self._total = passes * sum(len(p) for p in self._plans)
+        self._thread = threading.Thread(target=self._run, name=f"pfl-job-{self.id}", daemon=True)
+
+    # -- the handle ---------------------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Ask the job to stop; it stops within one band. False if it had already finished."""
+        if self._future.done():
+            return False
+        self._cancel.set()
+        self._engine._wake()
+        return True
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+    def progress(self) -> tuple[int, int]:
+        """``(bands done, bands total)``; ``normalize`` counts its two passes."""
+        return self._done_bands, self._total
+
+    def state(self) -> str:
+        """``waiting`` (for free workers), ``running``, ``done``, ``failed`` or ``cancelled``."""
+        return self._state
+
+    def result(self, timeout: float | None = None) -> PairResult:
+        return self._future.result(timeout)
+
+    def exception(self, timeout: float | None = None):
+        return self._future.exception(timeout)
+
+    def add_done_callback(self, fn):
+        self._future.add_done_callback(lambda _f: fn(self))
+
+    # -- the work -----------------------------------------------------------------------------
+    def _run(self):
+        eng = self._engine
+        slots = []
+        temps: list[Segment] = []
+        try:
+            slots = eng._lease(sum(self._processes), self._cancel)
+            if slots is None:
+                raise JobCancelled(f"job {self.id} was cancelled while waiting for workers")
+            self._state = "running"
+            result = self._execute(slots, temps)
+            self._state = "done"
+            self._future.set_result(result)
+        except BaseException as e:  # noqa: BLE001 - every failure must reach result()
+            self._state = "cancelled" if isinstance(e, JobCancelled) else "failed"
+            self._future.set_exception(e)
+        finally:
+            names = [s.name for s in temps]
+            for s in temps:
+                s.release()
+            eng._give_back(slots or [], names)
+            self._image = self._outs = self._user_image = self._user_outs = None
+
+    def _execute(self, slots, temps) -> PairResult:
+        eng = self._engine
+        t_start = time.perf_counter()
+        image = self._image
+        src_desc = eng._descriptor(image)
+        if src_desc is None:
+            seg = Segment(image.nbytes)
+            temps.append(seg)
+            np.ndarray(image.shape, image.dtype, buffer=seg.buf)[...] = image
+            src_desc = (seg.name, 0, image.shape, image.dtype.str)
+        t_in = time.perf_counter()
+        dst_descs, views = [], []
+        for o in self._outs:
+            d = eng._descriptor(o) if o is not None else None
+            if d is None:
+                seg = Segment(image.nbytes)
+                temps.append(seg)
+                d = (seg.name, 0, image.shape, image.dtype.str)
+                views.append(np.ndarray(image.shape, image.dtype, buffer=seg.buf))
+            else:
+                views.append(None)
+            dst_descs.append(d)
+
+        records, ranges = [], {}
+        groups, start = [], 0
+        for fi, p in enumerate(self._processes):
+            groups.append(slots[start : start + p])
+            start += p
+        pending = [collections.deque() for _ in groups]
+        first_pass = "range" if self._output == "normalize" else "filter"
+        for fi, plan in enumerate(self._plans):
+            for band in plan:
+                pending[fi].append(self._task(first_pass, fi, band, src_desc, dst_descs[fi], None))
+        remaining = [len(p) for p in pending]
+        done_q: queue.Queue = queue.Queue()
+        in_flight = {}  # future -> (slot, filter index)
+
+        def feed(slot, fi):
+            while pending[fi] and sum(1 for s, _ in in_flight.values() if s is slot) < IN_FLIGHT_PER_SLOT:
+                fut = slot.executor.submit(_worker.run_band, pending[fi].popleft())
+                in_flight[fut] = (slot, fi)
+                fut.add_done_callback(done_q.put)
+
+        t_compute = time.perf_counter()
+        try:
+            for fi, group in enumerate(groups):
+                for slot in group:
+                    feed(slot, fi)
+            while in_flight:
+                if self._cancel.is_set():
+                    for p in pending:
+                        p.clear()
+                try:
+                    fut = done_q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                slot, fi = in_flight.pop(fut)
+                try:
+                    fi, bi, pid, t0, t1, rng = fut.result()
+                except BrokenProcessPool:
+                    slot.broken = True
+                    which = f" of filter {'AB'[fi]}" if len(groups) > 1 else ""
+                    raise WorkerError(
+                        f"worker process {slot.pid}{which} {_death_cause(slot.exitcode())}; "
+                        "the job was stopped and the engine replaces the worker, so the next job runs"
+                    ) from None
+                self._done_bands += 1
+                band = self._plans[fi][bi]
+                if rng is not None:
+                    ranges.setdefault(fi, []).append(rng)
+                else:
+                    records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
+                remaining[fi] -= 1
+                if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
+                    lo = min(r[0] for r in ranges[fi])
+                    hi = max(r[1] for r in ranges[fi])
+                    for b in self._plans[fi]:
+                        pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
+                    remaining[fi] = len(pending[fi])
+                    for s in groups[fi]:
+                        feed(s, fi)
+                else:
+                    feed(slot, fi)
+        except BaseException:
+            self._drain(in_flight)
+            raise
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
+        t_out = time.perf_counter()
+        outputs = []
+        for fi, o in enumerate(self._outs):
+            if views[fi] is None:  # workers wrote straight into the caller's shared array
+                outputs.append(self._user_outs[fi])
+                continue
+            target = o if o is not None else np.empty(self._image.shape, self._image.dtype)
+            np.copyto(target, views[fi])
+            user = self._user_outs[fi]
+            outputs.append(user if user is not None else target.reshape(self._user_image.shape))
+        t_end = time.perf_counter()
+        walls = []
+        for fi in range(len(groups)):
+            rs = [r for r in records if r.filter == fi]
+            walls.append(max(r.end for r in rs) - min(r.start for r in rs))
+        return PairResult(
+            outputs=tuple(outputs),
+            timeline=tuple(sorted(records, key=lambda r: (r.start, r.filter, r.band))),
+            phases=Phases(t_in - t_start, t_out - t_compute, t_end - t_out, t_end - t_start),
+            kernels=tuple(self._kernels),
+            processes=tuple(self._processes),
+            filter_walls=tuple(walls),
+        )
+
+    def _task(self, kind, fi, band, src_desc, dst_desc, value_range):
+        return (kind, fi, band, src_desc, dst_desc, self._kernels[fi], self._border, self._output, self._impl, value_range)
+
+    @staticmethod
+    def _drain(in_flight, timeout=10.0):
+        """Wait (bounded) for bands still running on healthy workers before segments go away."""
+        deadline = time.monotonic() + timeout
+        for fut, (slot, _) in list(in_flight.items()):
+            if slot.broken:
+                fut.cancel()
+                continue
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except BrokenProcessPool:
+                slot.broken = True
+            except BaseException:  # noqa: BLE001
+                pass
+
+
+class Engine:
+    """Warm worker processes for filtering; a context manager.
+
+    Parameters
+    ----------
+    max_workers : int, optional
+        Most worker processes alive at once. Default: twice ``available_cpus()``, so that a demo
+        can show oversubscription. Jobs asking for more processes in all are refused.
+    """
+
+    def __init__(self, max_workers: int | None = None):
+        self.cpus = available_cpus()
+        if max_workers is None:
+            max_workers = 2 * self.cpus
+        if isinstance(max_workers, bool) or not isinstance(max_workers, (int, np.integer)) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
+        self.max_workers = int(max_workers)
+        self._ctx = mp.get_context("spawn")
+        self._cond = threading.Condition()
+        self._idle: list[_Slot] = []
+        self._alive = 0  # slots idle + leased + starting
+        self._queue: collections.deque = collections.deque()  # waiting jobs' tickets, FIFO
+        self._jobs: "weakref.WeakSet[Job]" = weakref.WeakSet()
+        self._shared: dict[int, _Shared] = {}
+        self._closed = False
+        sweep_stale()
+
+    # -- context manager ------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Engine(max_workers={self.max_workers}, alive={self._alive}, closed={self._closed})"
+
+    # -- public API -----------------------------------------------------------------------------
+    def filter_image(self, image, kernel, *, processes=None, border="replicate", output="clip",
+                     implementation="opencv", out=None) -> np.ndarray:
+        """Correlate ``image`` with ``kernel`` on ``processes`` workers; see ``engine.filter_image``."""
+        job = self.submit(image, [kernel], processes=processes, border=border, output=output,
+                          implementation=implementation, out=None if out is None else (out,))
+        return _wait(job).outputs[0]
+
+    def filter_pair(self, image, kernel_a, kernel_b, *, processes=None, border="replicate", output="clip",
+                    implementation="opencv", out=None) -> PairResult:
+        """Run two filters at the same time on separate process groups; see ``engine.filter_pair``."""
+        job = self.submit(image, [kernel_a, kernel_b], processes=processes, border=border, output=output,
+                          implementation=implementation, out=out)
+        return _wait(job)
+
+    def submit(self, image, kernels, *, processes=None, border="replicate", output="clip",
+               implementation="opencv", out=None) -> Job:
+        """Start one or two filters in the background and return a ``Job`` at once.
+
+        ``kernels`` is a list of one or two kernels; ``processes`` an int (one kernel) or a pair.
+        Everything is validated here, before any process starts or memory is allocated.
+        """
+        img3 = check_image(image)
+        if isinstance(kernels, (str, Kernel)) or not isinstance(kernels, (list, tuple)) or not 1 <= len(kernels) <= 2:
+            raise ValueError(f"kernels must be a list of one or two kernels, got {kernels!r:.80}")
+        ks = tuple(check_kernel(k, "kernel" if len(kernels) == 1 else f"kernels[{i}]") for i, k in enumerate(kernels))
+        check_choice(border, "border", BORDERS)
+        check_choice(output, "output", OUTPUTS)
+        check_choice(implementation, "implementation", IMPLEMENTATIONS)
+        check_python_size(img3, implementation)
+        default = (self.cpus,) if len(ks) == 1 else (max(1, self.cpus // 2), max(1, self.cpus - self.cpus // 2))
+        default = tuple(min(d, self.max_workers // len(ks) or 1) for d in default)
+        procs = check_processes(processes, len(ks), self.max_workers, default)
+        if out is None:
+            outs = (None,) * len(ks)
+        else:
+            if not isinstance(out, (tuple, list)) or len(out) != len(ks):
+                raise ValueError(f"out must be a tuple of {len(ks)} arrays (or None), got {type(out).__name__}")
+            outs = tuple(check_out(o, img3, "out" if len(ks) == 1 else f"out[{i}]") for i, o in enumerate(out))
+            if len(outs) == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
+                raise ValueError("out[0] and out[1] must not share memory")
+        if self._closed:
+            raise RuntimeError("this Engine is closed; create a new one")
+        user = (image, tuple(out) if out is not None else outs)
+        job = Job(self, img3, ks, procs, border, output, implementation, outs, user)
+        self._jobs.add(job)
+        job._thread.start()
+        return job
+
+    def shared_array(self, shape, dtype) -> np.ndarray:
+        """A zeroed array whose memory is an engine-owned shared-memory segment.
+
+        Pass it as ``image`` or ``out=`` and no pixel is copied between processes. The segment
+        is unlinked when the array (and every view of it) is garbage-collected, or at
+        ``close()``; after ``close()`` the array stays usable in this process.
+        """
+        if self._closed:
+            raise RuntimeError("this Engine is closed; create a new one")
+        dt = np.dtype(dtype)
+        if dt not in (np.uint8, np.uint16):
+            raise ValueError(f"dtype must be uint8 or uint16, got {dt}")
+        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be positive sizes, got {shape}")
+        seg = Segment(int(np.prod(shape)) * dt.itemsize)
+        arr = np.ndarray(shape, dt, buffer=seg.buf)
+        key = id(seg)
+        with self._cond:
+            self._shared[key] = _Shared(seg, arr)
+        weakref.finalize(arr, self._forget, key)
+        return arr
+
+    def close(self) -> None:
+        """Cancel running jobs, end every worker process, unlink every segment. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        for job in list(self._jobs):
+            job.cancel()
+        for job in list(self._jobs):
+            job._thread.join(timeout=15)
+        with self._cond:
+            idle, self._idle = self._idle, []
+            shared, self._shared = dict(self._shared), {}
+        for slot in idle:
+            slot.shutdown()
+        for sh in shared.values():
+            sh.segment.release()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _forget(self, key):
+        with self._cond:
+            sh = self._shared.pop(key, None)
+        if sh is not None:
+            sh.segment.release()
+
+    def _descriptor(self, a):
+        """``(segment, offset, shape, dtype)`` if ``a`` lies in one of our segments (C-contiguous)."""
+        if a is None or not a.flags.c_contiguous:
+            return None
+        lo = a.__array_interface__["data"][0]
+        with self._cond:
+            for sh in self._shared.values():
+                if sh.lo <= lo and lo + a.nbytes <= sh.hi:
+                    shape = a.shape if a.ndim == 3 else a.shape + (1,)
+                    return (sh.segment.name, lo - sh.lo, shape, a.dtype.str)
+        return None
+
+    def _wake(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    def _lease(self, n, cancel):
+        """Take ``n`` ready slots, starting processes as needed; FIFO among waiting jobs.
+        Returns None when cancelled while waiting."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                while True:
+                    if self._closed or cancel.is_set():
+                        return None
+                    if self._queue[0] is ticket and len(self._idle) + self.max_workers - self._alive >= n:
+                        break
+                    self._cond.wait(0.1)
+                take = self._idle[:n]
+                del self._idle[:n]
+                new = n - len(take)
+                self._alive += new
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+        try:
+            fresh = [_Slot(self._ctx) for _ in range(new)]
+        except BaseException:
+            with self._cond:
+                self._alive -= new
+                self._idle.extend(take)
+            raise
+        slots = take + fresh
+        try:
+            for s in fresh:
+                s.ready()
+        except BaseException:
+            self._give_back(slots, [])
+            raise
+        return slots
+
+    def _give_back(self, slots, released_names):
+        keep = []
+        for slot in slots:
+            if slot.broken or slot.process is None or not slot.process.is_alive():
+                slot.shutdown(kill=True)
+                with self._cond:
+                    self._alive -= 1
+                continue
+            if released_names:
+                slot.executor.submit(_worker.release, released_names)
+            keep.append(slot)
+        with self._cond:
+            if self._closed:
+                drop = keep
+            else:
+                self._idle.extend(keep)
+                drop = []
+            self._cond.notify_all()
+        for slot in drop:
+            slot.shutdown()
+            with self._cond:
+                self._alive -= 1
+
+
+def _wait(job: Job) -> PairResult:
+    """Block on a job; Ctrl-C cancels it (no orphan band, no leaked segment) and re-raises."""
+    try:
+        while True:
+            try:
+                return job.result(timeout=0.5)
+            except cf.TimeoutError:
+                continue
+    except KeyboardInterrupt:
+        job.cancel()
+        job._thread.join(timeout=15)
+        raise
+
+
+_default_engine: Engine | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> Engine:
+    """The engine behind the module-level functions: created on first use, closed at exit."""
+    global _default_engine
+    with _default_lock:
+        if _default_engine is None or _default_engine._closed:
+            _default_engine = Engine()
+            atexit.register(_default_engine.close)
+        return _default_engine

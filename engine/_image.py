@@ -1,0 +1,219 @@
+"""Decoding and encoding images: Pillow in, numpy ``(H, W, C)`` uint8/uint16 out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import threading
+import warnings
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "load_image", "save_image", "DEFAULT_MAX_PIXELS"]
+
+#: Pillow's decompression-bomb limit (about 89 megapixels).
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+# Pillow mode -> (mode to convert to, dtype). Anything missing is refused with the list below.
+_MODES = {
+    "1": ("L", np.uint8),
+    "L": ("L", np.uint8),
+    "LA": ("LA", np.uint8),
+    "La": ("LA", np.uint8),
+    "P": (None, np.uint8),  # RGB or RGBA, decided by transparency
+    "PA": ("RGBA", np.uint8),
+    "RGB": ("RGB", np.uint8),
+    "RGBA": ("RGBA", np.uint8),
+    "RGBa": ("RGBA", np.uint8),
+    "RGBX": ("RGB", np.uint8),
+    "CMYK": ("RGB", np.uint8),
+    "YCbCr": ("RGB", np.uint8),
+    "HSV": ("RGB", np.uint8),
+    "I;16": (None, np.uint16),
+    "I;16L": (None, np.uint16),
+    "I;16B": (None, np.uint16),
+    "I;16N": (None, np.uint16),
+    "I": (None, np.uint16),  # 32-bit int: accepted when the values fit in 16 bits (16-bit PNGs)
+}
+
+
+class ImageError(ValueError):
+    """The input is not an image this engine can represent: undecodable, truncated, too large,
+    or of an unsupported mode. The message says which, and what is allowed."""
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return "image data"
+
+
+def _open(source: Source) -> Image.Image:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("image data is empty (0 bytes): upload a PNG, JPEG, TIFF, BMP, GIF or WebP file")
+        return Image.open(io.BytesIO(bytes(source)))
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise ImageError(f"image file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise ImageError(f"image path {path!r} is a folder, not a file")
+        if os.path.getsize(path) == 0:
+            raise ImageError(f"image file {path!r} is empty (0 bytes)")
+        return Image.open(path)
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
+        return _open(bytes(data))
+    raise TypeError(
+        f"source must be a path, bytes or a binary file object, got {type(source).__name__}"
+    )
+
+
+def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image with Pillow into a ``(H, W, C)`` array.
+
+    Parameters
+    ----------
+    source : path, bytes or binary file object
+    max_pixels : int, optional
+        Refuse images with more pixels than this, judged from the header before any pixel is
+        decoded. Default: Pillow's decompression-bomb limit (89,478,485).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` or ``uint16`` (16-bit grayscale stays 16-bit), shape ``(H, W, C)`` with C = 1
+        (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA). EXIF orientation is applied; palette
+        images become RGB or RGBA, CMYK becomes RGB, 1-bit becomes 0/255, and animations give
+        their first frame.
+
+    Raises
+    ------
+    ImageError
+        Empty, undecodable or truncated data, more than ``max_pixels`` pixels, or a mode with no
+        uint8/uint16 representation (32-bit float, for example).
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    what = _describe(source)
+    try:
+        with _PILLOW_LIMIT_LOCK if limit > DEFAULT_MAX_PIXELS else contextlib.nullcontext():
+            saved = Image.MAX_IMAGE_PIXELS
+            if limit > DEFAULT_MAX_PIXELS:
+                Image.MAX_IMAGE_PIXELS = limit
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    im = _open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageError(
+                    f"{what} is {w}x{h} = {w * h:,} pixels, more than the limit of {limit:,} pixels"
+                )
+            if w == 0 or h == 0:
+                raise ImageError(f"{what} has no pixels ({w}x{h})")
+            im.seek(0)
+            return _to_array(im, what)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{what} looks like a decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{what} is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP"
+        ) from None
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as e:
+        raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {e}") from None
+
+
+def _to_array(im: Image.Image, what: str) -> np.ndarray:
+    mode = im.mode
+    if mode not in _MODES:
+        raise ImageError(
+            f"{what} has mode {mode!r}, which has no 8- or 16-bit integer form here; "
+            f"supported modes: {', '.join(sorted(_MODES))}"
+        )
+    im.load()  # decode now so that truncation raises here
+    im = ImageOps.exif_transpose(im)
+    target, dtype = _MODES[mode]
+    if mode == "P":
+        target = "RGBA" if ("transparency" in im.info or im.palette.mode == "RGBA") else "RGB"
+    if dtype is np.uint16:
+        a = np.asarray(im)
+        if a.dtype != np.uint16:
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ImageError(
+                    f"{what} holds 32-bit values from {a.min()} to {a.max()}; only 8- and 16-bit images are supported"
+                )
+            a = a.astype(np.uint16)
+        return np.ascontiguousarray(a.reshape(a.shape[0], a.shape[1], 1))
+    if im.mode != target:
+        im = im.convert(target)
+    a = np.asarray(im, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return np.ascontiguousarray(a)
+
+
+def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> bytes | None:
+    """Encode a ``(H, W, C)`` uint8/uint16 array as PNG (default) or TIFF.
+
+    16-bit images stay 16-bit (PNG through OpenCV, which writes 16-bit color PNG; TIFF through
+    Pillow for gray). Returns the bytes when ``dest`` is None, else writes the file.
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"image must be (H, W, C) uint8 or uint16 with C in 1..4, got shape {a.shape} dtype {a.dtype}"
+        )
+    if format is None:
+        ext = os.path.splitext(os.fspath(dest))[1].lower() if dest is not None else ".png"
+        format = {".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(ext, "PNG")
+    format = format.upper()
+    if a.dtype == np.uint16 or a.shape[2] == 2 and format == "PNG":
+        import cv2
+
+        ext = {"PNG": ".png", "TIFF": ".tiff"}.get(format)
+        if ext is None:
+            raise ValueError(f"16-bit images can be saved as PNG or TIFF, not {format}")
+        c = a.shape[2]
+        bgr = {1: a[:, :, 0], 2: a, 3: a[:, :, ::-1], 4: a[:, :, [2, 1, 0, 3]]}[c]
+        if c == 2:  # OpenCV has no gray+alpha: widen to BGRA
+            g = a[:, :, 0]
+            bgr = np.dstack([g, g, g, a[:, :, 1]])
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr))
+        if not ok:
+            raise ValueError(f"could not encode a {a.shape} {a.dtype} image as {format}")
+        data = buf.tobytes()
+    else:
+        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[2]]
+        im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, mode=None)
+        if im.mode != mode:
+            im = im.convert(mode)
+        bio = io.BytesIO()
+        im.save(bio, format=format)
+        data = bio.getvalue()
+    if dest is None:
+        return data
+    if hasattr(dest, "write"):
+        dest.write(data)
+    else:
+        with open(dest, "wb") as f:
+            f.write(data)
+    return None

@@ -1,0 +1,71 @@
+"""What runs inside a worker process: attach to segments, run the band kernel, report timing.
+
+Workers never create or unlink a segment; they attach (and unregister from the resource
+tracker), compute, and close their mapping when the parent says the job is over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from ._compute import band_range, filter_band
+from ._shm import attach
+
+_maps: dict = {}  # segment name -> SharedMemory, this worker's attachments
+
+
+def init(parent_pid: int) -> None:
+    """Worker initializer: one OpenCV thread, Ctrl-C is the parent's business, die with the parent."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(0)  # the parent is gone (even by SIGKILL): do not linger as an orphan
+
+    threading.Thread(target=watch, name="pfl-parent-watch", daemon=True).start()
+
+
+def ping() -> int:
+    return os.getpid()
+
+
+def _array(desc):
+    name, offset, shape, dtype = desc
+    shm = _maps.get(name)
+    if shm is None:
+        shm = _maps[name] = attach(name)
+    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf, offset=offset)
+
+
+def run_band(task):
+    """One band: ``("range" | "filter", filter index, Band, src, dst, kernel, border, output,
+    implementation, value_range)`` -> ``(filter index, band index, pid, start, end, range)``."""
+    kind, fi, band, src_desc, dst_desc, kernel, border, output, impl, value_range = task
+    t0 = time.perf_counter()
+    src = _array(src_desc)
+    rng = None
+    if kind == "range":
+        rng = band_range(src, band, kernel, border, impl)
+    else:
+        filter_band(src, _array(dst_desc), band, kernel, border, output, impl, value_range=value_range)
+    return fi, band.index, os.getpid(), t0, time.perf_counter(), rng
+
+
+def release(names) -> None:
+    """Close this worker's mappings of segments the parent is done with."""
+    for name in names:
+        shm = _maps.pop(name, None)
+        if shm is not None:
+            try:
+                shm.close()
+            except BufferError:  # pragma: no cover - an array escaped; it dies with the task
+                pass

@@ -1,0 +1,82 @@
+"""Shared fixtures. Every test is checked for leaks: no segment of ours left in /dev/shm, and no
+child process left alive that was not there before (the shared test engine's workers are)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import engine
+from engine import _shm
+
+os.environ.setdefault("PFL_TESTING", "1")
+
+
+def _children() -> set[int]:
+    me = psutil.Process()
+    out = set()
+    for c in me.children(recursive=True):
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE:
+                out.add(c.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _helpers() -> set[int]:
+    """multiprocessing's own long-lived helpers (resource tracker), not ours to count."""
+    from multiprocessing import resource_tracker
+
+    pid = getattr(resource_tracker._resource_tracker, "_pid", None)  # noqa: SLF001
+    return {pid} if pid else set()
+
+
+@pytest.fixture(scope="session")
+def eng():
+    """One warm engine for the whole session (4 workers: room for pairs of 2+2)."""
+    e = engine.Engine(max_workers=4)
+    # start all four workers now, so that tests see a stable set of children
+    e.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(2, 2))
+    yield e
+    e.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a segment of ours or a new child process behind."""
+    before_children = _children()
+    before_segments = set(_shm.our_segments())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked_segments = set(_shm.our_segments()) - before_segments
+        extra = _children() - before_children - _helpers()
+        if not leaked_segments and not extra:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    msgs = []
+    if leaked_segments:
+        msgs.append(f"shared-memory segments left in /dev/shm: {sorted(leaked_segments)}")
+    if extra:
+        desc = []
+        for pid in extra:
+            try:
+                desc.append(f"{pid} {' '.join(psutil.Process(pid).cmdline())[:80]}")
+            except psutil.NoSuchProcess:
+                pass
+        if desc:
+            msgs.append(f"child processes left alive: {desc}")
+    if msgs:
+        pytest.fail("; ".join(msgs), pytrace=False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
