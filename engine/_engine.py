@@ -57,6 +57,10 @@ from ._validate import check_choice, check_image, check_kernel, check_out, check
 __all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
 
 IN_FLIGHT_PER_SLOT = 2
+#: Scratch segments kept between jobs: copy-in and copy-out then hit pages that are already
+#: mapped in this process and in every worker, instead of faulting in fresh ones each time.
+POOL_SEGMENTS = 6
+POOL_BYTES = 1 << 30
 _START_TIMEOUT = 120.0
 
 
@@ -140,6 +144,7 @@ class _Slot:
         self.pid = None
         self.process = None
         self.broken = False
+        self.stale: list[str] = []  # segments unlinked since this worker last unmapped
 
     def ready(self, timeout=_START_TIMEOUT):
         if self.pid is None:
@@ -235,25 +240,28 @@ class Job:
     # -- the work -----------------------------------------------------------------------------
     def _run(self):
         eng = self._engine
-        slots = []
-        temps: list[Segment] = []
+        slots, temps = [], []
         try:
             slots = eng._lease(sum(self._processes), self._cancel)
             if slots is None:
                 raise JobCancelled(f"job {self.id} was cancelled while waiting for workers")
             self._state = "running"
-            result = self._execute(slots, temps)
-            self._state = "done"
-            self._future.set_result(result)
+            outcome, ok = self._execute(slots, temps), True
         except BaseException as e:  # noqa: BLE001 - every failure must reach result()
-            self._state = "cancelled" if isinstance(e, JobCancelled) else "failed"
-            self._future.set_exception(e)
+            outcome, ok = e, False
         finally:
-            names = [s.name for s in temps]
-            for s in temps:
-                s.release()
-            eng._give_back(slots or [], names)
+            # Clean up *before* anyone waiting on result() wakes: no band is still running
+            # (see _drain), so pooled segments can be reused and nothing is left in /dev/shm.
+            for seg in temps:
+                eng._recycle(seg)
+            eng._give_back(slots or [])
             self._image = self._outs = self._user_image = self._user_outs = None
+        if ok:
+            self._state = "done"
+            self._future.set_result(outcome)
+        else:
+            self._state = "cancelled" if isinstance(outcome, JobCancelled) else "failed"
+            self._future.set_exception(outcome)
 
     def _execute(self, slots, temps) -> PairResult:
         eng = self._engine
@@ -261,7 +269,7 @@ class Job:
         image = self._image
         src_desc = eng._descriptor(image)
         if src_desc is None:
-            seg = Segment(image.nbytes)
+            seg = eng._segment(image.nbytes)
             temps.append(seg)
             np.ndarray(image.shape, image.dtype, buffer=seg.buf)[...] = image
             src_desc = (seg.name, 0, image.shape, image.dtype.str)
@@ -270,7 +278,7 @@ class Job:
         for o in self._outs:
             d = eng._descriptor(o) if o is not None else None
             if d is None:
-                seg = Segment(image.nbytes)
+                seg = eng._segment(image.nbytes)
                 temps.append(seg)
                 d = (seg.name, 0, image.shape, image.dtype.str)
                 views.append(np.ndarray(image.shape, image.dtype, buffer=seg.buf))
@@ -371,18 +379,19 @@ class Job:
         return (kind, fi, band, src_desc, dst_desc, self._kernels[fi], self._border, self._output, self._impl, value_range)
 
     @staticmethod
-    def _drain(in_flight, timeout=10.0):
-        """Wait (bounded) for bands still running on healthy workers before segments go away."""
+    def _drain(in_flight, timeout=60.0):
+        """Wait for bands still running on healthy workers, so that none writes into a segment
+        (or a caller's ``out``) after the job has ended. A band is short; a worker that does not
+        finish one within ``timeout`` is marked broken and killed when it is given back."""
         deadline = time.monotonic() + timeout
         for fut, (slot, _) in list(in_flight.items()):
             if slot.broken:
-                fut.cancel()
                 continue
             try:
                 fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except BrokenProcessPool:
+            except (BrokenProcessPool, cf.TimeoutError):
                 slot.broken = True
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001 - the job already failed; this band's error is moot
                 pass
 
 
@@ -410,6 +419,8 @@ class Engine:
         self._queue: collections.deque = collections.deque()  # waiting jobs' tickets, FIFO
         self._jobs: "weakref.WeakSet[Job]" = weakref.WeakSet()
         self._shared: dict[int, _Shared] = {}
+        self._pool: collections.OrderedDict = collections.OrderedDict()  # name -> free Segment
+        self._all_slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
         self._closed = False
         sweep_stale()
 
@@ -472,6 +483,21 @@ class Engine:
         job._thread.start()
         return job
 
+    def plan(self, image_shape, kernel, processes: int, *, border: str = "replicate") -> tuple:
+        """The bands this engine cuts for one filter of ``kernel`` on ``processes`` workers
+        (what ``submit`` will run; idle workers take the next band, so which worker runs
+        which band is decided at run time)."""
+        k = check_kernel(kernel)
+        check_choice(border, "border", BORDERS)
+        (p,) = check_processes(processes, 1, self.max_workers, (self.cpus,))
+        h, w = int(image_shape[0]), int(image_shape[1])
+        return plan_bands(h, k.shape[0], band_count(h, w, p), wrap=border == "wrap")
+
+    def workers(self) -> list[int]:
+        """PIDs of the worker processes alive now (idle ones; leased ones are busy in a job)."""
+        with self._cond:
+            return [s.pid for s in self._idle if s.pid is not None]
+
     def shared_array(self, shape, dtype) -> np.ndarray:
         """A zeroed array whose memory is an engine-owned shared-memory segment.
 
@@ -509,12 +535,50 @@ class Engine:
         with self._cond:
             idle, self._idle = self._idle, []
             shared, self._shared = dict(self._shared), {}
+            pool, self._pool = list(self._pool.values()), collections.OrderedDict()
         for slot in idle:
             slot.shutdown()
         for sh in shared.values():
             sh.segment.release()
+        for seg in pool:
+            seg.release()
 
     # -- internals ----------------------------------------------------------------------------
+    def _segment(self, nbytes: int) -> Segment:
+        """A scratch segment of exactly ``nbytes``: a pooled one (its pages already mapped in
+        this process and in the workers) or a new one."""
+        with self._cond:
+            for name, seg in self._pool.items():
+                if seg.nbytes == nbytes:
+                    del self._pool[name]
+                    return seg
+        return Segment(nbytes)
+
+    def _recycle(self, seg: Segment) -> None:
+        """Keep a job's scratch segment for the next job (at most POOL_SEGMENTS, POOL_BYTES)."""
+        with self._cond:
+            if not self._closed:
+                self._pool[seg.name] = seg
+            evict = []
+            while self._pool and (
+                self._closed or len(self._pool) > POOL_SEGMENTS or sum(x.nbytes for x in self._pool.values()) > POOL_BYTES
+            ):
+                evict.append(self._pool.popitem(last=False)[1])
+            if self._closed and seg.name not in [e.name for e in evict] and seg.name not in self._pool:
+                evict.append(seg)
+        self._retire(evict)
+
+    def _retire(self, segments) -> None:
+        """Unlink segments now; workers unmap them before their next task."""
+        if not segments:
+            return
+        names = [seg.name for seg in segments]
+        for seg in segments:
+            seg.release()
+        with self._cond:
+            for slot in self._all_slots:
+                slot.stale.extend(names)
+
     def _forget(self, key):
         with self._cond:
             sh = self._shared.pop(key, None)
@@ -559,6 +623,8 @@ class Engine:
                 self._cond.notify_all()
         try:
             fresh = [_Slot(self._ctx) for _ in range(new)]
+            with self._cond:
+                self._all_slots.update(fresh)
         except BaseException:
             with self._cond:
                 self._alive -= new
@@ -569,11 +635,16 @@ class Engine:
             for s in fresh:
                 s.ready()
         except BaseException:
-            self._give_back(slots, [])
+            self._give_back(slots)
             raise
+        for s in take:
+            with self._cond:
+                stale, s.stale = s.stale, []
+            if stale:
+                s.executor.submit(_worker.release, stale)
         return slots
 
-    def _give_back(self, slots, released_names):
+    def _give_back(self, slots):
         keep = []
         for slot in slots:
             if slot.broken or slot.process is None or not slot.process.is_alive():
@@ -581,8 +652,10 @@ class Engine:
                 with self._cond:
                     self._alive -= 1
                 continue
-            if released_names:
-                slot.executor.submit(_worker.release, released_names)
+            with self._cond:
+                stale, slot.stale = slot.stale, []
+            if stale:
+                slot.executor.submit(_worker.release, stale)  # in order, before its next band
             keep.append(slot)
         with self._cond:
             if self._closed:

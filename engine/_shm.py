@@ -5,8 +5,8 @@ Ownership::
     parent (creator)                         /dev/shm                   workers
     ----------------                         --------                   -------
     Segment.create()  --- shm_open(O_CREAT) -> pfl_<pid>_<hex>  <- attach() (open, unregister
-      unregisters from the resource tracker:                        from the tracker, map)
-      this module, not the tracker, unlinks                      <- detach() (close the map)
+      (the resource tracker is kept out:                            tracker, map)
+      this module alone unlinks)                                 <- release() (close the map)
     Segment.release() --- unlink + close --> (gone)
     sweep_stale()     --- unlink pfl_<pid>_* whose <pid> is not alive (a killed run)
 
@@ -18,25 +18,45 @@ ever touched: only names with our prefix whose creator process no longer exists.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
-import _posixshmem
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
-__all__ = ["PREFIX", "Segment", "attach", "sweep_stale", "our_segments"]
+import _posixshmem
+
+__all__ = ["PREFIX", "Segment", "attach", "sweep_stale", "our_segments", "live_segments"]
 
 PREFIX = "pfl_"
+_TRACKER_PATCH = threading.Lock()
 SHM_DIR = "/dev/shm"
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    # Python 3.11 registers every SharedMemory with the resource tracker, which would unlink it
-    # (or warn) when *any* process that touched it exits. Ownership is explicit here instead.
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (CPython's own name)
-    except Exception:  # pragma: no cover - tracker not running
-        pass
+@contextlib.contextmanager
+def _untracked():
+    """Open or create a SharedMemory without telling the resource tracker.
+
+    Python 3.11 registers every SharedMemory, in every process that opens it, with the one
+    resource tracker they share; it would unlink the segment (or warn) when any of them exits,
+    and concurrent register/unregister pairs from several workers unbalance its book-keeping.
+    Ownership is explicit here instead, so the tracker is kept out of it (CPython gh-82300).
+    """
+    with _TRACKER_PATCH:
+        saved = shared_memory.resource_tracker.register
+        shared_memory.resource_tracker.register = lambda name, rtype: None
+        try:
+            yield
+        finally:
+            shared_memory.resource_tracker.register = saved
+
+
+_LIVE: set[str] = set()  # names this process created and has not unlinked yet
+
+
+def live_segments() -> set[str]:
+    """Segments this process owns right now (an engine's pool, shared arrays, running jobs)."""
+    return set(_LIVE)
 
 
 class Segment:
@@ -44,9 +64,10 @@ class Segment:
 
     def __init__(self, nbytes: int):
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
-        self.shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, int(nbytes)))
-        _untrack(self.shm)
+        with _untracked():
+            self.shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, int(nbytes)))
         self.name = name
+        _LIVE.add(name)
         self.nbytes = int(nbytes)
         self._lock = threading.Lock()
         self._unlinked = False
@@ -61,8 +82,9 @@ class Segment:
             if self._unlinked:
                 return
             self._unlinked = True
+            _LIVE.discard(self.name)
         try:
-            # Not shm.unlink(): on 3.11 it also unregisters from the tracker, a second time.
+            # Not shm.unlink(): on 3.11 it also sends the tracker an unregister it never had.
             _posixshmem.shm_unlink(self.shm._name)  # noqa: SLF001
         except FileNotFoundError:
             pass
@@ -78,9 +100,8 @@ class Segment:
 
 def attach(name: str) -> shared_memory.SharedMemory:
     """Map a segment created by another process (workers only; they never unlink)."""
-    shm = shared_memory.SharedMemory(name=name)
-    _untrack(shm)
-    return shm
+    with _untracked():
+        return shared_memory.SharedMemory(name=name)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,156 @@
+"""Command line: filter, pair, kernels, bench (and batch, with the Dask extras).
+
+Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
+1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+USAGE_ERROR, FAILURE = 2, 1
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _kernel(text: str):
+    from . import KERNELS, parse_kernel
+
+    if text in KERNELS:
+        return KERNELS[text]
+    try:
+        return parse_kernel(text)
+    except ValueError as e:
+        if any(ch.isdigit() for ch in text):
+            raise
+        raise ValueError(
+            f"--kernel {text!r} is neither a known kernel ({', '.join(KERNELS)}) nor kernel text ({e})"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _build() -> argparse.ArgumentParser:
+    from . import BORDERS, IMPLEMENTATIONS, OUTPUTS
+
+    p = _Parser(prog="python -m engine", description="Parallel Filter Lab engine: filter images on worker processes.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def options(sp):
+        sp.add_argument("--border", default="replicate", choices=list(BORDERS), help="what lies past the edge")
+        sp.add_argument("--output", default="clip", choices=list(OUTPUTS), help="float -> integer mapping")
+        sp.add_argument("--implementation", default="opencv", choices=list(IMPLEMENTATIONS))
+        sp.add_argument("--max-pixels", type=_positive_int, default=None, help="refuse larger images")
+
+    f = sub.add_parser("filter", help="filter one image")
+    f.add_argument("input")
+    f.add_argument("output_path", metavar="output")
+    f.add_argument("--kernel", required=True, help="a name (see `kernels`) or weights like '1 2 1; 2 4 2; 1 2 1'")
+    f.add_argument("--processes", type=_positive_int, default=None)
+    options(f)
+
+    pr = sub.add_parser("pair", help="run two filters at the same time")
+    pr.add_argument("input")
+    pr.add_argument("output_a")
+    pr.add_argument("output_b")
+    pr.add_argument("--kernels", nargs=2, required=True, metavar=("A", "B"))
+    pr.add_argument("--processes", nargs=2, type=_positive_int, default=None, metavar=("N", "M"))
+    options(pr)
+
+    sub.add_parser("kernels", help="list the kernel registry with weights")
+
+    b = sub.add_parser("bench", help="time the engine against OpenCV, scipy, Pillow and the notebook")
+    b.add_argument("--sizes", nargs="+", type=_positive_int, default=None, help="square sizes, e.g. 512 2048")
+    b.add_argument("--repeats", type=_positive_int, default=None)
+    b.add_argument("--quick", action="store_true", help="small sizes only, for a smoke run")
+    b.add_argument("--markdown", default=None, help="also write the tables to this file")
+    return p
+
+
+def _save(array, path):
+    from . import save_image
+
+    save_image(array, path)
+
+
+def _run(args) -> int:
+    import engine
+
+    if args.command == "kernels":
+        for k in engine.KERNELS.values():
+            kind = "separable" if k.separable else "2-D"
+            print(f"{k.name}  {k.shape[0]}x{k.shape[1]}  {kind}  {k.description}")
+            for row in k.weights:
+                print("    " + " ".join(f"{v:g}" for v in row))
+        return 0
+    if args.command == "bench":
+        from ._bench import main as bench_main
+
+        return bench_main(sizes=args.sizes, repeats=args.repeats, quick=args.quick, markdown=args.markdown)
+    if args.command == "batch":
+        from ._batch import run_batch_cli
+
+        return run_batch_cli(args)
+
+    image = engine.load_image(args.input, max_pixels=args.max_pixels)
+    common = dict(border=args.border, output=args.output, implementation=args.implementation)
+    outs = [args.output_path] if args.command == "filter" else [args.output_a, args.output_b]
+    for path in outs:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise UsageError(f"output folder {folder!r} does not exist")
+    with engine.Engine() as eng:
+        if args.command == "filter":
+            result = eng.filter_image(image, _kernel(args.kernel), processes=args.processes, **common)
+            _save(result, args.output_path)
+        else:
+            ka, kb = (_kernel(k) for k in args.kernels)
+            res = eng.filter_pair(image, ka, kb, processes=tuple(args.processes) if args.processes else None, **common)
+            _save(res.outputs[0], args.output_a)
+            _save(res.outputs[1], args.output_b)
+            print(
+                f"wall {res.phases.wall * 1e3:.1f} ms (copy-in {res.phases.copy_in * 1e3:.1f}, compute "
+                f"{res.phases.compute * 1e3:.1f}, copy-out {res.phases.copy_out * 1e3:.1f}), "
+                f"{len(res.timeline)} bands"
+            )
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = _build().parse_args(argv)
+        return _run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except (ValueError, TypeError) as e:  # validation and ImageError (a ValueError)
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: the job was cancelled and its workers stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return FAILURE
