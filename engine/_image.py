@@ -69,11 +69,6 @@ def _open(source: Source) -> Image.Image:
         if os.path.getsize(path) == 0:
             raise ImageError(f"image file {path!r} is empty (0 bytes)")
         return Image.open(path)
-    if hasattr(source, "read"):
-        data = source.read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
-        return _open(bytes(data))
     raise TypeError(
         f"source must be a path, bytes or a binary file object, got {type(source).__name__}"
     )
@@ -92,7 +87,8 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``uint8`` or ``uint16`` (16-bit grayscale stays 16-bit), shape ``(H, W, C)`` with C = 1
+        ``uint8`` or ``uint16`` (16-bit gray and 16-bit RGB(A) PNG/TIFF stay 16-bit: Pillow has
+        no 16-bit color mode, so OpenCV decodes those), shape ``(H, W, C)`` with C = 1
         (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA). EXIF orientation is applied; palette
         images become RGB or RGBA, CMYK becomes RGB, 1-bit becomes 0/255, and animations give
         their first frame.
@@ -106,6 +102,11 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
+        source = bytes(data)
     what = _describe(source)
     try:
         with _PILLOW_LIMIT_LOCK if limit > DEFAULT_MAX_PIXELS else contextlib.nullcontext():
@@ -127,7 +128,7 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
             if w == 0 or h == 0:
                 raise ImageError(f"{what} has no pixels ({w}x{h})")
             im.seek(0)
-            return _to_array(im, what)
+            return _to_array(im, what, source)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -140,13 +141,49 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
         raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {e}") from None
 
 
-def _to_array(im: Image.Image, what: str) -> np.ndarray:
+def _rawmode(tile):
+    args = tile.args if hasattr(tile, "args") else tile[3]
+    return args[0] if isinstance(args, tuple) else args
+
+
+# EXIF orientation (tag 0x0112) -> the numpy form of Pillow's exif_transpose.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _sixteen_bit_color(im: Image.Image, source, what: str) -> np.ndarray:
+    """16-bit RGB(A) PNG or TIFF: Pillow has no 16-bit color mode, OpenCV decodes it."""
+    import cv2
+
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            data = f.read()
+    else:
+        data = bytes(source)
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ImageError(f"{what} is 16-bit color that could not be decoded (truncated or corrupt?)")
+    a = a[:, :, [2, 1, 0]] if a.shape[2] == 3 else a[:, :, [2, 1, 0, 3]]
+    orientation = im.getexif().get(0x0112, 1)
+    return np.ascontiguousarray(_ORIENT.get(orientation, lambda x: x)(a))
+
+
+def _to_array(im: Image.Image, what: str, source=None) -> np.ndarray:
     mode = im.mode
     if mode not in _MODES:
         raise ImageError(
             f"{what} has mode {mode!r}, which has no 8- or 16-bit integer form here; "
             f"supported modes: {', '.join(sorted(_MODES))}"
         )
+    if mode in ("RGB", "RGBA") and any(";16" in str(_rawmode(t)) for t in im.tile):
+        return _sixteen_bit_color(im, source, what)  # Pillow would squeeze it to 8 bits
     im.load()  # decode now so that truncation raises here
     im = ImageOps.exif_transpose(im)
     target, dtype = _MODES[mode]
