@@ -9,6 +9,7 @@ import numpy as np
 
 from ._bands import Band, plan_bands
 from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS
+from ._dask import dask_available, filter_dask, filter_zarr  # imports Dask only when called
 from ._engine import (
     BandRecord,
     Engine,
@@ -45,11 +46,15 @@ __all__ = [
     "Band",
     "plan_bands",
     "available_cpus",
+    "filter_zarr",
+    "filter_dask",
+    "dask_available",
 ]
 
 
 def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, border: str = "replicate",
-                 output: str = "clip", implementation: str = "opencv", out: np.ndarray | None = None) -> np.ndarray:
+                 output: str = "clip", implementation: str = "opencv", out: np.ndarray | None = None,
+                 scheduler=None) -> np.ndarray:
     """Correlate an image with a kernel on worker processes, band by band.
 
     Parameters
@@ -71,6 +76,11 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     out : numpy.ndarray, optional
         Receives the result (same shape and dtype). A ``shared_array`` receives it straight
         from the workers.
+    scheduler : dask.distributed.Client, cluster or str, optional
+        Run the bands on Dask instead of the process pool (needs the Dask extras): a
+        ``Client``, a cluster, a scheduler address ``'tcp://host:8786'``, or ``'local'`` (a
+        ``LocalCluster`` of worker processes, created and closed by this call). Same result,
+        bit for bit; ``processes`` must then be None. See ``docs/scale-out.md``.
 
     Returns
     -------
@@ -83,6 +93,8 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
         Invalid arguments, before any work starts; the message names the parameter.
     WorkerError
         A worker process died during the job.
+    ImportError
+        ``scheduler`` was given but Dask is not installed (the message says how to install it).
 
     Notes
     -----
@@ -96,6 +108,14 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     >>> filter_image(img, [[0, 0, 1]], processes=1)[1, :, 0].tolist()
     [0, 100, 0, 0, 0]
     """
+    if scheduler is not None:
+        if processes is not None:
+            raise ValueError(f"processes applies to the process-pool engine; with scheduler=... the cluster's "
+                             f"workers run the bands, so pass processes=None (got {processes!r})")
+        from ._dask import filter_image as dask_filter_image
+
+        return dask_filter_image(image, kernel, scheduler=scheduler, border=border, output=output,
+                                 implementation=implementation, out=out)
     return default_engine().filter_image(image, kernel, processes=processes, border=border, output=output,
                                          implementation=implementation, out=out)
 

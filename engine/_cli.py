@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -76,6 +77,16 @@ def _build() -> argparse.ArgumentParser:
     pr.add_argument("--processes", nargs=2, type=_positive_int, default=None, metavar=("N", "M"))
     options(pr)
 
+    bt = sub.add_parser("batch", help="filter every image in a folder (resumable; on Dask with --scheduler)")
+    bt.add_argument("input_dir")
+    bt.add_argument("output_dir")
+    bt.add_argument("--kernel", required=True, help="a name (see `kernels`) or weights like '1 2 1; 2 4 2; 1 2 1'")
+    bt.add_argument("--scheduler", default=None,
+                    help="run on Dask: 'local' (a LocalCluster) or a scheduler address tcp://host:8786")
+    bt.add_argument("--processes", type=_positive_int, default=None, help="without --scheduler: worker processes")
+    bt.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
+    options(bt)
+
     sub.add_parser("kernels", help="list the kernel registry with weights")
 
     b = sub.add_parser("bench", help="time the engine against OpenCV, scipy, Pillow and the notebook")
@@ -136,6 +147,15 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
+    # stderr carries one line: decoders' own notes on a damaged file (Pillow's "Corrupt EXIF
+    # data", libtiff's via OpenCV) would add lines that the error message already covers.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         args = _build().parse_args(argv)
         return _run(args)

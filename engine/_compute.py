@@ -265,7 +265,7 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
 
 def band_range(src, band, kernel, border, implementation):
     """``(min, max)`` of the band's float response over color channels (for ``normalize``)."""
-    acc = work_dtype(kernel, src.dtype)
+    acc = np.float64  # as filter_band computes it for normalize
     f = correlate_band(src, band, kernel, border, implementation, acc=acc)
     f = f[:, :, : color_channels(src.shape[2])]
     return float(f.min()), float(f.max())
@@ -277,7 +277,8 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
     This is the whole computation; backends only decide where it runs.
     """
     nc = color_channels(src.shape[2])
-    acc = work_dtype(kernel, src.dtype)
+    # normalize stretches the response's range to the full scale, and float32 rounding with it
+    acc = np.float64 if output == "normalize" else work_dtype(kernel, src.dtype)
     rows = slice(band.start, band.stop)
     if implementation == "opencv" and output == "clip" and acc == np.float32 and border != "wrap" and (
         kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS

@@ -24,7 +24,8 @@ Ownership: this process creates and unlinks every segment (``_shm.Segment``); wo
 attach. A slot is a ``ProcessPoolExecutor`` with one process (spawn start method), so that each
 filter runs on its own group of processes and a band goes to a chosen process. A slot whose
 process dies (SIGKILL, OOM killer, crash) breaks: the job fails at once with ``WorkerError``
-naming the exit signal, the slot is shut down and a fresh one is started for the next job.
+naming the exit signal; the job's other busy workers are killed rather than waited for (see
+``_stop``), and fresh slots replace all of them for the next job.
 At most ``max_workers`` processes exist at any time; jobs that need more than are free wait
 in FIFO order (``Job.state() == "waiting"``).
 """
@@ -194,6 +195,7 @@ class Job:
         self._border, self._output, self._impl, self._outs = border, output, implementation, outs
         self._future: cf.Future = cf.Future()
         self._cancel = threading.Event()
+        self._abort = False  # Ctrl-C: kill the busy workers instead of waiting for their bands
         self._state = "waiting"
         self._done_bands = 0
         h, w = image.shape[:2]
@@ -315,6 +317,9 @@ class Job:
                 if self._cancel.is_set():
                     for p in pending:
                         p.clear()
+                    if self._abort:
+                        self._stop(in_flight)
+                        raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
                 try:
                     fut = done_q.get(timeout=0.05)
                 except queue.Empty:
@@ -346,6 +351,9 @@ class Job:
                         feed(s, fi)
                 else:
                     feed(slot, fi)
+        except WorkerError:
+            self._stop(in_flight)
+            raise
         except BaseException:
             self._drain(in_flight)
             raise
@@ -377,6 +385,21 @@ class Job:
 
     def _task(self, kind, fi, band, src_desc, dst_desc, value_range):
         return (kind, fi, band, src_desc, dst_desc, self._kernels[fi], self._border, self._output, self._impl, value_range)
+
+    @staticmethod
+    def _stop(in_flight):
+        """After a worker died, or on Ctrl-C: kill the job's busy workers instead of draining
+        them (a band can run for many seconds; neither WorkerError nor Ctrl-C should wait for
+        it). Dead before the job's segments are recycled, they write nothing after it;
+        give-back replaces them."""
+        slots = list({id(s): s for s, _ in in_flight.values()}.values())
+        for slot in slots:
+            slot.broken = True
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.kill()
+        for slot in slots:
+            if slot.process is not None:
+                slot.process.join(timeout=5)
 
     @staticmethod
     def _drain(in_flight, timeout=60.0):
@@ -472,7 +495,7 @@ class Engine:
         else:
             if not isinstance(out, (tuple, list)) or len(out) != len(ks):
                 raise ValueError(f"out must be a tuple of {len(ks)} arrays (or None), got {type(out).__name__}")
-            outs = tuple(check_out(o, img3, "out" if len(ks) == 1 else f"out[{i}]") for i, o in enumerate(out))
+            outs = tuple(check_out(o, img3, "out" if len(ks) == 1 else f"out[{i}]", image.shape) for i, o in enumerate(out))
             if len(outs) == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
                 raise ValueError("out[0] and out[1] must not share memory")
         if self._closed:
@@ -534,12 +557,12 @@ class Engine:
             job._thread.join(timeout=15)
         with self._cond:
             idle, self._idle = self._idle, []
-            shared, self._shared = dict(self._shared), {}
+            shared = list(self._shared.values())  # kept: _forget unmaps each once its array is collected
             pool, self._pool = list(self._pool.values()), collections.OrderedDict()
         for slot in idle:
             slot.shutdown()
-        for sh in shared.values():
-            sh.segment.release()
+        for sh in shared:
+            sh.segment.unlink()  # the name goes now; unmapping under a live array would crash it
         for seg in pool:
             seg.release()
 
@@ -671,7 +694,8 @@ class Engine:
 
 
 def _wait(job: Job) -> PairResult:
-    """Block on a job; Ctrl-C cancels it (no orphan band, no leaked segment) and re-raises."""
+    """Block on a job; Ctrl-C cancels it at once, killing its busy workers (they are replaced
+    for the next job; no orphan band, no leaked segment), and re-raises."""
     try:
         while True:
             try:
@@ -679,6 +703,7 @@ def _wait(job: Job) -> PairResult:
             except cf.TimeoutError:
                 continue
     except KeyboardInterrupt:
+        job._abort = True
         job.cancel()
         job._thread.join(timeout=15)
         raise

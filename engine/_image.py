@@ -8,6 +8,7 @@ import os
 import struct
 import threading
 import warnings
+import zlib
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -107,6 +108,8 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
         source = bytes(data)
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):  # before the try below
+        raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
     what = _describe(source)
     try:
         with _PILLOW_LIMIT_LOCK if limit > DEFAULT_MAX_PIXELS else contextlib.nullcontext():
@@ -134,11 +137,40 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{what} looks like a decompression bomb: {e}") from None
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{what} is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP"
-        ) from None
+        raise _unidentified(source, what) from None
     except (OSError, SyntaxError, EOFError, ValueError, struct.error) as e:
         raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {e}") from None
+    except (TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError) as e:
+        # Pillow's plugins raise these too on corrupt headers (found by fuzzing: a TIFF strip
+        # offset stored as a fraction gives TypeError)
+        raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}") from None
+
+
+# Signatures of formats whose Pillow plugin may refuse a file's layout: Pillow then reports
+# only "cannot identify image file", which would call a real TIFF "not an image".
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+               b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
+
+def _unidentified(source, what: str) -> ImageError:
+    """The error for data Pillow could not identify: names the format and its plugin's reason
+    when the data carries a known signature."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            head = f.read(8)
+    else:
+        head = bytes(source[:8])
+    fmt = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
+    if fmt is None:
+        return ImageError(f"{what} is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP")
+    try:  # Pillow drops the plugin's reason; ask the plugin again to get it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its warnings were shown by the first attempt
+            Image.OPEN[fmt][0](source if isinstance(source, (str, os.PathLike)) else io.BytesIO(bytes(source))).close()
+        reason = "unsupported layout"
+    except Exception as e:  # noqa: BLE001 - only its message is wanted
+        reason = str(e) or type(e).__name__
+    return ImageError(f"{what} is a {fmt} file that cannot be decoded ({reason}): unsupported layout or corrupt header")
 
 
 def _rawmode(tile):
@@ -171,8 +203,10 @@ def _sixteen_bit_color(im: Image.Image, source, what: str) -> np.ndarray:
     if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ImageError(f"{what} is 16-bit color that could not be decoded (truncated or corrupt?)")
     a = a[:, :, [2, 1, 0]] if a.shape[2] == 3 else a[:, :, [2, 1, 0, 3]]
+    if any(str(_rawmode(t)).startswith("LA") for t in im.tile):
+        a = a[:, :, [0, 3]]  # 16-bit gray+alpha PNG: OpenCV widened the gray to BGR
     orientation = im.getexif().get(0x0112, 1)
-    return np.ascontiguousarray(_ORIENT.get(orientation, lambda x: x)(a))
+    return _writable(_ORIENT.get(orientation, lambda x: x)(a))
 
 
 def _to_array(im: Image.Image, what: str, source=None) -> np.ndarray:
@@ -197,20 +231,40 @@ def _to_array(im: Image.Image, what: str, source=None) -> np.ndarray:
                     f"{what} holds 32-bit values from {a.min()} to {a.max()}; only 8- and 16-bit images are supported"
                 )
             a = a.astype(np.uint16)
-        return np.ascontiguousarray(a.reshape(a.shape[0], a.shape[1], 1))
+        return _writable(a.reshape(a.shape[0], a.shape[1], 1))
     if im.mode != target:
         im = im.convert(target)
     a = np.asarray(im, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
-    return np.ascontiguousarray(a)
+    return _writable(a)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """Contiguous and writable, like cv2.imread's: numpy views of Pillow's bytes are read-only."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
+def _png_gray_alpha16(a: np.ndarray) -> bytes:
+    """A 16-bit gray+alpha PNG (color type 4), which neither Pillow nor OpenCV writes."""
+    h, w = a.shape[:2]
+    rows = np.zeros((h, 1 + 4 * w), np.uint8)  # each row: filter type 0, then big-endian samples
+    rows[:, 1:] = a.astype(">u2").view(np.uint8).reshape(h, 4 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b"")
 
 
 def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> bytes | None:
     """Encode a ``(H, W, C)`` uint8/uint16 array as PNG (default) or TIFF.
 
-    16-bit images stay 16-bit (PNG through OpenCV, which writes 16-bit color PNG; TIFF through
-    Pillow for gray). Returns the bytes when ``dest`` is None, else writes the file.
+    16-bit images stay 16-bit (PNG through OpenCV, which writes 16-bit color PNG, or written
+    here for gray+alpha; TIFF through OpenCV): any C round-trips through PNG and ``load_image``.
+    Returns the bytes when ``dest`` is None, else writes the file (a path or a binary file object).
     """
     a = np.asarray(image)
     if a.ndim == 2:
@@ -220,20 +274,20 @@ def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> by
             f"image must be (H, W, C) uint8 or uint16 with C in 1..4, got shape {a.shape} dtype {a.dtype}"
         )
     if format is None:
-        ext = os.path.splitext(os.fspath(dest))[1].lower() if dest is not None else ".png"
+        ext = os.path.splitext(os.fspath(dest))[1].lower() if isinstance(dest, (str, os.PathLike)) else ".png"
         format = {".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(ext, "PNG")
     format = format.upper()
-    if a.dtype == np.uint16 or a.shape[2] == 2 and format == "PNG":
+    if a.dtype == np.uint16 and a.shape[2] == 2 and format == "PNG":
+        data = _png_gray_alpha16(a)
+    elif a.dtype == np.uint16:
         import cv2
 
         ext = {"PNG": ".png", "TIFF": ".tiff"}.get(format)
         if ext is None:
             raise ValueError(f"16-bit images can be saved as PNG or TIFF, not {format}")
-        c = a.shape[2]
-        bgr = {1: a[:, :, 0], 2: a, 3: a[:, :, ::-1], 4: a[:, :, [2, 1, 0, 3]]}[c]
-        if c == 2:  # OpenCV has no gray+alpha: widen to BGRA
-            g = a[:, :, 0]
-            bgr = np.dstack([g, g, g, a[:, :, 1]])
+        # Channel order for OpenCV's BGR(A); it has no gray+alpha, so that is widened to BGRA.
+        order = {1: 0, 2: [0, 0, 0, 1], 3: [2, 1, 0], 4: [2, 1, 0, 3]}[a.shape[2]]
+        bgr = a[:, :, order]
         ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr))
         if not ok:
             raise ValueError(f"could not encode a {a.shape} {a.dtype} image as {format}")

@@ -167,7 +167,8 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
     """
     if not isinstance(text, str):
         raise TypeError(f"kernel text must be a str, got {type(text).__name__}")
-    cleaned = text.replace("],", ";").replace("[", " ").replace("]", " ")
+    # "] [" and "]," end a row (as numpy prints "[[1 2] [3 4]]" on one line), other brackets go
+    cleaned = re.sub(r"\]\s*,?\s*\[", ";", text).replace("],", ";").replace("[", " ").replace("]", " ")
     rows = [r for r in re.split(r"[;\n]", cleaned) if r.strip(" \t\r,")]
     if not rows:
         raise ValueError("kernel text is empty: type rows of numbers, e.g. '1 2 1; 2 4 2; 1 2 1'")

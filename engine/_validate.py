@@ -107,15 +107,17 @@ def check_python_size(image: np.ndarray, implementation: str) -> None:
         )
 
 
-def check_out(out, image: np.ndarray, name: str = "out") -> np.ndarray | None:
-    """``out`` must match the image's shape and dtype, be writable and not overlap it."""
+def check_out(out, image: np.ndarray, name: str = "out", shown_shape=None) -> np.ndarray | None:
+    """``out`` must match the image's shape and dtype, be writable and not overlap it.
+    Returns it as ``(H, W, C)``; ``shown_shape`` is the image's shape as the caller gave it."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(out).__name__}")
     o = out if out.ndim == 3 else out[:, :, None] if out.ndim == 2 else out
     if o.shape != image.shape or out.dtype != image.dtype:
-        raise ValueError(f"{name} must have the image's shape {image.shape} and dtype {image.dtype}, got {out.shape} {out.dtype}")
+        shape = image.shape if shown_shape is None else tuple(shown_shape)
+        raise ValueError(f"{name} must have the image's shape {shape} and dtype {image.dtype}, got {out.shape} {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writable")
     if np.shares_memory(out, image):

@@ -1,0 +1,714 @@
+"""The benchmark suite behind ``python -m engine bench``: the engine against OpenCV, scipy.ndimage,
+Pillow and the notebook's per-pixel loops, side by side in one run on the same images.
+
+How one run measures (this is a benchmark, not a test: nothing here asserts a time)::
+
+    this process                                    the Engine's workers (started once, reused)
+    ------------                                    -------------------------------------------
+    Engine(): warm every worker on a tiny image
+    per size: RGB uint8 noise (seed 0), plus
+      shared_array copies (input, output): the
+      zero-copy path; the parent creates them and
+      they are unlinked when dropped / at close()
+    per size and kernel, candidates interleaved:
+      one untimed warm-up call each
+      R rounds, the order rotated every round:
+        time one call of each candidate  -------->  engine candidates: bands run here
+      median wall (and median of each phase)
+    filter_pair 1+1 against each filter alone (same rounds)
+    peak RSS: a fresh child process filters one
+      image; its peak RSS (VmHWM) minus its RSS before
+      the image, in image sizes
+    targets: ratios of medians of the same rounds -> PASS / MISS
+
+Targets are ratios measured in one run, never absolute times: the machine is shared and absolute
+times drift, but candidates timed in the same rounds drift together. Sizes and load are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._engine import Engine, PairResult, available_cpus
+from ._kernels import KERNELS, Kernel
+
+__all__ = ["main", "SIZES", "QUICK_SIZES", "TARGETS"]
+
+SIZES = (512, 2048, 4096, 8192)
+QUICK_SIZES = (256, 512)
+#: The notebook's loops run on a crop this big; their time is scaled by pixel count.
+NOTEBOOK_CROP = 64
+NOTEBOOK_SIZE = 1024  # target (c) compares at 1024x1024
+TARGET_SIZE = 4096  # targets (a) and (b)
+SMALL_SIZE = 512  # target (d)
+RSS_SIZE = 8192  # target (e)
+#: Peak RSS allowance above the copies the design needs, in image sizes (interpreter, allocator,
+#: page-rounding noise; 0.2 of 8192x8192 RGB is 40 MB).
+RSS_SLACK = 0.2
+TARGETS = {
+    "a": "4096² RGB, 2 processes, warm engine: zero-copy <= 1.0x OpenCV with 2 threads; numpy arrays <= 1.6x",
+    "b": "filter_pair 1+1 processes: wall <= 1.15x the longer of the two filters alone on 1 process each",
+    "c": "at least 10,000x faster than the notebook's per-pixel loops on 1024² RGB",
+    "d": "a warm 512² RGB filter_image call <= 3x OpenCV called directly with 1 thread",
+    "e": "8192² RGB: the parent holds no more full-size copies than input, shared input, shared output, result",
+}
+
+
+# -- images and kernels ------------------------------------------------------------------------
+
+def bench_image(size: int, *, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """``(size, size, 3)`` uint8 noise, filled in row chunks (no full-size temporary).
+
+    >>> bench_image(4).shape, bench_image(4).dtype.name
+    ((4, 4, 3), 'uint8')
+    """
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.uint8) if out is None else out
+    step = max(1, (1 << 20) // (size * 3))
+    for y in range(0, size, step):
+        img[y : y + step] = rng.integers(0, 256, img[y : y + step].shape, dtype=np.uint8)
+    return img
+
+
+def random_kernel(seed: int = 7) -> Kernel:
+    """A random positive 5x5 summing to 1: a blur that is not separable (rank 5)."""
+    w = np.random.default_rng(seed).uniform(0.0, 1.0, (5, 5))
+    k = Kernel("random_5x5", w / w.sum(), "random positive 5x5 summing to 1 (not separable)", "engine._bench")
+    if k.separable:  # pragma: no cover - a random 5x5 is rank 1 with probability 0
+        raise RuntimeError("the random 5x5 kernel came out separable; change its seed")
+    return k
+
+
+def _optional(module: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+@dataclass
+class Samples:
+    """Wall times of one candidate (seconds) and, for engine candidates, each call's phases."""
+
+    wall: list = field(default_factory=list)
+    phases: list = field(default_factory=list)
+    spans: list = field(default_factory=list)  # PairResult.filter_walls per call
+
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    def phase(self, name: str) -> float | None:
+        return statistics.median(getattr(p, name) for p in self.phases) if self.phases else None
+
+    def other(self) -> float | None:
+        """Median of wall minus the three phases: validation, the job thread, leasing workers,
+        waking the caller: the fixed cost of one call."""
+        if not self.phases:
+            return None
+        return statistics.median(w - (p.copy_in + p.compute + p.copy_out) for w, p in zip(self.wall, self.phases))
+
+    def span(self, i: int) -> float | None:
+        return statistics.median(s[i] for s in self.spans) if self.spans else None
+
+
+@dataclass
+class Candidate:
+    run: Callable[[], object]
+    setup: Callable[[], None] | None = None  # untimed, before every timed call (e.g. cv2 threads)
+
+
+def interleave(candidates: dict, repeats: int, label: str = "") -> dict:
+    """Time every candidate ``repeats`` times, round-robin with the order rotated each round,
+    after one untimed warm-up call each. Returns ``name -> Samples``."""
+    names = list(candidates)
+    out = {n: Samples() for n in names}
+    for n in names:
+        c = candidates[n]
+        if c.setup:
+            c.setup()
+        c.run()
+    for r in range(repeats):
+        _progress(f"{label} round {r + 1}/{repeats}")
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            c = candidates[n]
+            if c.setup:
+                c.setup()
+            t0 = time.perf_counter()
+            res = c.run()
+            t1 = time.perf_counter()
+            out[n].wall.append(t1 - t0)
+            if isinstance(res, PairResult):
+                out[n].phases.append(res.phases)
+                out[n].spans.append(res.filter_walls)
+            del res
+    return out
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _default_repeats(size: int, quick: bool) -> int:
+    if quick:
+        return 5
+    return 7 if size <= 2048 else 5 if size <= 4096 else 3
+
+
+class _CV:
+    """OpenCV called directly, with its thread count set outside the timed call."""
+
+    def __init__(self, cv2):
+        self.cv2 = cv2
+
+    def call(self, image, kernel: Kernel, dst=None):
+        cv2 = self.cv2
+        if kernel.separable:
+            column, row = kernel.factors
+            return cv2.sepFilter2D(image, -1, row, column, dst=dst, borderType=cv2.BORDER_REPLICATE)
+        return cv2.filter2D(image, -1, kernel.weights, dst=dst, borderType=cv2.BORDER_REPLICATE)
+
+    def threads(self, n: int, image, kernel):
+        def setup():
+            if self.cv2.getNumThreads() != n:
+                self.cv2.setNumThreads(n)
+                self.call(image[: min(len(image), 1024)], kernel)  # (re)start its thread pool untimed
+        return setup
+
+    def name(self, kernel: Kernel) -> str:
+        return "cv2.sepFilter2D" if kernel.separable else "cv2.filter2D"
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+def _ms(seconds) -> str:
+    """Milliseconds, three significant digits where it matters.
+
+    >>> _ms(0.00123), _ms(0.0456), _ms(1.5), _ms(123.4), _ms(None)
+    ('1.23', '45.6', '1,500', '123,400', '–')
+    """
+    if seconds is None:
+        return "–"
+    v = seconds * 1e3
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def _x(ratio) -> str:
+    return "–" if ratio is None else f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.2f}x"
+
+
+def md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cmd(*args) -> str:
+    return "`" + " ".join(("python -m engine bench",) + tuple(str(a) for a in args)) + "`"
+
+
+# -- the measurements --------------------------------------------------------------------------
+
+@dataclass
+class SizeResult:
+    size: int
+    kernel: Kernel
+    samples: dict
+    labels: dict  # name -> (implementation, workers)
+    check: str
+
+
+def _engine_names(eng: Engine):
+    for p in range(1, eng.max_workers + 1):
+        yield p, f"zc{p}", f"np{p}"
+
+
+def measure_size(eng, cv, size, kernel, repeats, notebook_per_px, libs) -> SizeResult:
+    """Every candidate on one ``size``² image and one kernel, interleaved."""
+    img = bench_image(size)
+    src = eng.shared_array(img.shape, img.dtype)
+    src[...] = img
+    dst = eng.shared_array(img.shape, img.dtype)
+    cv_dst = np.empty_like(img)
+    cands, labels = {}, {}
+    for p, zc, npl in _engine_names(eng):
+        over = " (oversubscribed)" if p > eng.cpus else ""
+        cands[zc] = Candidate(lambda p=p: eng.submit(src, [kernel], processes=p, out=(dst,)).result())
+        labels[zc] = ("engine, zero-copy (`shared_array` in, `out=`)", f"{p} process{'es' * (p > 1)}{over}")
+    for p, zc, npl in _engine_names(eng):
+        over = " (oversubscribed)" if p > eng.cpus else ""
+        cands[npl] = Candidate(lambda p=p: eng.submit(img, [kernel], processes=p).result())
+        labels[npl] = ("engine, numpy arrays in and out", f"{p} process{'es' * (p > 1)}{over}")
+    for t in (1, 2):
+        cands[f"cv{t}"] = Candidate(lambda: cv.call(img, kernel), cv.threads(t, img, kernel))
+        labels[f"cv{t}"] = (f"OpenCV `{cv.name(kernel)}` direct, new output", f"{t} thread{'s' * (t > 1)}")
+        cands[f"cvd{t}"] = Candidate(lambda: cv.call(img, kernel, cv_dst), cv.threads(t, img, kernel))
+        labels[f"cvd{t}"] = (f"OpenCV `{cv.name(kernel)}` direct, into a preallocated `dst`", f"{t} thread{'s' * (t > 1)}")
+    ndi = libs.get("scipy")
+    if ndi is not None:
+        sp_out = np.empty_like(img)
+
+        def run_scipy():
+            for c in range(img.shape[2]):
+                ndi.correlate(img[:, :, c], kernel.weights, output=sp_out[:, :, c], mode="nearest")
+
+        cands["scipy"] = Candidate(run_scipy)
+        labels["scipy"] = ("`scipy.ndimage.correlate`, per channel, mode nearest", "1 thread")
+    pil = libs.get("PIL")
+    if pil is not None:
+        pim = pil.Image.fromarray(img)
+        # Pillow reads the kernel's rows bottom-up (weights[0][j] multiplies row y + 2): flip
+        # them so it computes the same correlation. scale=1 (the weights sum to ~1), offset=0.
+        pk = pil.ImageFilter.Kernel((5, 5), np.flipud(kernel.weights).ravel().tolist(), scale=1, offset=0)
+        cands["pillow"] = Candidate(lambda: pim.filter(pk))
+        labels["pillow"] = ("Pillow `ImageFilter.Kernel` 5x5 (edges left unfiltered)", "1 thread")
+    load0 = os.getloadavg()[0]
+    samples = interleave(cands, repeats, f"{size}x{size} {kernel.name}")
+    load = (load0, os.getloadavg()[0])
+    # engine and OpenCV must agree, or the race is meaningless (dst / cv_dst hold the last run)
+    worst = 0
+    step = 512
+    for y in range(0, size, step):
+        worst = max(worst, int(np.abs(dst[y : y + step].astype(np.int16) - cv_dst[y : y + step]).max()))
+    check = (f"engine output vs OpenCV's: max difference {worst} gray level{'s' * (worst != 1)}; "
+             f"load average {load[0]:.2f} -> {load[1]:.2f} while it ran")
+    if notebook_per_px is not None:
+        nb = Samples(wall=[notebook_per_px * size * size])
+        samples["notebook"] = nb
+        labels["notebook"] = (
+            f"notebook's per-pixel loops (`implementation=\"python\"`), timed on a {NOTEBOOK_CROP}x{NOTEBOOK_CROP} "
+            f"crop and scaled x{size * size // NOTEBOOK_CROP**2:,} by pixel count",
+            "1 process",
+        )
+    return SizeResult(size, kernel, samples, labels, check)
+
+
+def measure_notebook(eng, kernel, repeats) -> float:
+    """Seconds per pixel of the notebook's loops (through the engine, 1 process) on a crop."""
+    crop = np.ascontiguousarray(bench_image(NOTEBOOK_SIZE)[:NOTEBOOK_CROP, :NOTEBOOK_CROP])
+    cands = {"nb": Candidate(lambda: eng.filter_image(crop, kernel, processes=1, implementation="python"))}
+    s = interleave(cands, repeats, f"notebook {NOTEBOOK_CROP}x{NOTEBOOK_CROP} {kernel.name}")["nb"]
+    return s.median() / (NOTEBOOK_CROP * NOTEBOOK_CROP)
+
+
+def measure_1024(eng, cv, kernel, repeats) -> dict:
+    img = bench_image(NOTEBOOK_SIZE)
+    cands = {
+        "engine": Candidate(lambda: eng.submit(img, [kernel], processes=eng.cpus).result()),
+        "cv1": Candidate(lambda: cv.call(img, kernel), cv.threads(1, img, kernel)),
+    }
+    return interleave(cands, repeats, f"{NOTEBOOK_SIZE}x{NOTEBOOK_SIZE} {kernel.name}")
+
+
+def measure_pair(eng, size, ka, kb, repeats) -> dict:
+    img = bench_image(size)
+    src = eng.shared_array(img.shape, img.dtype)
+    src[...] = img
+    da, db = (eng.shared_array(img.shape, img.dtype) for _ in range(2))
+    cands = {
+        "zc_a": Candidate(lambda: eng.submit(src, [ka], processes=1, out=(da,)).result()),
+        "zc_b": Candidate(lambda: eng.submit(src, [kb], processes=1, out=(db,)).result()),
+        "zc_pair": Candidate(lambda: eng.submit(src, [ka, kb], processes=(1, 1), out=(da, db)).result()),
+        "np_a": Candidate(lambda: eng.submit(img, [ka], processes=1).result()),
+        "np_b": Candidate(lambda: eng.submit(img, [kb], processes=1).result()),
+        "np_pair": Candidate(lambda: eng.submit(img, [ka, kb], processes=(1, 1)).result()),
+    }
+    return interleave(cands, repeats, f"pair {size}x{size}")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS: ``VmHWM``. Not ``ru_maxrss``, which also keeps the RSS of the
+    forked parent image from before ``exec`` (a big benchmark parent would show up there)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss_child(size: int, mode: str) -> None:
+    """Run in a fresh interpreter: filter one ``size``² RGB image, print peak RSS as JSON."""
+    with Engine() as eng:
+        eng.filter_image(np.zeros((64, 64, 3), np.uint8), "gaussian")  # workers up, modules loaded
+        base = _rss_bytes()
+        try:  # reset the peak to the current RSS (Linux >= 4.0), so import-time peaks do not count
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            reset = True
+        except OSError:
+            reset = False
+        base_peak = _peak_rss_bytes()
+        shape = (size, size, 3)
+        t0 = time.perf_counter()
+        if mode == "numpy":
+            img = bench_image(size)
+            out = eng.filter_image(img, "gaussian")
+        else:
+            src = bench_image(size, out=eng.shared_array(shape, np.uint8))
+            out = eng.filter_image(src, "gaussian", out=eng.shared_array(shape, np.uint8))
+        seconds = time.perf_counter() - t0
+        peak = _peak_rss_bytes()
+        del out
+    print(json.dumps({"base": base, "base_peak": base_peak, "peak": peak, "nbytes": size * size * 3, "seconds": seconds,
+                      "reset": reset}))
+
+
+def measure_rss(size: int, mode: str) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = f"from engine._bench import _rss_child; _rss_child({size}, {mode!r})"
+    _progress(f"peak RSS {size}x{size}, {mode} (fresh process)")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    except subprocess.TimeoutExpired:
+        return {"error": "the child process timed out"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the child process failed: {tail}"}
+    return json.loads(lines[-1])
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def environment(eng: Engine, libs: dict, load_start) -> list:
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import cv2
+
+    versions = [f"Python {platform.python_version()}", f"numpy {np.__version__}", f"OpenCV {cv2.__version__}"]
+    for name, mod in (("scipy", libs.get("scipy_pkg")), ("Pillow", libs.get("PIL"))):
+        versions.append(f"{name} {getattr(mod, '__version__', '?')}" if mod is not None else f"{name}: not installed")
+    commit = "?"
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "engine"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        if dirty:
+            commit += " (engine/ has uncommitted changes)"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    load_end = os.getloadavg()
+    return [
+        ("date (UTC)", time.strftime("%Y-%m-%d %H:%M", time.gmtime())),
+        ("CPU", f"{model}: {eng.cpus} CPUs available to this process (`os.sched_getaffinity`)"),
+        ("memory", f"{ram:.1f} GiB"),
+        ("load average (1 min) at start / end", f"{load_start[0]:.2f} / {load_end[0]:.2f} (other work on the machine)"),
+        ("software", ", ".join(versions)),
+        ("engine", f"commit {commit}; Engine(max_workers={eng.max_workers}), warm; `cv2.setNumThreads(1)` in each worker"),
+    ]
+
+
+INTRO = """\
+Every number below comes from one run of the engine's benchmark suite (`engine/_bench.py`). All
+candidates are timed side by side in that run, on the same images (RGB uint8 noise, seed 0),
+interleaved round by round with the order rotated, after one untimed warm-up call each; tables show
+medians. The machine is small and shared, so absolute times drift from run to run: read the
+ratios, which compare candidates timed in the same rounds. Compared: the engine (warm `Engine`,
+1 to 2x CPUs processes) on the zero-copy path (`Engine.shared_array` in and `out=`) and with
+plain numpy arrays (its time split into copy-in, compute on the workers, copy-out, and "other":
+validation, the job thread, waking the caller); OpenCV called directly with 1 and 2 threads
+(`cv2.sepFilter2D` with the kernel's factors for the separable `gaussian`, `cv2.filter2D` for a
+random non-separable 5x5; `BORDER_REPLICATE`), both returning a new array and writing into a
+preallocated `dst`; `scipy.ndimage.correlate` per channel (mode nearest); Pillow's
+`ImageFilter.Kernel` (5x5, 8-bit only; it divides by `scale` and adds `offset`, reads kernel rows
+bottom-up, and leaves a 2-pixel frame unfiltered); and the notebook's per-pixel loops, timed on a
+crop and scaled by pixel count."""
+
+
+def _size_table(res: SizeResult, cv_ref_new: float, cv_ref_dst: float) -> str:
+    rows = []
+    for name, s in res.samples.items():
+        impl, workers = res.labels[name]
+        engine_row = bool(s.phases)
+        rows.append([
+            impl, workers, _ms(s.median()),
+            _ms(s.phase("copy_in")) if engine_row else "–",
+            _ms(s.phase("compute")) if engine_row else "–",
+            _ms(s.phase("copy_out")) if engine_row else "–",
+            _ms(s.other()) if engine_row else "–",
+            _x(s.median() / cv_ref_new), _x(s.median() / cv_ref_dst),
+        ])
+    header = ["implementation", "workers", "wall ms", "copy-in ms", "compute ms", "copy-out ms", "other ms",
+              "x OpenCV 2 thr (new output)", "x OpenCV 2 thr (into dst)"]
+    return md_table(header, rows)
+
+
+@dataclass
+class Target:
+    key: str
+    what: str
+    measured: str
+    ratio: float | None
+    limit: float
+    higher_is_better: bool = False
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.ratio is None:
+            return "not run"
+        ok = self.ratio >= self.limit if self.higher_is_better else self.ratio <= self.limit
+        return "PASS" if ok else "MISS"
+
+
+def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
+    targets = []
+    p = min(2, cpus * 2)
+    big = by_size.get(TARGET_SIZE, {})
+    for kname, label in (("gaussian", "gaussian (separable)"), ("random_5x5", "random 5x5 (2-D)")):
+        r = big.get(kname)
+        if r is None:
+            targets.append(Target("a", f"zero-copy, {label}", f"needs {_cmd('--sizes', TARGET_SIZE)}", None, 1.0))
+            continue
+        zc, npl, cvd, cvn = r.samples[f"zc{p}"], r.samples[f"np{p}"], r.samples["cvd2"], r.samples["cv2"]
+        ratio = zc.median() / cvd.median()
+        note = ""
+        if ratio > 1.0:
+            note = (f"compute on the workers {_ms(zc.phase('compute'))} ms + {_ms(zc.other())} ms per-call overhead "
+                    f"vs OpenCV's {_ms(cvd.median())} ms")
+        targets.append(Target("a", f"{TARGET_SIZE}², {label}, {p} processes, zero-copy vs OpenCV 2 threads into `dst`",
+                              f"{_ms(zc.median())} ms vs {_ms(cvd.median())} ms", ratio, 1.0, note=note))
+        ratio = npl.median() / cvn.median()
+        note = ""
+        if ratio > 1.6:
+            note = (f"copy-in {_ms(npl.phase('copy_in'))} + copy-out {_ms(npl.phase('copy_out'))} ms on top of "
+                    f"compute {_ms(npl.phase('compute'))} ms vs OpenCV's {_ms(cvn.median())} ms")
+        targets.append(Target("a", f"{TARGET_SIZE}², {label}, {p} processes, numpy arrays vs OpenCV 2 threads (new output)",
+                              f"{_ms(npl.median())} ms vs {_ms(cvn.median())} ms", ratio, 1.6, note=note))
+    if pair is None:
+        targets.append(Target("b", "filter_pair 1+1", "not run", None, 1.15))
+    else:
+        for path, label in (("zc", "zero-copy"), ("np", "numpy arrays")):
+            a, b, both = pair[f"{path}_a"], pair[f"{path}_b"], pair[f"{path}_pair"]
+            longer = max(a.median(), b.median())
+            ratio = both.median() / longer
+            note = (f"inside the pair gaussian's bands spanned {_ms(both.span(0))} ms and random_5x5's "
+                    f"{_ms(both.span(1))} ms (alone: {_ms(a.span(0))} / {_ms(b.span(0))})")
+            if path == "np":
+                note += f"; the pair copies out two results: copy-out {_ms(both.phase('copy_out'))} ms"
+            targets.append(Target("b", f"{pair_size}², filter_pair(gaussian, random_5x5) 1+1, {label}",
+                                  f"{_ms(both.median())} ms vs {_ms(longer)} ms", ratio, 1.15,
+                                  note=note if ratio > 1.15 else ""))
+    if nb is not None and n1024 is not None:
+        eng_t = n1024["engine"].median()
+        nb_t = nb * NOTEBOOK_SIZE**2
+        targets.append(Target("c", f"{NOTEBOOK_SIZE}², gaussian, filter_image ({cpus} processes, numpy arrays) vs the "
+                              f"notebook's loops ({NOTEBOOK_CROP}x{NOTEBOOK_CROP} crop scaled x{NOTEBOOK_SIZE**2 // NOTEBOOK_CROP**2})",
+                              f"{_ms(eng_t)} ms vs {_ms(nb_t)} ms", nb_t / eng_t, 10_000, higher_is_better=True))
+    for kname, label in (("gaussian", "gaussian"), ("random_5x5", "random 5x5")):
+        r = small.get(kname)
+        if r is None:
+            targets.append(Target("d", f"{SMALL_SIZE}², {label}", f"needs {_cmd('--sizes', SMALL_SIZE)}", None, 3.0))
+            continue
+        e, c = r.samples[f"np{cpus}"], r.samples["cv1"]
+        ratio = e.median() / c.median()
+        note = ""
+        if ratio > 3.0:
+            note = (f"per-call overhead {_ms(e.other())} ms + copies {_ms(e.phase('copy_in'))}/{_ms(e.phase('copy_out'))} ms "
+                    f"+ compute {_ms(e.phase('compute'))} ms vs OpenCV's {_ms(c.median())} ms")
+        targets.append(Target("d", f"{SMALL_SIZE}², {label}, warm filter_image ({cpus} processes, numpy arrays) vs "
+                              "OpenCV 1 thread (new output)", f"{_ms(e.median())} ms vs {_ms(c.median())} ms", ratio, 3.0,
+                              note=note))
+    for mode, need, what in (("numpy", 4, "input, shared input, shared output, result"),
+                             ("zero-copy", 2, "shared input, shared output")):
+        m = rss.get(mode)
+        if m is None or "error" in m or m.get("size") != RSS_SIZE:
+            measured = m["error"] if m and "error" in m else f"needs {_cmd('--sizes', RSS_SIZE)}"
+            targets.append(Target("e", f"{RSS_SIZE}² peak RSS, {mode}", measured, None, need + RSS_SLACK))
+            continue
+        copies = (m["peak"] - m["base"]) / m["nbytes"]
+        targets.append(Target("e", f"{RSS_SIZE}² gaussian, parent's peak RSS above its baseline, {mode} (needs {need}: {what})",
+                              f"{m['peak'] / 2**20:,.0f} MiB peak, {m['base'] / 2**20:,.0f} MiB before", copies,
+                              need + RSS_SLACK, note="" if copies <= need + RSS_SLACK else "more copies than the design needs"))
+    return targets
+
+
+def _targets_table(targets) -> str:
+    rows = []
+    for t in targets:
+        limit = f">= {t.limit:,.0f}x" if t.higher_is_better else f"<= {t.limit:.2f}x"
+        if t.key == "e":
+            limit = f"<= {t.limit:.1f} image sizes"
+            ratio = "–" if t.ratio is None else f"{t.ratio:.2f} image sizes"
+        else:
+            ratio = _x(t.ratio)
+        rows.append([f"({t.key})", t.what, t.measured, ratio, limit, f"**{t.status}**", t.note or ""])
+    return md_table(["target", "what", "measured (median)", "ratio", "limit", "result", "where the time goes (misses)"], rows)
+
+
+def _rss_table(rss) -> str:
+    rows = []
+    for mode, m in rss.items():
+        if "error" in m:
+            rows.append([mode, "–", "–", "–", "–", m["error"]])
+            continue
+        copies = (m["peak"] - m["base"]) / m["nbytes"]
+        rows.append([f"{m['size']}² RGB, {mode}", f"{m['nbytes'] / 2**20:,.0f}", f"{m['base'] / 2**20:,.0f}",
+                     f"{m['peak'] / 2**20:,.0f}", f"{copies:.2f}",
+                     f"call took {m['seconds'] * 1e3:,.0f} ms (first call, cold segments)"
+                     + ("" if m.get("reset") else "; peak could not be reset: an earlier peak may count")])
+    return md_table(["image, path", "image MiB", "RSS before MiB", "peak RSS MiB", "(peak - before) / image", "note"], rows)
+
+
+def _pair_table(pair) -> str:
+    label = {"zc_a": ("zero-copy", "gaussian alone", "1"), "zc_b": ("zero-copy", "random_5x5 alone", "1"),
+             "zc_pair": ("zero-copy", "filter_pair(gaussian, random_5x5)", "1 + 1"),
+             "np_a": ("numpy arrays", "gaussian alone", "1"), "np_b": ("numpy arrays", "random_5x5 alone", "1"),
+             "np_pair": ("numpy arrays", "filter_pair(gaussian, random_5x5)", "1 + 1")}
+    rows = []
+    for name, s in pair.items():
+        path, run, procs = label[name]
+        spans = " / ".join(_ms(s.span(i)) for i in range(len(s.spans[0]))) if s.spans else "–"
+        rows.append([path, run, procs, _ms(s.median()), _ms(s.phase("copy_in")), _ms(s.phase("compute")),
+                     _ms(s.phase("copy_out")), _ms(s.other()), spans])
+    return md_table(["path", "run", "processes", "wall ms", "copy-in ms", "compute ms", "copy-out ms", "other ms",
+                     "each filter's band span ms"], rows)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = None) -> int:
+    """Run the suite, print markdown tables, optionally write them to ``markdown``. Returns 0.
+
+    ``sizes``: square sizes (default 512, 2048, 4096, 8192; ``quick``: 256 and 512).
+    ``repeats``: timed rounds per table (default 7 up to 2048², 5 at 4096², 3 above; 5 if quick).
+    """
+    import cv2
+
+    sizes = tuple(int(s) for s in sizes) if sizes else (QUICK_SIZES if quick else SIZES)
+    args = (["--quick"] if quick else []) + (["--sizes", *sizes] if sizes != (QUICK_SIZES if quick else SIZES) else []) + (
+        ["--repeats", repeats] if repeats else [])
+    libs = {"scipy": _optional("scipy.ndimage"), "scipy_pkg": _optional("scipy"), "PIL": None}
+    if _optional("PIL.Image") is not None:
+        import PIL
+        import PIL.Image
+        import PIL.ImageFilter
+
+        libs["PIL"] = PIL
+    load_start = os.getloadavg()
+    saved_threads = cv2.getNumThreads()
+    cv = _CV(cv2)
+    gaussian, rand = KERNELS["gaussian"], random_kernel()
+    by_size: dict = {}
+    sections: list = []
+    out = sys.stdout
+
+    def emit(text: str):
+        sections.append(text)
+        print(text + "\n", file=out, flush=True)
+
+    try:
+        with Engine() as eng:
+            eng.filter_image(np.zeros((16, 16, 3), np.uint8), "identity", processes=eng.max_workers)  # start all workers
+            nb = {}
+            for k in (gaussian, rand):
+                nb[k.name] = measure_notebook(eng, k, 3)
+            n1024 = measure_1024(eng, cv, gaussian, repeats or _default_repeats(NOTEBOOK_SIZE, quick))
+            for size in sizes:
+                for k in (gaussian, rand):
+                    r = measure_size(eng, cv, size, k, repeats or _default_repeats(size, quick), nb[k.name], libs)
+                    by_size.setdefault(size, {})[k.name] = r
+                    kind = "separable: OpenCV runs `sepFilter2D` with its factors" if k.separable else \
+                        "not separable: `filter2D`"
+                    notes = [r.check]
+                    if libs["scipy"] is None:
+                        notes.append("scipy is not installed: its row is skipped")
+                    if libs["PIL"] is None:
+                        notes.append("Pillow is not installed: its row is skipped")
+                    emit(f"### {size}x{size} RGB uint8, `{k.name}` ({kind})\n\n"
+                         f"{_size_table(r, r.samples['cv2'].median(), r.samples['cvd2'].median())}\n\n"
+                         f"Median of {len(r.samples['cv1'].wall)} interleaved rounds; {'; '.join(notes)}. "
+                         f"This table alone: {_cmd('--sizes', size)}.")
+            pair_size = max((s for s in sizes if s <= TARGET_SIZE), default=min(sizes))
+            pair = measure_pair(eng, pair_size, gaussian, rand, repeats or _default_repeats(pair_size, quick))
+            emit(f"### filter_pair at {pair_size}x{pair_size}: both filters at once (1 + 1 processes) against each alone\n\n"
+                 f"{_pair_table(pair)}\n\n"
+                 "'Each filter's band span' is the time from a filter's first band start to its last band end "
+                 f"(`PairResult.filter_walls`). This table alone: {_cmd('--sizes', pair_size)}.")
+            emit(f"### The notebook's algorithm\n\n"
+                 + md_table(["kernel", f"{NOTEBOOK_CROP}x{NOTEBOOK_CROP} crop ms", "µs per pixel (3 channels)",
+                             f"scaled to {NOTEBOOK_SIZE}² s", "engine at 1024² ms (numpy arrays)", "speed-up"],
+                            [[gaussian.name, _ms(nb["gaussian"] * NOTEBOOK_CROP**2), f"{nb['gaussian'] * 1e6:.1f}",
+                              f"{nb['gaussian'] * NOTEBOOK_SIZE**2:.1f}", _ms(n1024["engine"].median()),
+                              _x(nb["gaussian"] * NOTEBOOK_SIZE**2 / n1024["engine"].median())],
+                             [rand.name, _ms(nb["random_5x5"] * NOTEBOOK_CROP**2), f"{nb['random_5x5'] * 1e6:.1f}",
+                              f"{nb['random_5x5'] * NOTEBOOK_SIZE**2:.1f}", "–", "–"]])
+                 + f"\n\n`engine.filter_image(crop, kernel, processes=1, implementation=\"python\")` runs "
+                 "`engine._compute._python_loops`, the notebook's loop over every pixel, channel and weight; "
+                 f"its time on the crop is scaled by pixel count (x{NOTEBOOK_SIZE**2 // NOTEBOOK_CROP**2:,} to 1024²). "
+                 f"OpenCV 1 thread at 1024²: {_ms(n1024['cv1'].median())} ms. Any run of {_cmd()} makes this table.")
+            env = environment(eng, libs, load_start)
+        rss_size = RSS_SIZE if RSS_SIZE in sizes else max(sizes)
+        rss = {}
+        for mode in ("numpy", "zero-copy"):
+            m = measure_rss(rss_size, mode)
+            m["size"] = rss_size
+            rss[mode] = m
+        emit(f"### Parent's peak memory, {rss_size}x{rss_size} RGB\n\n{_rss_table(rss)}\n\n"
+             "A fresh process starts an `Engine`, warms it, then builds one image and filters it with `gaussian` "
+             "(default processes). Baseline: its RSS just before the image (`/proc/self/statm`), where the peak is "
+             "also reset (`/proc/self/clear_refs`, so import-time peaks do not count); peak: `VmHWM` of "
+             "`/proc/self/status` after the call (the kernel's high-water mark, what `ru_maxrss` reports for a "
+             "process that did not fork from a bigger one). Shared-memory pages the parent touches "
+             "count in its RSS. "
+             f"The design needs 4 image sizes with numpy arrays (input, shared input, shared output, result) and 2 "
+             f"zero-copy. This table alone: {_cmd('--sizes', rss_size)}.")
+    finally:
+        cv2.setNumThreads(saved_threads)
+
+    small = by_size.get(SMALL_SIZE, {})
+    targets = _evaluate(by_size, pair, pair_size, nb["gaussian"], n1024, small, rss, available_cpus())
+    target_md = (f"### Targets (ratios from this run)\n\n{_targets_table(targets)}\n\n"
+                 f"Targets (issue 3): " + "; ".join(f"({k}) {v}" for k, v in TARGETS.items()) + ". "
+                 "Zero-copy engine runs are compared with OpenCV writing into a preallocated `dst`, numpy-array runs "
+                 "with OpenCV returning a new array (each engine run against the OpenCV call that does the same "
+                 "allocation); the tables give both ratios.")
+    print(target_md + "\n", flush=True)
+    passed = sum(t.status == "PASS" for t in targets)
+    missed = sum(t.status == "MISS" for t in targets)
+    print(f"{passed} targets PASS, {missed} MISS, {len(targets) - passed - missed} not run", flush=True)
+    if markdown:
+        env_md = md_table(["", ""], env)
+        doc = [f"## Engine benchmarks\n\n{INTRO}\n\nMade by {_cmd(*args)}"
+               f"{' (through `python benchmarks/run_all.py`)' if os.environ.get('PFL_BENCH_RUN_ALL') else ''}; "
+               "each table also names the command that reproduces it alone.\n\n" + env_md,
+               target_md, *sections]
+        with open(markdown, "w", encoding="utf-8") as f:
+            f.write("\n\n".join(doc) + "\n")
+    return 0

@@ -1,0 +1,938 @@
+"""The Dask backend: the engine's bands and band kernel, scheduled by Dask instead of the pool.
+
+Same band plan (``plan_bands``), same band kernel (``filter_band``/``band_range``): only where
+bands run and how their rows travel changes. Data flow of one job::
+
+    caller (client)                 Dask graph (lazy, one task per band)     Dask workers
+    ---------------                 ------------------------------------     ------------
+    validate; plan_bands(H, kh, n)
+    where the input rows come from:
+      numpy, one-machine cluster    segment in (caller creates, fills) ----> attach, read band rows
+      numpy, any cluster            band blocks scattered -----------------> block_i (read rows
+                                                                               [read_start, read_stop)
+                                                                               modulo H)
+      Zarr / TIFF store             the task reads its block itself -------> only its tiles
+      Dask array (filter_dask)      its chunks + halo slices, sliced where
+                                      the chunks live ---------------------> block_i
+                                    normalize only: range_i per band,
+                                      vr = min/max of all range_i ---------> one tiny task
+                                    out_i = band kernel(block_i, vr) ------> rows [start, stop)
+    where the output rows go:
+      one-machine cluster           segment out (caller creates) <--------- written by the task
+      any cluster                   gathered as they finish <-------------- out_i
+      Zarr                          written by the band's own task (bands own whole chunks;
+                                      otherwise rechunked by Dask first, so no chunk is shared)
+      TIFF                          the caller writes tiles in order from a bounded window
+
+A block holds exactly the band's read rows; ``local_band`` shifts the band to index into it.
+For non-wrap borders the read range is clamped at the image edge, so the block's edge is the
+image's edge exactly where OpenCV synthesizes border rows; for ``wrap`` the rows come modulo H
+and the halo is in the block. The band kernel sees the same rows as in the process-pool engine,
+so results are bit-identical to it (tests/test_dask.py checks every border and output).
+
+Ownership: the caller creates and unlinks (in ``finally``) both segments of the shared-memory
+transport; workers attach for one task and close. ``scheduler="local"`` creates a LocalCluster
+and closes it before returning. Failure: a worker that dies is replaced by its nanny and Dask
+re-runs its tasks (bands are pure, band writes idempotent); a band that killed
+``distributed.scheduler.allowed-failures`` workers raises ``WorkerError``. On any error or
+Ctrl-C the job's futures are cancelled on the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+
+import numpy as np
+
+from ._bands import Band, band_count, plan_bands
+from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, band_range, filter_band
+from ._validate import check_choice, check_image, check_kernel, check_out, check_python_size
+
+__all__ = [
+    "INSTALL_HINT",
+    "dask_available",
+    "local_band",
+    "row_runs",
+    "take_rows",
+    "filter_block",
+    "block_range",
+    "filter_image",
+    "filter_dask",
+    "filter_zarr",
+]
+
+INSTALL_HINT = 'the Dask backend needs `pip install "dask[array]" distributed` (see requirements-dev.txt)'
+#: Bands per worker thread of a cluster for in-memory images (load balance vs per-task overhead).
+TARGET_BAND_PIXELS = 1 << 22
+_LOCAL_SCHEDULERS = ("synchronous", "threads")
+_TIFF_TILE = 256
+
+
+# -- optional imports ------------------------------------------------------------------------------
+def dask_available() -> bool:
+    """Whether the Dask backend can run here (``dask`` and ``distributed`` are installed).
+
+    Cheap: nothing is imported. The dashboard calls it to decide whether to offer the backend.
+
+    >>> isinstance(dask_available(), bool)
+    True
+    """
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed"))
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def _dask():
+    """``(dask, dask.array, distributed)``, or an ImportError that says how to install them."""
+    try:
+        import dask
+        import dask.array as da
+        import distributed
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT}; importing it failed: {e}") from e
+    return dask, da, distributed
+
+
+# -- bands as small local arrays (pure) ------------------------------------------------------------
+def local_band(band: Band) -> Band:
+    """The same band, indexing into its block (the rows ``[read_start, read_stop)`` alone).
+
+    >>> local_band(Band(1, 5, 10, 4, 11))
+    Band(index=1, start=1, stop=6, read_start=0, read_stop=7)
+    """
+    return Band(band.index, band.start - band.read_start, band.stop - band.read_start, 0,
+                band.read_stop - band.read_start)
+
+
+def row_runs(band: Band, height: int) -> list[tuple[int, int]]:
+    """Contiguous in-image row ranges that, concatenated, are the band's read rows modulo H.
+
+    One run for a clamped (non-wrap) range; wrap halos add runs from the opposite edge.
+
+    >>> row_runs(Band(0, 0, 5, -2, 7), 10)
+    [(8, 10), (0, 7)]
+    >>> row_runs(Band(0, 0, 3, -4, 7), 3)  # a kernel taller than the image
+    [(2, 3), (0, 3), (0, 3), (0, 3), (0, 1)]
+    """
+    runs, r = [], band.read_start
+    while r < band.read_stop:
+        lo = r % height
+        n = min(height - lo, band.read_stop - r)
+        runs.append((lo, lo + n))
+        r += n
+    return runs
+
+
+def take_rows(source, band: Band, height: int) -> np.ndarray:
+    """The band's block from ``source`` (an (H, W, C) array, or anything sliceable by rows):
+    a view when the read range is one run, else a copy."""
+    runs = row_runs(band, height)
+    if len(runs) == 1:
+        lo, hi = runs[0]
+        return np.asarray(source[lo:hi])
+    return np.concatenate([np.asarray(source[lo:hi]) for lo, hi in runs])
+
+
+# -- what runs on a worker -------------------------------------------------------------------------
+_PREPARED = False
+
+
+def _prepare_worker() -> None:
+    """On a Dask worker, OpenCV uses one thread: Dask's worker threads are the parallelism."""
+    global _PREPARED
+    if _PREPARED:
+        return
+    _PREPARED = True
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return  # not on a worker (synchronous or threaded scheduler): leave OpenCV alone
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _as3d(block: np.ndarray) -> np.ndarray:
+    block = np.ascontiguousarray(block)
+    return block if block.ndim == 3 else block[:, :, None]
+
+
+def filter_block(block, band: Band, kernel, border: str, output: str, implementation: str,
+                 value_range=None) -> np.ndarray:
+    """Output rows ``[band.start, band.stop)`` computed from the band's block alone.
+
+    ``block`` holds exactly the input rows ``[band.read_start, band.read_stop)`` (modulo H for
+    ``wrap``), as ``take_rows`` gives them. Calls the engine's ``filter_band``.
+    """
+    _prepare_worker()
+    src = _as3d(block)
+    lb = local_band(band)
+    if src.shape[0] != lb.read_stop:
+        raise ValueError(f"block has {src.shape[0]} rows, band {band} reads {lb.read_stop}")
+    dst = np.empty((lb.stop,) + src.shape[1:], src.dtype)  # rows above lb.start stay unused
+    filter_band(src, dst, lb, kernel, border, output, implementation, value_range=value_range)
+    return dst[lb.start :]
+
+
+def block_range(block, band: Band, kernel, border: str, implementation: str) -> tuple[float, float]:
+    """``band_range`` of the band from its block (for ``normalize``)."""
+    _prepare_worker()
+    return band_range(_as3d(block), local_band(band), kernel, border, implementation)
+
+
+def _global_range(*ranges) -> tuple[float, float]:
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def _filter_read(source, band, height, kernel, border, output, implementation, value_range=None):
+    return filter_block(take_rows(source, band, height), band, kernel, border, output, implementation, value_range)
+
+
+def _range_read(source, band, height, kernel, border, implementation):
+    return block_range(take_rows(source, band, height), band, kernel, border, implementation)
+
+
+def _filter_store(source, dst, band, height, kernel, border, output, implementation, value_range=None) -> int:
+    """Read, filter and write one band straight into the Zarr store; returns rows written."""
+    rows = _filter_read(source, band, height, kernel, border, output, implementation, value_range)
+    dst[band.start : band.stop] = rows.reshape((band.rows,) + tuple(dst.shape[1:]))
+    return band.rows
+
+
+# -- graphs ----------------------------------------------------------------------------------------
+def _block(parts) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _range_parts(band, kernel, border, implementation, *parts):
+    return block_range(_block(parts), band, kernel, border, implementation)
+
+
+def _filter_parts(band, kernel, border, output, implementation, value_range, *parts):
+    return filter_block(_block(parts), band, kernel, border, output, implementation, value_range)
+
+
+def _band_tasks(parts, plan, kernel, border, output, implementation):
+    """One lazy ``Delayed`` per band giving its output rows; for ``normalize`` the global range
+    is reduced in the graph first. ``parts[i]`` lists what band i's block is the concatenation
+    of (arrays, Futures or Delayeds)."""
+    dask, _, _ = _dask()
+    vr = None
+    if output == "normalize":
+        ranges = [dask.delayed(_range_parts, pure=False)(band, kernel, border, implementation, *p)
+                  for p, band in zip(parts, plan)]
+        vr = dask.delayed(_global_range, pure=False)(*ranges)
+    return [dask.delayed(_filter_parts, pure=False)(band, kernel, border, output, implementation, vr, *p)
+            for p, band in zip(parts, plan)]
+
+
+def _parts_from_chunks(x3, plan, height):
+    """Per band, the pieces of a Dask array that make its block: row chunks it covers whole are
+    passed as they are, others are sliced by a task that Dask runs where the chunk lives, so
+    that only halo rows travel between workers."""
+    import operator
+
+    dask, _, _ = _dask()
+    x3 = x3.rechunk({1: -1, 2: -1})  # whole rows in every chunk (a no-op when already so)
+    chunks = x3.to_delayed().ravel()
+    bounds = np.cumsum((0,) + tuple(x3.chunks[0]))
+    out = []
+    for b in plan:
+        parts = []
+        for lo, hi in row_runs(b, height):
+            i = int(np.searchsorted(bounds, lo, side="right")) - 1
+            while lo < hi:
+                c0, c1 = int(bounds[i]), int(bounds[i + 1])
+                e = min(hi, c1)
+                whole = lo == c0 and e == c1
+                parts.append(chunks[i] if whole else dask.delayed(operator.getitem, pure=True)(chunks[i], slice(lo - c0, e - c0)))
+                lo, i = e, i + 1
+        out.append(parts)
+    return out
+
+
+def _source_tasks(source, plan, height, kernel, border, output, implementation, dst=None, value_range=None):
+    """Per band, one task that reads its block from ``source`` itself (a store every worker can
+    open): nothing but the band's rows ever travels. With ``dst``, the task also writes them."""
+    dask, _, _ = _dask()
+    vr = value_range
+    if output == "normalize" and vr is None:
+        ranges = [dask.delayed(_range_read, pure=False)(source, band, height, kernel, border, implementation)
+                  for band in plan]
+        vr = dask.delayed(_global_range, pure=False)(*ranges)
+    if dst is None:
+        return [dask.delayed(_filter_read, pure=False)(source, band, height, kernel, border, output, implementation, vr)
+                for band in plan]
+    return [dask.delayed(_filter_store, pure=False)(source, dst, band, height, kernel, border, output, implementation, vr)
+            for band in plan]
+
+
+def _stack(tasks, plan, width, channels, dtype):
+    """The lazy (H, W, C) array whose chunks are the bands."""
+    _, da, _ = _dask()
+    return da.concatenate(
+        [da.from_delayed(t, shape=(b.rows, width, channels), dtype=dtype) for t, b in zip(tasks, plan)], axis=0
+    )
+
+
+# -- schedulers ------------------------------------------------------------------------------------
+def _check_scheduler(scheduler):
+    """Validate ``scheduler`` up front; returns it. None is Dask's default scheduler."""
+    if scheduler is None:
+        _dask()
+        return None
+    if isinstance(scheduler, str):
+        if scheduler == "local" or scheduler in _LOCAL_SCHEDULERS or "://" in scheduler:
+            _dask()
+            return scheduler
+        raise ValueError(
+            "scheduler must be a dask.distributed.Client, a cluster, a scheduler address like "
+            f"'tcp://host:8786', 'local' (a LocalCluster of worker processes), 'threads' or 'synchronous'; got {scheduler!r}"
+        )
+    _, _, distributed = _dask()
+    if isinstance(scheduler, distributed.Client) or hasattr(scheduler, "scheduler_address"):
+        return scheduler
+    raise TypeError(
+        "scheduler must be a dask.distributed.Client, a cluster, an address string, 'local', 'threads' "
+        f"or 'synchronous'; got {type(scheduler).__name__}"
+    )
+
+
+def local_cluster(n_workers: int | None = None, **kwargs):
+    """A ``LocalCluster`` of single-threaded worker processes, quiet; its scheduler's HTTP
+    server (always started) takes a free port instead of 8787, which may be taken."""
+    from distributed import LocalCluster
+
+    from ._engine import available_cpus
+
+    opts = dict(n_workers=n_workers or available_cpus(), threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.ERROR)
+    opts.update(kwargs)
+    return LocalCluster(**opts)
+
+
+@contextlib.contextmanager
+def _session(scheduler):
+    """Yield a ``Client`` (or None for 'threads'/'synchronous'); close what this call created."""
+    if scheduler is None or scheduler in _LOCAL_SCHEDULERS:
+        yield None
+        return
+    _, _, distributed = _dask()
+    if isinstance(scheduler, distributed.Client):
+        yield scheduler
+        return
+    cluster = local_cluster() if scheduler == "local" else None
+    try:
+        target = cluster if cluster is not None else scheduler
+        with distributed.Client(target, set_as_default=False) as client:
+            yield client
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _cluster_threads(client) -> int:
+    if client is None:
+        from ._engine import available_cpus
+
+        return available_cpus()
+    return max(1, sum(client.nthreads().values()))
+
+
+def _worker_error(exc):
+    from ._engine import WorkerError
+
+    return WorkerError(
+        f"a Dask worker died while running this job, and the task was retried until Dask's "
+        f"'distributed.scheduler.allowed-failures' limit: likely out of memory (raise the workers' "
+        f"memory_limit or use smaller bands), or killed ({exc})"
+    )
+
+
+@contextlib.contextmanager
+def _guard(client, *futures_lists):
+    """Cancel the job's futures on the cluster on any error (and Ctrl-C); KilledWorker -> WorkerError."""
+    _, _, distributed = _dask()
+    try:
+        yield
+    except distributed.KilledWorker as e:
+        _cancel(client, futures_lists)
+        raise _worker_error(e) from None
+    except BaseException:
+        _cancel(client, futures_lists)
+        raise
+
+
+def _cancel(client, futures_lists):
+    if client is None:
+        return
+    futs = [f for fl in futures_lists for f in fl]
+    if futs:
+        with contextlib.suppress(Exception):
+            client.cancel(futs)
+
+
+def _compute(client, scheduler, tasks, on_result=None):
+    """Run ``tasks``; ``on_result(i, value)`` as each finishes (in completion order with a
+    cluster). Returns the values in order when ``on_result`` is None."""
+    dask, _, _ = _dask()
+    if client is None:
+        values = dask.compute(*tasks, scheduler=scheduler or "threads")
+        if on_result is None:
+            return list(values)
+        for i, v in enumerate(values):
+            on_result(i, v)
+        return None
+    futs = client.compute(list(tasks))
+    values = [None] * len(futs)
+    _wait_all(client, futs, on_result or values.__setitem__)
+    return values if on_result is None else None
+
+
+# -- public entries --------------------------------------------------------------------------------
+def _check_common(kernel, border, output, implementation):
+    k = check_kernel(kernel)
+    check_choice(border, "border", BORDERS)
+    check_choice(output, "output", OUTPUTS)
+    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    return k
+
+
+def _check_band_rows(band_rows):
+    if band_rows is None:
+        return None
+    if isinstance(band_rows, bool) or not isinstance(band_rows, (int, np.integer)) or band_rows < 1:
+        raise ValueError(f"band_rows must be a positive integer (output rows per band), got {band_rows!r}")
+    return int(band_rows)
+
+
+def _plan(height, width, kernel, border, *, threads=None, band_rows=None):
+    """The engine's band plan, with a band count for a cluster: ``band_rows`` rows per band when
+    given, else the process-pool engine's rule for ``threads`` workers, at least one band per
+    ``TARGET_BAND_PIXELS``."""
+    if band_rows is not None:
+        n = math.ceil(height / band_rows)
+    else:
+        n = max(band_count(height, width, threads or 1), math.ceil(height * width / TARGET_BAND_PIXELS))
+    return plan_bands(height, kernel.shape[0], max(1, min(n, height)), wrap=border == "wrap")
+
+
+def filter_image(image, kernel, *, scheduler, border="replicate", output="clip", implementation="opencv",
+                 out=None, band_rows=None, transport="auto") -> np.ndarray:
+    """``engine.filter_image(..., scheduler=...)``: the same result, computed on a Dask cluster.
+
+    ``transport`` says how pixels reach the workers: ``"shm"`` (a shared-memory segment the
+    caller creates and unlinks; workers on this host attach to it, as the process pool does),
+    ``"tcp"`` (each band's block is scattered to a worker and its rows gathered back: any
+    cluster), or ``"auto"``: ``"shm"`` when every worker can attach to this host's segments.
+    """
+    img3 = check_image(image)
+    k = _check_common(kernel, border, output, implementation)
+    check_python_size(img3, implementation)
+    o = check_out(out, img3)
+    band_rows = _check_band_rows(band_rows)
+    check_choice(transport, "transport", ("auto", "shm", "tcp"))
+    _check_scheduler(scheduler)
+    h, w, c = img3.shape
+    result = o if o is not None else np.empty(img3.shape, img3.dtype)
+    with _session(scheduler) as client:
+        plan = _plan(h, w, k, border, threads=_cluster_threads(client), band_rows=band_rows)
+        hosts = _shared_memory_hosts(client) if client is not None and transport != "tcp" else None
+        if transport == "shm" and hosts is None:
+            raise RuntimeError("transport='shm' needs every Dask worker on this host (sharing /dev/shm); "
+                               "use transport='tcp' or 'auto'")
+        if hosts is not None:
+            _filter_shared(client, img3, result, plan, k, border, output, implementation, hosts)
+        else:
+            blocks = [np.ascontiguousarray(take_rows(img3, b, h)) for b in plan]
+            scattered = []
+            if client is not None:
+                # Straight to the workers (not through the scheduler inside the graph); no hashing.
+                scattered = blocks = client.scatter(blocks, hash=False)
+            with _guard(client, scattered):
+                tasks = _band_tasks([[b] for b in blocks], plan, k, border, output, implementation)
+
+                def put(i, rows):
+                    result[plan[i].start : plan[i].stop] = rows
+
+                _compute(client, scheduler if client is None else None, tasks, on_result=put)
+            del scattered, blocks
+    if out is not None:
+        return out
+    return result.reshape(image.shape)
+
+
+@contextlib.contextmanager
+def _attached(desc):
+    """On a worker: the (H, W, C) array in the caller's segment ``desc = (name, shape, dtype)``,
+    mapped for the duration of one task only (the caller unlinks the segment)."""
+    from ._shm import attach
+
+    name, shape, dtype = desc
+    shm = attach(name)
+    try:
+        yield np.ndarray(shape, np.dtype(dtype), buffer=shm.buf)
+    finally:
+        shm.close()
+
+
+def _shared_range(src_desc, band, kernel, border, implementation):
+    _prepare_worker()
+    with _attached(src_desc) as src:
+        rng = band_range(src, band, kernel, border, implementation)
+        del src
+    return rng
+
+
+def _shared_filter(src_desc, dst_desc, band, kernel, border, output, implementation, value_range=None) -> int:
+    """Exactly what a process-pool worker does with a band: ``filter_band`` on the shared arrays."""
+    _prepare_worker()
+    with _attached(src_desc) as src, _attached(dst_desc) as dst:
+        filter_band(src, dst, band, kernel, border, output, implementation, value_range=value_range)
+        del src, dst
+    return band.rows
+
+
+def _probe_segment(name: str, token: bytes) -> bool:
+    try:
+        from ._shm import attach
+
+        shm = attach(name)
+    except Exception:  # noqa: BLE001 - any failure means: not this host's /dev/shm
+        return False
+    try:
+        return bytes(shm.buf[: len(token)]) == token
+    finally:
+        shm.close()
+
+
+_HOSTS_CACHE: dict = {}
+
+
+def _shared_memory_hosts(client) -> list[str] | None:
+    """The hosts of the cluster's workers if every worker can attach to a segment this process
+    creates (same machine, same /dev/shm), else None. Cached per set of workers."""
+    import secrets
+
+    from ._shm import Segment
+
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # distributed before 2025: every worker is listed anyway
+        workers = client.scheduler_info()["workers"]
+    if not workers:
+        return None
+    key = (id(client), frozenset(workers))
+    if key not in _HOSTS_CACHE:
+        token = secrets.token_bytes(16)
+        seg = Segment(len(token))
+        try:
+            seg.buf[: len(token)] = token
+            ok = client.run(_probe_segment, seg.name, token)
+        finally:
+            seg.release()
+        hosts = sorted({w.get("host") or _host_of(a) for a, w in workers.items()})
+        _HOSTS_CACHE.clear()
+        _HOSTS_CACHE[key] = hosts if ok and all(ok.values()) else None
+    return _HOSTS_CACHE[key]
+
+
+def _host_of(address: str) -> str:
+    from distributed.comm import get_address_host
+
+    return get_address_host(address)
+
+
+class _SegmentPool:
+    """The shared-memory transport's scratch segments, kept between jobs (at most ``keep`` of
+    them, ``max_bytes`` in all): copy-in, the workers' band writes and copy-out then touch pages
+    that already exist instead of faulting in fresh ones. This process creates and unlinks
+    every one of them; a segment goes back to the pool only after a job whose tasks all
+    finished (after a failure a task may still be writing, so it is unlinked instead)."""
+
+    def __init__(self, keep=2, max_bytes=1 << 30):
+        import threading
+
+        self.keep, self.max_bytes = keep, max_bytes
+        self._free: list = []
+        self._lock = threading.Lock()
+        self._atexit = False
+
+    def take(self, nbytes: int):
+        from ._shm import Segment
+
+        with self._lock:
+            for i, seg in enumerate(self._free):
+                if seg.nbytes == nbytes:
+                    return self._free.pop(i)
+        return Segment(nbytes)
+
+    def give(self, seg) -> None:
+        evict = [seg]
+        with self._lock:
+            if seg.nbytes <= self.max_bytes:
+                self._free.append(seg)
+                evict = []
+                while len(self._free) > self.keep or sum(x.nbytes for x in self._free) > self.max_bytes:
+                    evict.append(self._free.pop(0))
+            if not self._atexit:
+                import atexit
+
+                atexit.register(self.clear)
+                self._atexit = True
+        for old in evict:
+            old.release()
+
+    def clear(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for seg in free:
+            seg.release()
+
+
+_POOL = _SegmentPool()
+
+
+def _filter_shared(client, img3, result, plan, kernel, border, output, implementation, hosts):
+    """The shared-memory transport: the engine's data plane, Dask's scheduling. Tasks may run
+    only on this host's workers (a restarted worker on it qualifies)."""
+    segs, ok = [], False
+    try:
+        src_seg = _POOL.take(img3.nbytes)
+        segs.append(src_seg)
+        dst_seg = _POOL.take(img3.nbytes)
+        segs.append(dst_seg)
+        np.ndarray(img3.shape, img3.dtype, buffer=src_seg.buf)[...] = img3
+        src = (src_seg.name, img3.shape, img3.dtype.str)
+        dst = (dst_seg.name, img3.shape, img3.dtype.str)
+        dask, _, _ = _dask()
+        vr = None
+        if output == "normalize":
+            ranges = [dask.delayed(_shared_range, pure=False)(src, b, kernel, border, implementation) for b in plan]
+            vr = dask.delayed(_global_range, pure=False)(*ranges)
+        tasks = [dask.delayed(_shared_filter, pure=False)(src, dst, b, kernel, border, output, implementation, vr)
+                 for b in plan]
+        futs = client.compute(tasks, workers=hosts, allow_other_workers=False)
+        _wait_all(client, futs)
+        np.copyto(result, np.ndarray(img3.shape, img3.dtype, buffer=dst_seg.buf))
+        ok = True
+    finally:
+        for seg in segs:
+            _POOL.give(seg) if ok else seg.release()
+
+
+def _wait_all(client, futs, on_result=None):
+    """Wait for futures as they finish; cancel them all on any error; KilledWorker -> WorkerError."""
+    _, _, distributed = _dask()
+    index = {f.key: i for i, f in enumerate(futs)}
+    with _guard(client, futs):
+        for fut, value in distributed.as_completed(futs, with_results=True, loop=client.loop):
+            if on_result is not None:
+                on_result(index[fut.key], value)
+            fut.release()
+
+
+def filter_dask(image, kernel, *, border="replicate", output="clip", implementation="opencv", band_rows=None):
+    """Correlate a Dask (or numpy) array lazily: a ``dask.array.Array`` whose chunks are bands.
+
+    Parameters
+    ----------
+    image : dask.array.Array or numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)``, uint8 or uint16, C in 1..4, any chunking (each band's
+        rows are sliced out of it, halo included).
+    kernel, border, output, implementation
+        As in ``engine.filter_image``.
+    band_rows : int, optional
+        Output rows per band (the result's row chunks). Default: about 4 Mpixels per band.
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape and dtype, nothing computed yet. ``normalize`` reduces the global
+        (min, max) inside the graph. Compute it with any scheduler (``.compute()``,
+        ``client.compute``, ``.to_zarr``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lazy = filter_dask(np.zeros((64, 48, 3), np.uint8), "gaussian", band_rows=16)
+    >>> lazy.chunks[0], lazy.compute(scheduler="synchronous").shape
+    ((16, 16, 16, 16), (64, 48, 3))
+    """
+    _, da, _ = _dask()
+    x = image if isinstance(image, da.Array) else da.asarray(image)
+    proxy = np.lib.stride_tricks.as_strided(np.zeros(1, x.dtype), shape=x.shape, strides=(0,) * x.ndim)
+    check_image(proxy)
+    k = _check_common(kernel, border, output, implementation)
+    check_python_size(proxy if proxy.ndim == 3 else proxy[:, :, None], implementation)
+    band_rows = _check_band_rows(band_rows)
+    squeeze = x.ndim == 2
+    x3 = x[:, :, None] if squeeze else x
+    h, w, c = x3.shape
+    plan = _plan(h, w, k, border, band_rows=band_rows)
+    parts = _parts_from_chunks(x3, plan, h)
+    res = _stack(_band_tasks(parts, plan, k, border, output, implementation), plan, w, c, x.dtype)
+    return res[:, :, 0] if squeeze else res
+
+
+# -- stores: Zarr and TIFF -------------------------------------------------------------------------
+def _is_tiff(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith((".tif", ".tiff"))
+
+
+class TiffRows:
+    """Rows of a TIFF's first image, read through tifffile's Zarr view of its tiles or strips
+    (only the tiles a row range touches are decoded). Picklable: workers reopen the file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        import tifffile
+
+        with tifffile.TiffFile(self.path) as tf:
+            series = tf.series[0]
+            if series.axes not in ("YX", "YXS"):
+                raise ValueError(
+                    f"TIFF {self.path!r} must hold one 2-D image (axes YX or YXS, samples interleaved), "
+                    f"got axes {series.axes!r} with shape {series.shape}"
+                )
+            self.shape, self.dtype = tuple(series.shape), np.dtype(series.dtype)
+            page = series.keyframe
+            self.chunks = (page.tilelength if page.is_tiled else page.rowsperstrip,) + self.shape[1:]
+        self._z = None
+
+    def __getstate__(self):
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "chunks": self.chunks, "_z": None}
+
+    def __getitem__(self, rows):
+        if self._z is None:
+            import tifffile
+            import zarr
+
+            self._z = zarr.open(tifffile.imread(self.path, aszarr=True), mode="r")
+        return self._z[rows]
+
+
+def _open_source(src):
+    """A row-sliceable source that every worker can reopen: a Zarr array or ``TiffRows``."""
+    if _is_tiff(src):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"src TIFF {os.fspath(src)!r} does not exist")
+        return TiffRows(src)
+    import zarr
+
+    if isinstance(src, (str, os.PathLike)):
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"src Zarr store {os.fspath(src)!r} does not exist")
+        z = zarr.open_array(os.fspath(src), mode="r")
+    elif isinstance(src, zarr.Array):
+        z = src
+    else:
+        raise TypeError(f"src must be a path to a Zarr array or a .tif/.tiff file, or a zarr.Array; got {type(src).__name__}")
+    return z
+
+
+def _near_divisor(m: int, target: int) -> int | None:
+    """The divisor of ``m`` closest to ``target``, if one lies within a factor 2 of it."""
+    divs = {d for i in range(1, math.isqrt(m) + 1) if m % i == 0 for d in (i, m // i)}
+    best = min(divs, key=lambda d: (abs(d - target), -d))
+    return best if target / 2 <= best <= 2 * target else None
+
+
+def _plan_for_store(h, w, k, border, band_rows, row_chunk, threads, src_chunk=None):
+    """Bands made of whole row chunks of both stores whenever the height allows: every band
+    then owns whole Zarr chunks of ``dst`` and writes them itself (no two tasks share a chunk),
+    and reads ``src`` chunks that are mostly its own. ``row_chunk=None``: ``dst`` is created
+    afterwards, with the bands' height."""
+    if band_rows is not None:
+        return _plan(h, w, k, border, band_rows=band_rows)
+    target = max(band_count(h, w, threads), math.ceil(h * w / TARGET_BAND_PIXELS))
+    for unit in (math.lcm(row_chunk or 1, src_chunk or 1), row_chunk or 1):
+        if h % unit == 0 and h // unit >= min(target, threads):  # enough bands for the workers
+            n = _near_divisor(h // unit, min(target, h // unit))
+            if n is not None:
+                return plan_bands(h, k.shape[0], n, wrap=border == "wrap")
+    return _plan(h, w, k, border, threads=threads)
+
+
+def _row_chunk(source) -> int | None:
+    chunks = getattr(source, "chunks", None)
+    return int(chunks[0]) if chunks else None
+
+
+def _aligned(plan, row_chunk) -> bool:
+    return all(b.start % row_chunk == 0 for b in plan)
+
+
+def filter_zarr(src, dst, kernel, *, scheduler=None, border="replicate", output="clip",
+                implementation="opencv", band_rows=None, chunks=None, progress=None) -> None:
+    """Filter an image stored as Zarr (or TIFF) into Zarr (or TIFF), band by band on Dask.
+
+    No process ever holds the whole image: each band's task reads its own rows (halo included)
+    from ``src`` and, for Zarr output, writes its rows into ``dst``; for TIFF output the caller
+    writes tiles in order from a bounded window of finished bands.
+
+    Parameters
+    ----------
+    src : str, os.PathLike or zarr.Array
+        A Zarr array (path or object) or a ``.tif``/``.tiff`` file (tiled or stripped; read
+        through tifffile's Zarr view, so only the tiles a band touches are decoded), of shape
+        ``(H, W)`` or ``(H, W, C)``, uint8 or uint16, C in 1..4. Workers open it themselves:
+        it must be on storage they share with the caller.
+    dst : str, os.PathLike or zarr.Array
+        The output: a Zarr path (created with ``src``'s shape and dtype when missing, else it
+        must match them), a ``zarr.Array``, or a ``.tif``/``.tiff`` path (written tiled,
+        256x256, by the caller). Never the same store as ``src``.
+    kernel, border, output, implementation
+        As in ``engine.filter_image``; results are bit-identical to it.
+    scheduler : Client, cluster, str or None
+        A ``dask.distributed.Client``, a cluster, a scheduler address ``'tcp://host:8786'``,
+        ``'local'`` (a LocalCluster of worker processes, created and closed here),
+        ``'threads'``/``'synchronous'``, or None for Dask's default scheduler.
+    band_rows : int, optional
+        Output rows per band. Default: whole Zarr chunks of ``dst``, about 4 Mpixels per band.
+    chunks : tuple, optional
+        Chunk shape of a ``dst`` Zarr created here. Default: ``(band rows, min(W, 4096), C)``.
+    progress : callable, optional
+        ``progress(bands_done, bands_total)``, called in the caller as bands finish.
+
+    Raises
+    ------
+    TypeError, ValueError, FileNotFoundError
+        Bad arguments or stores, before any task runs.
+    ImportError
+        Dask is not installed (the message says how to install it).
+    WorkerError
+        A band kept killing workers (Dask's allowed-failures); finished bands stay written.
+
+    Notes
+    -----
+    Bands line up with ``dst``'s row chunks when the height allows it, and then each band's
+    task writes its own whole chunks; otherwise the bands are rechunked to ``dst``'s rows by
+    Dask before writing, so that no two tasks ever write the same chunk. A rerun after a failure
+    rewrites every band (band writes are idempotent).
+    """
+    dask, da, _ = _dask()
+    import zarr
+
+    k = _check_common(kernel, border, output, implementation)
+    band_rows = _check_band_rows(band_rows)
+    _check_scheduler(scheduler)
+    source = _open_source(src)
+    shape, dtype = tuple(source.shape), np.dtype(source.dtype)
+    proxy = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+    img3 = check_image(proxy, "src")
+    check_python_size(img3, implementation)
+    h, w, c = img3.shape
+    shape = tuple(shape)
+    if isinstance(src, (str, os.PathLike)) and isinstance(dst, (str, os.PathLike)) and \
+            os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError(f"dst must not be the same store as src (filters read rows a band would overwrite): {os.fspath(dst)!r}")
+
+    tiff_out = _is_tiff(dst)
+    if tiff_out:
+        folder = os.path.dirname(os.path.abspath(dst))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"dst folder {folder!r} does not exist")
+    elif not isinstance(dst, (str, os.PathLike, zarr.Array)):
+        raise TypeError(f"dst must be a path (Zarr or .tif/.tiff) or a zarr.Array, got {type(dst).__name__}")
+
+    with _session(scheduler) as client:
+        threads = _cluster_threads(client)
+        if tiff_out:
+            target, row_chunk = None, _TIFF_TILE
+            plan = _plan_for_store(h, w, k, border, band_rows, row_chunk, threads, _row_chunk(source))
+        else:
+            plan = None
+            if isinstance(dst, zarr.Array) or os.path.exists(dst):
+                target = _open_dst(dst, shape, dtype)
+            else:
+                plan = _plan_for_store(h, w, k, border, band_rows, None, threads, _row_chunk(source))
+                target = zarr.create_array(os.fspath(dst), shape=shape, dtype=dtype,
+                                           chunks=tuple(chunks) if chunks else (plan[0].rows, min(w, 4096)) + shape[2:])
+            row_chunk = target.chunks[0]
+            plan = plan or _plan_for_store(h, w, k, border, band_rows, row_chunk, threads, _row_chunk(source))
+        sched = scheduler if client is None else None
+        total, done = len(plan), [0]
+
+        def tick(*_):
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        if tiff_out:
+            _write_tiff(dst, client, sched, source, plan, h, (h, w, c), dtype, k, border, output, implementation, tick)
+        elif _aligned(plan, row_chunk):
+            tasks = _source_tasks(source, plan, h, k, border, output, implementation, dst=target)
+            _compute(client, sched, tasks, on_result=tick)
+        else:
+            tasks = _source_tasks(source, plan, h, k, border, output, implementation)
+            arr = _stack(tasks, plan, w, c, dtype).rechunk((row_chunk, w, c))
+            arr = arr if len(shape) == 3 else arr[:, :, 0]
+            stores = da.store(arr, target, lock=False, compute=False, return_stored=False)
+            _compute(client, sched, [stores])
+            if progress is not None:
+                progress(total, total)
+
+
+def _open_dst(dst, shape, dtype):
+    import zarr
+
+    z = dst if isinstance(dst, zarr.Array) else zarr.open_array(os.fspath(dst), mode="r+")
+    if tuple(z.shape) != tuple(shape) or np.dtype(z.dtype) != dtype:
+        raise ValueError(f"dst must have src's shape {tuple(shape)} and dtype {dtype}, got {tuple(z.shape)} {z.dtype}")
+    return z
+
+
+def _write_tiff(path, client, sched, source, plan, height, shape3, dtype, k, border, output, impl, tick):
+    """Write a tiled TIFF in the caller, tile row by tile row, from a bounded window of bands."""
+    import tifffile
+
+    h, w, c = shape3
+    vr = None
+    if output == "normalize":  # the range pass first (a graph of its own), then the bands
+        ranges = _compute(client, sched, [_range_task(source, b, height, k, border, impl) for b in plan])
+        vr = _global_range(*ranges)
+    window = 2 * _cluster_threads(client)
+
+    def bands():
+        for i in range(0, len(plan), window):
+            part = plan[i : i + window]
+            tasks = _source_tasks(source, part, height, k, border, output, impl, value_range=vr)
+            yield from _compute(client, sched, tasks)
+
+    def tiles():
+        pending, filled = np.empty((0, w, c), dtype), 0
+        for rows in bands():
+            tick()
+            pending = np.concatenate([pending, rows]) if len(pending) else rows
+            while len(pending) >= _TIFF_TILE or (filled + len(pending) == h and len(pending)):
+                strip, pending = pending[:_TIFF_TILE], pending[_TIFF_TILE:]
+                filled += len(strip)
+                for x0 in range(0, w, _TIFF_TILE):
+                    tile = np.zeros((_TIFF_TILE, _TIFF_TILE, c), dtype)
+                    part = strip[:, x0 : x0 + _TIFF_TILE]
+                    tile[: part.shape[0], : part.shape[1]] = part
+                    yield tile
+
+    photometric = "rgb" if c >= 3 else "minisblack"
+    extrasamples = ("unassalpha",) if c in (2, 4) else None
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(h, w, c) if c > 1 else (h, w), dtype=dtype, tile=(_TIFF_TILE, _TIFF_TILE),
+                         photometric=photometric, extrasamples=extrasamples, compression="zlib", bigtiff=h * w * c * dtype.itemsize > 2**31)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _range_task(source, band, height, k, border, impl):
+    dask, _, _ = _dask()
+    return dask.delayed(_range_read, pure=False)(source, band, height, k, border, impl)

@@ -1,0 +1,151 @@
+"""The How it works page's pictures: band plans on the image, the data flow, the five filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+
+import engine
+
+from . import images, kernels
+
+#: The engine's band-count rule (``engine._bands.band_count``): four bands per process on big
+#: images, fewer when bands would hold under 2^18 pixels, never fewer than one per process.
+#: Used only when the engine has no public ``Engine.plan`` (older engines).
+BANDS_PER_PROCESS = 4
+MIN_BAND_PIXELS = 1 << 18
+WORKER_COLORS = [(28, 131, 225), (255, 135, 0), (33, 163, 102), (154, 92, 240), (232, 56, 79), (15, 181, 174),
+                 (161, 98, 7), (219, 39, 119)]
+
+NOTEBOOK_NOTES = {
+    "identity": "Copies every pixel: the 5x5 kernel has a single 1 in the centre. A check on the plumbing: "
+                "a seam between bands would show here.",
+    "edge_x": "Half of (left neighbour − right neighbour): lights up vertical edges, where brightness changes "
+              "along x. Flat areas become 0.",
+    "edge_y": "The same along y (upper − lower neighbour): lights up horizontal edges.",
+    "sobel": "A smoothed x-derivative: like edge_x, but over three rows weighted 1-2-1, so noise matters less "
+             "and edges come out stronger.",
+    "gaussian": "A weighted average of the 5x5 neighbourhood: blurs fine detail and noise, keeps smooth areas.",
+}
+
+
+def band_count(height: int, width: int, processes: int) -> int:
+    by_size = max(1, (height * width) // MIN_BAND_PIXELS)
+    n = min(processes * BANDS_PER_PROCESS, max(processes, by_size))
+    return max(1, min(n, height))
+
+
+def plan(eng: engine.Engine, height: int, width: int, kernel: engine.Kernel, processes: int,
+         border: str) -> tuple[engine.Band, ...]:
+    """The bands the engine cuts for one filter of a job: ``Engine.plan`` when the engine has it,
+    else the same rule and the same public planner."""
+    planner = getattr(eng, "plan", None)
+    if planner is not None:
+        return tuple(planner((height, width), kernel, processes, border=border))
+    return engine.plan_bands(height, kernel.shape[0], band_count(height, width, processes), wrap=border == "wrap")
+
+
+def worker_colors(workers: dict[str, dict[int, str]]) -> dict[str, tuple[int, int, int]]:
+    """One colour per worker label, the same in every picture of the page."""
+    names = sorted({w for m in workers.values() for w in m.values()})
+    return {n: WORKER_COLORS[i % len(WORKER_COLORS)] for i, n in enumerate(names)}
+
+
+def hex_color(rgb: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % rgb
+
+
+def workers_from_timeline(timeline: pd.DataFrame, slot: str) -> dict[int, str]:
+    """band index -> 'worker pid N' for one filter of a finished job."""
+    t = timeline[timeline["filter"] == slot]
+    return {int(b): f"pid {int(p)}" for b, p in zip(t["band"], t["pid"])}
+
+
+def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: dict[str, tuple[int, int, int]],
+                   max_side: int = 520) -> np.ndarray:
+    """The image (display version) with each band tinted by its worker (alternating grey tints when
+    workers are not known yet), band boundaries drawn, and halo rows in red (at least 2 pixels
+    tall so they stay visible when scaled down)."""
+    disp = images.as_rgb(images.to_display(image, max_side)).astype(np.float32)
+    h = image.shape[0]
+    s = disp.shape[0] / h
+    tint = np.zeros_like(disp)
+    for b in bands:
+        y0, y1 = int(round(b.start * s)), int(round(b.stop * s))
+        key = workers.get(b.index)
+        tint[y0:y1] = colors[key] if key in colors else ((70, 80, 90) if b.index % 2 else (150, 160, 170))
+    out = disp * 0.7 + tint * 0.3
+    for b in bands:
+        for lo, hi in ((b.start - b.halo_top, b.start), (b.stop, b.stop + b.halo_bottom)):
+            if hi <= lo:
+                continue
+            y0, y1 = int(np.floor(lo * s)), int(np.ceil(hi * s))
+            if y1 - y0 < 2:
+                y1 = y0 + 2
+            y0, y1 = max(0, y0), min(out.shape[0], y1)
+            out[y0:y1] = out[y0:y1] * 0.35 + np.array([232, 56, 79]) * 0.65
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    for b in bands:
+        y = int(round(b.start * s))
+        if b.start > 0:
+            cv2.line(out, (0, y), (out.shape[1] - 1, y), (255, 255, 255), 1)
+        label = f"band {b.index}" + (f", {workers[b.index]}" if b.index in workers else "")
+        ty = min(out.shape[0] - 4, y + 16)
+        cv2.putText(out, label, (6, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, label, (6, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+@dataclass(frozen=True)
+class FlowNumbers:
+    name: str
+    file_format: str
+    file_kb: float
+    shape: tuple[int, int, int]
+    dtype: str
+    mb: float
+    kernels: tuple[str, str]
+    processes: tuple[int, int]
+    bands: tuple[int, int]
+    implementation: str
+
+
+def data_flow_dot(n: FlowNumbers) -> str:
+    """Graphviz source of the path from the upload to the page, with this image's numbers."""
+    h, w, c = n.shape
+    big = 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1c83e1"'
+    return f"""digraph flow {{
+  rankdir=LR; bgcolor="transparent"; nodesep=0.25; ranksep=0.35;
+  node [shape=box, style="rounded,filled", fillcolor="#f1f4f7", color="#9aa5b1", fontname="Helvetica", fontsize=10];
+  edge [color="#7b8794", fontname="Helvetica", fontsize=9];
+  file [label="{n.name}\\n{n.file_format}, {n.file_kb:,.0f} KB"];
+  decode [label="load_image\\nPillow decode, EXIF turn\\n{w}x{h}x{c} {n.dtype}"];
+  shm [{big}, label="input segment\\nEngine.shared_array, {n.mb:.1f} MB\\ncopied in once per image"];
+  job [label="Engine.submit\\nvalidate, plan bands\\nlease {sum(n.processes)} worker processes"];
+  wa [label="A: {n.kernels[0]}\\n{n.processes[0]} process(es), {n.bands[0]} band(s)\\n{n.implementation}"];
+  wb [label="B: {n.kernels[1]}\\n{n.processes[1]} process(es), {n.bands[1]} band(s)\\n{n.implementation}"];
+  oa [{big}, label="output segment A\\n{n.mb:.1f} MB, rows written\\nin place by workers"];
+  ob [{big}, label="output segment B\\n{n.mb:.1f} MB"];
+  res [label="PairResult\\ntimeline, phases"];
+  page [label="page: 8-bit preview\\n(at most 1024 px)\\nPNG download (16-bit kept)"];
+  file -> decode -> shm -> job;
+  job -> wa; job -> wb;
+  shm -> wa [style=dashed, label="read rows + halo"];
+  shm -> wb [style=dashed];
+  wa -> oa; wb -> ob;
+  oa -> res; ob -> res; res -> page;
+}}"""
+
+
+def notebook_gallery(eng: engine.Engine, image: np.ndarray, border: str, output: str, side: int = 256):
+    """The notebook's five filters on a small version of ``image``: (name, result, stats) each."""
+    small = images.center_square(image, min(side, *image.shape[:2]))
+    out = []
+    for name in kernels.NOTEBOOK_FILTERS:
+        r = eng.filter_image(small, name, processes=1, border=border, output=output)
+        _, stats = images.difference(small, r, max_side=8)
+        out.append((name, r, stats))
+    return small, out

@@ -1,0 +1,103 @@
+"""How it works: the band plan for the lab's image and filters, the data flow, the notebook's filters."""
+
+import streamlit as st
+
+import engine
+from pages._ui import charts, explain, images, kernels, lab, page_guard
+from pages._ui.state import PROCESS_MAX, get_engine
+
+page_guard()
+st.title("How it works")
+st.caption(
+    "The engine cuts the image into row bands. Each band goes to a worker process, which reads its rows "
+    "plus a few halo rows above and below (the kernel reaches past the band) from one shared input, and "
+    "writes its rows straight into a shared output."
+)
+
+# What to explain: the lab's current image and filters (defaults if the lab was never opened)
+img = lab.current_image()
+snap = st.session_state.get("lab_snapshot") or {}
+ka, kb = snap.get("kernels") or (engine.KERNELS["sobel"], engine.KERNELS["gaussian"])
+ka, kb = ka or engine.KERNELS["sobel"], kb or engine.KERNELS["gaussian"]
+lab_pa, lab_pb = snap.get("processes", (1, 1))
+border, output, impl = snap.get("border", "replicate"), snap.get("output", "clip"), snap.get("implementation", "opencv")
+h, w, c = img.shape
+info_col, pa_col, pb_col = st.columns([3, 1, 1], gap="medium", vertical_alignment="center")
+info_col.info(
+    f"The lab's image **{img.name}** ({w}x{h}, {c} channel{'s' if c > 1 else ''}), filter A **{ka.name}**, "
+    f"filter B **{kb.name}**, border **{border}**.",
+    icon=":material/info:",
+)
+# the lab's process counts, which can be changed here to explore plans
+pa = pa_col.slider("Processes for A", 1, PROCESS_MAX, lab_pa, key=f"how_pa_{lab_pa}")
+pb = pb_col.slider("Processes for B", 1, PROCESS_MAX, lab_pb, key=f"how_pb_{lab_pb}")
+st.page_link("pages/lab.py", label="Change the image and filters in the Filter lab", icon=":material/tune:")
+
+# 1. the band plan, on the image and as shared segments
+st.subheader("1 · The band plan", divider="gray")
+eng = get_engine()
+plans = {"A": explain.plan(eng, h, w, ka, pa, border), "B": explain.plan(eng, h, w, kb, pb, border)}
+result = st.session_state.get(lab.RESULT_SLOT)
+same = result is not None and result.image.key == img.key and result.processes == (pa, pb) \
+    and tuple(kernels.fingerprint(k) for k in result.kernels) == (kernels.fingerprint(ka), kernels.fingerprint(kb)) \
+    and result.border == border
+workers = {s: explain.workers_from_timeline(result.timeline, s) for s in "AB"} if same else {}
+colors = explain.worker_colors(workers)
+cols = st.columns(2, gap="large")
+for col, slot, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
+    bands = plans[slot]
+    top, bottom = (bands[0].halo_top or bands[-1].halo_top), (bands[0].halo_bottom or bands[-1].halo_bottom)
+    with col:
+        st.markdown(f"**Filter {slot}: {k.name}** ({k.shape[0]}x{k.shape[1]}) on {p} process{'es' if p > 1 else ''}: "
+                    f"{len(bands)} band{'s' if len(bands) > 1 else ''}")
+        picture = explain.bands_on_image(img.array, bands, workers.get(slot, {}), colors)
+        st.image(images.encode_png(picture), width="stretch", output_format="PNG")
+        st.caption(
+            f"Tint = the worker that ran the band (grey stripes before a run); red = halo rows: a "
+            f"{k.shape[0]}-row kernel reads {k.shape[0] // 2} row(s) above and "
+            f"{k.shape[0] - 1 - k.shape[0] // 2} below each output row. "
+            + ("Workers are the ones the last run used." if same else
+               "Which worker takes which band is decided at run time (the first free one); run the lab to see it.")
+        )
+if h * w < 2 * explain.MIN_BAND_PIXELS:
+    st.caption(f":material/lightbulb: This image has {h * w:,} pixels: the engine gives small images one band per "
+               f"process (a band under {explain.MIN_BAND_PIXELS:,} pixels is not worth a trip to a worker). Pick the "
+               "4 MP size in the lab to see four bands per process that idle workers take in turn.")
+segments = {"input": f"{h}x{w}x{c} {img.array.dtype}, {img.array.nbytes / 2**20:.1f} MB"}
+df = charts.band_plan_frame(plans, {s: {b: f"worker {v}" for b, v in m.items()} for s, m in workers.items()})
+chart_colors = {f"worker {name}": explain.hex_color(rgb) for name, rgb in colors.items()}
+st.markdown("**The same plan as shared-memory segments.** One input segment holds the image and both filters "
+            "read it; each filter writes into its own output segment. Grey bars are the rows a band writes, "
+            "red its halo rows; the output lanes are coloured by worker.")
+st.altair_chart(charts.band_plan_chart(df, h, segments, chart_colors), width="stretch")
+with st.expander("The plan as a table", icon=":material/table:"):
+    st.dataframe(df.drop(columns=["start", "stop"]), hide_index=True, width="stretch")
+
+# 2. the data flow
+st.subheader("2 · From upload to result", divider="gray")
+numbers = explain.FlowNumbers(
+    name=img.name, file_format=img.facts.format, file_kb=img.facts.nbytes / 1024, shape=img.shape,
+    dtype=str(img.array.dtype), mb=img.array.nbytes / 2**20, kernels=(ka.name, kb.name), processes=(pa, pb),
+    bands=(len(plans["A"]), len(plans["B"])), implementation=impl,
+)
+st.graphviz_chart(explain.data_flow_dot(numbers), width="stretch")
+st.caption(
+    "Blue boxes are shared memory created by the server process, which also unlinks them. Pixels are copied "
+    "once, when the image is chosen; a run copies nothing in or out, so its time is the filtering itself. "
+    "Nothing is pickled: workers get segment names and row numbers."
+)
+
+# 3. the notebook's five filters on this image
+st.subheader("3 · The notebook's five filters on this image", divider="gray")
+mapping = st.segmented_control("Output mapping", list(engine.OUTPUTS), default="abs", key="how_output",
+                               persist_state="session", required=True)
+st.caption(engine.OUTPUTS[mapping] + ". Computed by the engine on the centre of the image, at most 256x256.")
+small, gallery = explain.notebook_gallery(eng, img.array, border, mapping)
+cols = st.columns(len(gallery), gap="small")
+for col, (name, out, stats) in zip(cols, gallery):
+    with col:
+        st.image(images.encode_png(images.to_display(out)), caption=name, width="stretch", output_format="PNG")
+        st.caption(explain.NOTEBOOK_NOTES[name])
+        changed = "identical to the original" if stats.max == 0 else \
+            f"{stats.changed:.0%} of pixels changed, by {stats.mean:.1f} levels on average"
+        st.caption(f"**Here:** {changed}.")

@@ -1,0 +1,70 @@
+"""Filter lab: one image, two filters at the same time, each on its own worker processes."""
+
+import streamlit as st
+
+from pages._ui import jobs, lab, page_guard
+from pages._ui.state import CPUS
+
+page_guard()
+st.title("Filter lab")
+st.caption(
+    "Pick an image and two filters, give each some worker processes, and run them side by side. "
+    "The engine cuts the image into row bands and filters them in parallel."
+)
+
+# 1. the image: a sample or an upload, at a size for timing demos
+st.subheader("1 · Image", divider="gray")
+lab.gallery()
+upload_col, facts_col, preview_col = st.columns([4, 5, 3], gap="medium")
+with upload_col:
+    lab.upload_box()
+    lab.size_picker()
+img = lab.current_image()
+with facts_col:
+    lab.image_facts(img)
+with preview_col:
+    lab.image_preview(img)
+
+# 2. the filters and how they run
+st.subheader("2 · Filters", divider="gray")
+col_a, col_b = st.columns(2, gap="large")
+with col_a, st.container(border=True):
+    ka, pa, pictures_a = lab.filter_column("A", "sobel", 1)
+with col_b, st.container(border=True):
+    kb, pb, pictures_b = lab.filter_column("B", "gaussian", 1)
+if pa + pb > CPUS:
+    st.caption(f":material/info: A and B run at the same time: {pa + pb} processes on {CPUS} CPUs share cores.")
+border, output, impl, run = lab.options_row()
+progress = st.empty()
+
+# 3. run: a second click or any change cancels the stale job instead of queueing another
+settings = lab.settings_of(img, ka, kb, pa, pb, border, output, impl)
+if reason := jobs.cancel_if_stale(lab.JOB_SLOT, settings, run):
+    st.toast(f"The previous run was {reason}.", icon=":material/cancel:")
+pending = st.session_state.get(lab.JOB_SLOT)
+if run:
+    if ka is None or kb is None:
+        st.error("Fix the custom kernel above first.", icon=":material/error:")
+    else:
+        pending = lab.submit(img, ka, kb, pa, pb, border, output, impl, settings)
+st.session_state["lab_snapshot"] = {"kernels": (ka, kb), "processes": (pa, pb), "border": border,
+                                    "output": output, "implementation": impl}
+lab.kernel_pictures(pictures_a, ka)  # drawn while the job runs
+lab.kernel_pictures(pictures_b, kb)
+if pending is not None:
+    lab.finish(pending, progress)
+
+# 4. results and what they cost
+st.subheader("3 · Results", divider="gray")
+result = st.session_state.get(lab.RESULT_SLOT)
+if result is None:
+    st.info("Pick an image and two filters, then press **Run A and B**.", icon=":material/play_arrow:")
+else:
+    lab.results_row(result, stale=result.settings != settings)
+    lab.compare_view(result)
+    st.subheader("4 · Timing", divider="gray")
+    lab.timing(result)
+    lab.speedup_lines(result)
+    st.subheader("5 · Downloads", divider="gray")
+    lab.downloads(result)
+lab.engine_status()

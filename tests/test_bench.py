@@ -1,0 +1,56 @@
+"""The benchmark suite runs end to end (no timing is asserted: the numbers live in docs/benchmarks.md),
+and benchmarks/run_all.py rewrites only its own section of that file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_exits_0_and_prints_tables(tmp_path):
+    md = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "bench", "--quick", "--markdown", str(md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| implementation | workers | wall ms |" in out
+    assert "| engine, zero-copy" in out and "| OpenCV `cv2.sepFilter2D`" in out
+    assert "### Targets" in out
+    assert any(word in out for word in ("**PASS**", "**MISS**"))
+    text = md.read_text()
+    assert text.startswith("## Engine benchmarks") and "### Targets" in text and "| engine, numpy arrays" in text
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location("run_all", os.path.join(ROOT, "benchmarks", "run_all.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_all_keeps_other_sections():
+    m = _run_all()
+    dashboard = "## Dashboard: click to results\n\n| step | ms |\n|---|---|\n| upload | 12 |\n"
+    fresh = m.splice(None, "## Engine benchmarks\nold")
+    assert fresh.startswith("# Benchmarks\n") and m.START in fresh and m.END in fresh
+    # the other section appears later, after ours, and survives a rewrite untouched
+    doc = fresh + "\n" + dashboard
+    new = m.splice(doc, "## Engine benchmarks\nnew")
+    assert "new" in new and "old" not in new and new.endswith(dashboard)
+    # a file someone else started, without our markers: theirs is kept whole, ours goes after the title
+    theirs = "# Benchmarks\n\n" + dashboard
+    new = m.splice(theirs, "## Engine benchmarks\nfirst")
+    assert new.startswith("# Benchmarks\n\n" + m.START) and new.endswith(dashboard)
+    # before their section, or after it: either way only our block changes
+    doc = "# Benchmarks\n\n" + dashboard + "\n" + m.START + "\nx\n" + m.END + "\n"
+    assert m.splice(doc, "y") == doc.replace("\nx\n", "\ny\n")
+    with pytest.raises(ValueError, match="only one of the markers"):
+        m.splice("# B\n" + m.START + "\n", "z")

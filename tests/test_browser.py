@@ -1,0 +1,184 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against ``streamlit run``.
+
+Uploads a real photo, picks filters and process counts, runs, waits for both results on
+screen, downloads result A and compares its pixels with the engine's, checks a phone-width
+layout, and saves ``docs/screenshot.png`` for the README. Never downloads a browser: it uses
+``/usr/bin/chromium`` (``scripts/test.sh`` installs it) and is skipped when that is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from pages._ui import images
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--no-first-run",
+                 "--disable-component-update", "--disable-sync"]
+PHOTO = ROOT / "sample_images" / "coffee.png"
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def streamlit_server(port: int) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "dashboard.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout} s")
+
+
+@pytest.fixture
+def server():
+    """``streamlit run dashboard.py`` on a free loopback port; stopped (and waited for) after."""
+    port = free_port()
+    proc = streamlit_server(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful: the app's atexit closes the engine and its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def pick(page, nth: int, label: str, option: str) -> None:
+    """Choose ``option`` in the ``nth`` selectbox labelled ``label``."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).nth(nth)
+    box.click()
+    page.keyboard.type(option)  # the list filters as you type; the first match is the option
+    page.keyboard.press("Enter")
+    field = box.get_by_role("combobox")
+    deadline = time.monotonic() + 10
+    while field.input_value().split("  ")[0] != option:
+        assert time.monotonic() < deadline, f"could not choose {option!r}: the box shows {field.input_value()!r}"
+        page.wait_for_timeout(100)
+
+
+def wait_for_results(page, run_id: int, timeout: float = 60_000) -> None:
+    """Both result images of run ``run_id`` are on screen: captioned, loaded and decoded."""
+    page.wait_for_function(
+        """(run) => {
+            const imgs = Array.from(document.querySelectorAll('[data-testid="stImage"]'))
+                .filter(e => (e.innerText || '').includes(`(run #${run})`))
+                .map(e => e.querySelector('img'));
+            return imgs.length === 2 && imgs.every(i => i && i.complete && i.naturalWidth > 0);
+        }""",
+        arg=run_id,
+        timeout=timeout,
+    )
+
+
+def _trim_bottom(path: Path, margin: int = 24) -> None:
+    """Cut the blank band below the last element (the viewport was made taller than the page)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    rows = np.nonzero((rgb < 250).any(axis=(1, 2)))[0]
+    if rows.size:
+        Image.fromarray(rgb[: min(len(rgb), rows[-1] + margin)]).save(path, optimize=True)
+
+
+def test_upload_filter_download_and_screenshot(server, browser, eng, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.goto(server)
+    page.get_by_role("button", name="Run A and B").wait_for(timeout=60_000)
+
+    # upload a real photo and make it about 1 megapixel, so each filter gets several bands
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(PHOTO))
+    page.get_by_text("coffee.png").first.wait_for(timeout=30_000)
+    page.get_by_role("radio", name="1 MP").click()
+    page.get_by_text("1.05 MP").first.wait_for(timeout=30_000)
+
+    pick(page, 0, "Kernel", "outline")
+    pick(page, 1, "Kernel", "gaussian_11x11")
+    pick(page, 0, "Output mapping", "abs")  # edges of both signs show bright
+    for slider in page.get_by_role("slider").all()[:2]:  # 2 processes for A and for B
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+    if 4 > engine.available_cpus():  # the page says that the processes will share cores
+        page.get_by_text(f"4 processes on {engine.available_cpus()} CPUs").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Run A and B").click()
+    wait_for_results(page, 1)
+    assert page.get_by_text("A · outline · 2 processes").count() == 1
+    assert page.get_by_text("B · gaussian_11x11 · 2 processes").count() == 1
+
+    # the downloaded result is the engine's output, pixel for pixel
+    with page.expect_download(timeout=30_000) as dl:
+        page.get_by_role("button", name="A as PNG").click()
+    path = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(path)
+    assert path.name.startswith("coffee_A_outline_2p")
+    got = engine.load_image(path)
+    original = engine.load_image(PHOTO)
+    resized = images.resample(original, images.preset_shape(*original.shape[:2], images.PRESETS["1 MP"]))
+    expected = eng.filter_image(resized, "outline", processes=2, output="abs")
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+
+    # the picture for the README: the lab with results, at 1280 px
+    page.wait_for_timeout(800)  # charts settle
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1280, "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(800)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    _trim_bottom(SCREENSHOT)
+
+    # phone width: columns stack, nothing runs off the side
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(800)
+    overflow = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollWidth")
+    assert overflow <= 390 + 1, f"page is {overflow} px wide at a 390 px phone width"
+    page.close()

@@ -1,0 +1,133 @@
+"""``python -m engine``: exit 0 with the engine's own results; exit 2 with one line and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(5)
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rgb = RNG.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    gray16 = RNG.integers(0, 65536, (25, 33, 1), dtype=np.uint16)
+    engine.save_image(rgb, d / "rgb.png")
+    engine.save_image(gray16, d / "gray16.png")
+    (d / "notes.png").write_text("not an image\n")
+    return d, rgb, gray16
+
+
+def assert_usage_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_filter(inputs, eng, tmp_path):
+    d, rgb, _ = inputs
+    out = tmp_path / "out.png"
+    res = run("filter", d / "rgb.png", out, "--kernel", "sobel", "--processes", "2")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    assert np.array_equal(engine.load_image(out), eng.filter_image(rgb, "sobel", processes=1))
+
+
+def test_filter_with_kernel_text_and_options(inputs, eng, tmp_path):
+    d, rgb, _ = inputs
+    out = tmp_path / "out.png"
+    text = "1/16 2/16 1/16; 2/16 4/16 2/16; 1/16 2/16 1/16"
+    res = run("filter", d / "rgb.png", out, "--kernel", text, "--border", "wrap", "--output", "offset",
+              "--implementation", "numpy", "--processes", "1")
+    assert res.returncode == 0, res.stderr
+    want = eng.filter_image(rgb, engine.parse_kernel(text), processes=3, border="wrap", output="offset",
+                            implementation="numpy")
+    assert np.array_equal(engine.load_image(out), want)
+
+
+def test_filter_keeps_sixteen_bits(inputs, eng, tmp_path):
+    d, _, gray16 = inputs
+    out = tmp_path / "out16.png"
+    res = run("filter", d / "gray16.png", out, "--kernel", "laplacian", "--output", "abs")
+    assert res.returncode == 0, res.stderr
+    got = engine.load_image(out)
+    assert got.dtype == np.uint16
+    assert np.array_equal(got, eng.filter_image(gray16, "laplacian", processes=2, output="abs"))
+
+
+def test_pair(inputs, eng, tmp_path):
+    d, rgb, _ = inputs
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    res = run("pair", d / "rgb.png", a, b, "--kernels", "sobel", "gaussian", "--processes", "1", "1",
+              "--border", "mirror")
+    assert res.returncode == 0, res.stderr
+    assert "wall" in res.stdout and "bands" in res.stdout
+    assert np.array_equal(engine.load_image(a), eng.filter_image(rgb, "sobel", processes=2, border="mirror"))
+    assert np.array_equal(engine.load_image(b), eng.filter_image(rgb, "gaussian", processes=2, border="mirror"))
+
+
+def test_kernels_lists_the_registry():
+    res = run("kernels")
+    assert res.returncode == 0, res.stderr
+    names = [line.split()[0] for line in res.stdout.splitlines() if line and not line.startswith(" ")]
+    assert names == list(engine.KERNELS)
+    assert "    0.5 0 -0.5" in res.stdout.splitlines()  # edge_x's weights
+    assert "sobel  3x3  separable" in res.stdout and "laplacian  3x3  2-D" in res.stdout
+
+
+@pytest.mark.parametrize("case", [
+    "unknown kernel", "ragged kernel text", "missing input", "non-image input", "processes 0", "processes x",
+    "processes 1.5", "processes over max_workers", "unknown border", "unknown output", "missing output folder",
+    "pair processes 0", "kernel nan",
+])
+def test_usage_errors(inputs, tmp_path, case):
+    d = inputs[0]
+    src, out = d / "rgb.png", tmp_path / "out.png"
+    args, needles = {
+        "unknown kernel": (["filter", src, out, "--kernel", "blurry"], ["'blurry' is neither a known kernel", "gaussian"]),
+        "ragged kernel text": (["filter", src, out, "--kernel", "1 2 1; 2 4"], ["every row needs the same number of weights"]),
+        "missing input": (["filter", d / "nope.png", out, "--kernel", "sobel"], ["nope.png", "does not exist"]),
+        "non-image input": (["filter", d / "notes.png", out, "--kernel", "sobel"], ["not a recognized image"]),
+        "processes 0": (["filter", src, out, "--kernel", "sobel", "--processes", "0"], ["--processes", "got 0"]),
+        "processes x": (["filter", src, out, "--kernel", "sobel", "--processes", "x"], ["--processes", "'x'"]),
+        "processes 1.5": (["filter", src, out, "--kernel", "sobel", "--processes", "1.5"], ["--processes", "'1.5'"]),
+        "processes over max_workers": (["filter", src, out, "--kernel", "sobel", "--processes", "999"],
+                                       ["processes must be an integer from 1 to", "got 999"]),
+        "unknown border": (["filter", src, out, "--kernel", "sobel", "--border", "nearest"], ["--border", "'nearest'", "replicate"]),
+        "unknown output": (["filter", src, out, "--kernel", "sobel", "--output", "clamp"], ["--output", "'clamp'"]),
+        "missing output folder": (["filter", src, tmp_path / "no" / "such" / "out.png", "--kernel", "sobel"],
+                                  ["output folder", "does not exist"]),
+        "pair processes 0": (["pair", src, out, tmp_path / "b.png", "--kernels", "sobel", "sobel", "--processes", "1", "0"],
+                             ["--processes"]),
+        "kernel nan": (["filter", src, out, "--kernel", "1 nan 1"], ["finite"]),
+    }[case]
+    res = run(*args)
+    assert_usage_error(res, *needles)
+    assert not out.exists()
+
+
+def test_no_arguments():
+    res = run()
+    assert_usage_error(res, "command")
+    assert res.stdout == ""
+
+
+def test_unknown_command():
+    assert_usage_error(run("sharpen"), "invalid choice", "'sharpen'")

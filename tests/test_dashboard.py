@@ -1,0 +1,408 @@
+"""The dashboard under Streamlit's AppTest: every page, driven like a person would.
+
+The app's engine lives in ``st.cache_resource`` in this process. A module fixture creates it
+and starts its warm workers *before* any test's leak check takes its snapshot, and closes it at
+the end; each test drops its AppTest (and with it the session's shared arrays) before the leak
+check looks for segments. Results are compared with the engine called directly (the ``eng``
+fixture from conftest) with the same settings: the page must show exactly the engine's output.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit import dataframe_util
+from streamlit.testing.v1 import AppTest
+
+import engine
+from pages._ui import charts, explain, images, jobs, kernels, state
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_engine():
+    """The dashboard's cached engine, warm (2 x CPUs workers), closed after this module."""
+    eng = state.get_engine()
+    cpus = state.CPUS
+    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(cpus, cpus))
+    yield eng
+    state.close_engine()
+
+
+@pytest.fixture
+def at():
+    """A fresh session of the whole app, released (with its shared arrays) after the test."""
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    yield app
+    pending = app.session_state["lab_job"] if "lab_job" in app.session_state else None
+    if pending is not None:
+        pending.job.cancel()
+    del app, pending
+    gc.collect()
+
+
+def _no_errors(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+
+
+def _chart_rows(app: AppTest, description: str):
+    """The data behind the Vega-Lite chart with this top-level description."""
+    for el in app.get("vega_lite_chart"):
+        spec = json.loads(el.proto.spec)
+        if spec.get("description") == description:
+            return dataframe_util.convert_arrow_bytes_to_pandas_df(el.proto.datasets[0].data.data)
+    raise AssertionError(f"no chart described {description!r}")
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+# -- the Filter lab -----------------------------------------------------------------------------
+def test_lab_pair_is_the_engines_output_and_the_timeline_has_one_bar_per_band(at, eng):
+    at.button(key="sample_digits.png").click().run()
+    at.selectbox(key="lab_kernel_A").set_value("edge_y")
+    at.selectbox(key="lab_kernel_B").set_value("box_5x5")
+    at.slider(key="lab_p_A").set_value(2)
+    at.slider(key="lab_p_B").set_value(1)
+    at.selectbox(key="lab_border").set_value("reflect")
+    at.selectbox(key="lab_output").set_value("abs")
+    at.run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+
+    r = at.session_state["lab_result"]
+    original = engine.load_image(images.SAMPLES_DIR / "digits.png")
+    assert np.array_equal(r.image.array, original)
+    for i, (name, p) in enumerate([("edge_y", 2), ("box_5x5", 1)]):
+        expected = eng.filter_image(original, name, processes=p, border="reflect", output="abs")
+        assert r.outputs[i].dtype == expected.dtype and np.array_equal(r.outputs[i], expected), name
+        # what the page shows is that output, mapped for display
+        assert np.array_equal(_decode_png(r.png[i]), images.to_display(expected))
+    captions = [c for im in at.image for c in im.captions]
+    assert any(c.startswith("A · edge_y · 2 processes") for c in captions), captions
+    assert any(c.startswith("B · box_5x5 · 1 process") for c in captions), captions
+
+    bars = _chart_rows(at, "band timeline")
+    h, w, _ = original.shape
+    n_a = len(explain.plan(eng, h, w, engine.KERNELS["edge_y"], 2, "reflect"))
+    n_b = len(explain.plan(eng, h, w, engine.KERNELS["box_5x5"], 1, "reflect"))
+    assert len(bars) == len(r.result.timeline) == n_a + n_b
+    assert sorted(bars[bars["filter"] == "A"]["band"]) == list(range(n_a))
+    assert sorted(bars[bars["filter"] == "B"]["band"]) == list(range(n_b))
+    assert bars[bars["filter"] == "A"]["pid"].nunique() <= 2
+    # the downloads and the views are there
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["A as PNG", "B as PNG", "Timeline as CSV"]
+
+
+def test_second_run_with_other_process_counts_draws_a_speedup_line(at):
+    at.button(key="lab_run").click().run()
+    at.slider(key="lab_p_A").set_value(2).run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    history = at.session_state["lab_history"]
+    assert {h["processes"] for h in history if h["kernel"] == "sobel"} == {1, 2}
+    speed = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert any("speedup" in json.dumps(s) for s in speed)
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.png", b"this is not an image at all", "not a recognized image"),
+        ("half.png", None, "truncated or corrupt"),
+        ("huge.png", (8000, 8000), "more than the limit of 40,000,000 pixels"),
+        ("bomb.png", (20000, 20000), "decompression bomb"),
+        ("empty.png", b"", "empty"),
+    ],
+)
+def test_bad_upload_shows_the_error_and_the_app_keeps_working(at, eng, name, data, message):
+    if data is None:  # a real PNG cut in half
+        data = (images.SAMPLES_DIR / "fence.png").read_bytes()
+        data = data[: len(data) // 2]
+    elif isinstance(data, tuple):  # a 1x1 PNG whose header claims far more pixels
+        data = _png_claiming(*data)
+    at.file_uploader(key="lab_upload").upload(name, data, "image/png").run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and message in errors[0] and name in errors[0], errors
+    # still on the sample, and a run still works
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    r = at.session_state["lab_result"]
+    assert r.image.name == images.DEFAULT_SAMPLE
+    assert np.array_equal(r.outputs[1], eng.filter_image(r.image.array, "gaussian", processes=1))
+
+
+def test_16_bit_tiff_upload_stays_16_bit(at, eng):
+    ramp = (np.arange(96 * 80, dtype=np.uint32).reshape(96, 80) * 8).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="TIFF")
+    at.file_uploader(key="lab_upload").upload("ramp16.tif", buf.getvalue(), "image/tiff").run()
+    at.selectbox(key="lab_kernel_A").set_value("laplacian")
+    at.selectbox(key="lab_output").set_value("offset").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = at.session_state["lab_result"]
+    assert r.image.name == "ramp16.tif" and r.image.array.dtype == np.uint16
+    expected = eng.filter_image(ramp[:, :, None], "laplacian", processes=1, output="offset")
+    assert r.outputs[0].dtype == np.uint16 and np.array_equal(r.outputs[0], expected)
+    assert any("16-bit shown as 8-bit" in c.value for c in at.caption)
+    assert [b.label for b in at.get("download_button")][:2] == ["A as 16-bit PNG", "B as 16-bit PNG"]
+    assert np.array_equal(engine.load_image(engine.save_image(r.outputs[0])), expected)
+
+
+def test_custom_kernel_from_the_table_is_used(at, eng):
+    at.selectbox(key="lab_kernel_A").set_value(kernels.TABLE).run()
+    _no_errors(at)
+    assert at.data_editor(key="lab_table_A_3x3").value.shape == (3, 3)
+    # a person types a horizontal difference into the table: -1 0 1 in the middle row
+    at.session_state["lab_table_A_3x3"] = {
+        "edited_rows": {1: {"0": -1.0, "1": 0.0, "2": 1.0}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    at.selectbox(key="lab_output").set_value("abs").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = at.session_state["lab_result"]
+    weights = np.array([[0, 0, 0], [-1, 0, 1], [0, 0, 0]], float)
+    assert np.array_equal(r.kernels[0].weights, weights)
+    expected = eng.filter_image(r.image.array, weights, processes=1, output="abs")
+    assert np.array_equal(r.outputs[0], expected)
+    assert not np.array_equal(r.outputs[0], r.image.array)
+
+
+def test_bad_custom_kernel_text_shows_the_parser_message(at):
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_B").input("1 2 1; 2 4").run()
+    assert not at.exception
+    assert any("every row needs the same number of weights" in e.value for e in at.error)
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert "lab_result" not in at.session_state or at.session_state["lab_result"] is None
+    at.text_area(key="lab_text_B").input("1/16 2/16 1/16; 2/16 4/16 2/16; 1/16 2/16 1/16").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    assert at.session_state["lab_result"].kernels[1].weights.sum() == pytest.approx(1.0)
+
+
+def test_a_stale_job_is_cancelled_when_the_settings_change(at, app_engine):
+    """A job made for other settings (as if a widget changed while it ran) is cancelled, not awaited."""
+    slow = np.random.default_rng(1).integers(0, 256, (256, 256, 1), dtype=np.uint8)
+    job = app_engine.submit(slow, ["gaussian"], processes=2, implementation="python")
+    at.session_state["lab_job"] = jobs.Pending(job, settings=("other image",))
+    at.run()
+    _no_errors(at)
+    assert any("cancelled" in t.value for t in at.toast)
+    job.exception(timeout=30)
+    assert job.state() == "cancelled"
+    assert at.session_state["lab_job"] is None
+
+
+def test_run_clicked_again_restarts_instead_of_queueing(at, app_engine):
+    slow = np.random.default_rng(2).integers(0, 256, (256, 256, 1), dtype=np.uint8)
+    job = app_engine.submit(slow, ["gaussian"], processes=2, implementation="python")
+    at.session_state["lab_job"] = jobs.Pending(job, settings=("whatever",))
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    job.exception(timeout=30)
+    assert job.state() == "cancelled"
+    assert any("restarted" in t.value for t in at.toast)
+    assert at.session_state["lab_result"].run_id == 1
+
+
+def test_python_implementation_on_a_big_image_explains_itself(at):
+    at.selectbox(key="lab_impl").set_value("python").run()
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert any("256" in e.value for e in at.error), [e.value for e in at.error]
+
+
+# -- Scaling ------------------------------------------------------------------------------------
+def test_scaling_sweep_plots_time_speedup_and_efficiency(at):
+    at.switch_page("pages/scaling.py").run()
+    _no_errors(at)
+    at.select_slider(key="sc_side").set_value(128)
+    at.multiselect(key="sc_impls").set_value(["opencv", "numpy", "python"])
+    at.slider(key="sc_nmax").set_value(2)
+    at.slider(key="sc_repeats").set_value(2)
+    at.run()
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    sw = at.session_state["sweep"]
+    assert sw.status == "done"
+    runs = sw.frame()
+    assert len(runs) == 3 * 2 * 2
+    assert set(runs["implementation"]) == {"opencv", "numpy", "python"}
+    assert (runs["seconds"] > 0).all()
+    text = " ".join(c.value for c in at.caption)
+    assert "Amdahl" in text and "Efficiency" in text and "**numpy**" in text and " ms" in text
+    assert len(at.get("vega_lite_chart")) == 3
+    assert [b.label for b in at.get("download_button")] == ["Runs as CSV"]
+
+
+def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
+    at.switch_page("pages/scaling.py").run()
+    at.select_slider(key="sc_side").set_value(512)
+    at.multiselect(key="sc_impls").set_value(["opencv", "python"]).run()
+    assert any("python runs only on images up to 256x256" in w.value for w in at.warning)
+    # a sweep made for other settings is stopped, and what it measured is kept
+    from pages._ui import sweep
+
+    sw = sweep.Sweep(("other",), "gaussian", np.zeros((8, 8, 1), np.uint8), [("opencv", 1, 1)], 1)
+    at.session_state["sweep"] = sw
+    at.run()
+    assert not at.exception
+    assert sw.status == "stopped"
+    assert any("stopped" in w.value for w in at.warning)
+
+
+# -- How it works -------------------------------------------------------------------------------
+def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
+    at.button(key="sample_chessboard.png").click().run()
+    at.slider(key="lab_p_A").set_value(3).run()
+    at.button(key="lab_run").click().run()
+    at.switch_page("pages/how_it_works.py").run()
+    _no_errors(at)
+    r = at.session_state["lab_result"]
+    h, w, _ = r.image.shape
+    # the plan pictured is the plan the engine ran
+    plan_a = explain.plan(eng, h, w, r.kernels[0], 3, "replicate")
+    ran_a = sorted({rec.band for rec in r.result.timeline if rec.filter == 0})
+    assert ran_a == list(range(len(plan_a)))
+    table = at.dataframe[0].value
+    assert len(table) == len(plan_a) + len(explain.plan(eng, h, w, r.kernels[1], 1, "replicate"))
+    assert "worker pid" in " ".join(table["worker"])  # workers of the last run are named
+    assert len(at.get("graphviz_chart")) == 1
+    names = [c for im in at.image for c in im.captions]
+    assert names[-5:] == list(kernels.NOTEBOOK_FILTERS)
+    assert any("identical to the original" in c.value for c in at.caption)
+
+
+def test_pages_keep_their_settings_across_navigation(at):
+    at.selectbox(key="lab_kernel_A").set_value("emboss").run()
+    at.switch_page("pages/scaling.py").run()
+    at.switch_page("pages/lab.py").run()
+    _no_errors(at)
+    assert at.selectbox(key="lab_kernel_A").value == "emboss"
+
+
+# -- the helpers, without Streamlit ----------------------------------------------------------------
+class _Bar:
+    """Stands in for an ``st.empty()`` progress placeholder; remembers what it was told."""
+
+    def __init__(self):
+        self.texts = []
+
+    def progress(self, value, text=""):
+        assert 0.0 <= value <= 1.0
+        self.texts.append(text)
+
+    def empty(self):
+        self.texts.append(None)
+
+
+def test_a_job_behind_another_says_it_is_waiting_for_free_workers():
+    slow = np.random.default_rng(3).integers(0, 256, (160, 160, 1), dtype=np.uint8)
+    with engine.Engine(max_workers=1) as small:  # one worker: the second job must queue
+        first = small.submit(slow, ["gaussian"], processes=1, implementation="python")
+        second = small.submit(slow, ["sobel"], processes=1)
+        assert second.state() == "waiting"
+        bar = _Bar()
+        threading.Timer(0.3, first.cancel).start()
+        result = jobs.wait(jobs.Pending(second, settings=None), bar, "sobel", cap=1)
+        assert result.outputs[0].shape == slow.shape
+        assert any(t and t.startswith("⏳ Waiting for free workers") for t in bar.texts)
+        assert bar.texts[-1] is None  # the bar is cleared at the end
+
+
+def test_display_of_alpha_images_composites_over_a_checker():
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:8, :, 3] = 255  # top half opaque red, bottom half transparent
+    rgb = images.as_rgb(images.to_display(rgba))
+    assert rgb.shape == (16, 16, 3)
+    assert rgb[0, 0].tolist() == [255, 0, 0]
+    assert rgb[12, 0, 0] == rgb[12, 0, 1] == rgb[12, 0, 2]  # the checker shows through
+
+
+def test_display_mapping_is_explicit_for_16_bit_gray_and_alpha():
+    a16 = np.array([[[0], [257], [65535]]], np.uint16)
+    assert images.to_display(a16).tolist() == [[0, 1, 255]]
+    la = np.dstack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 200, np.uint8)])
+    assert images.to_display(la).shape == (2, 2, 4)
+    big = np.zeros((3000, 1000, 3), np.uint8)
+    assert images.to_display(big).shape == (1024, 341, 3)
+    assert images.display_note(np.uint16) and not images.display_note(np.uint8)
+
+
+def test_before_after_and_difference():
+    a = np.zeros((10, 20), np.uint8)
+    b = np.full((10, 20), 200, np.uint8)
+    pic = images.before_after(a, b, 0.5)
+    assert pic.shape == (10, 20, 3) and pic[0, 2, 0] == 0 and pic[0, 17, 0] == 200
+    heat, stats = images.difference(a[:, :, None], b[:, :, None])
+    assert stats.max == 200 and stats.changed == 1.0 and heat.shape == (10, 20, 3)
+    _, same = images.difference(a[:, :, None], a[:, :, None])
+    assert same.max == 0 and same.changed == 0.0
+
+
+def test_presets_keep_the_aspect_ratio():
+    assert images.preset_shape(300, 451, None) == (300, 451)
+    h, w = images.preset_shape(300, 451, 1 << 22)
+    assert abs(h * w - (1 << 22)) / (1 << 22) < 0.01 and abs(w / h - 451 / 300) < 0.01
+    up = images.resample(np.zeros((30, 45, 1), np.uint16), (60, 90))
+    assert up.shape == (60, 90, 1) and up.dtype == np.uint16
+
+
+def test_frequency_response_reads_blur_edge_and_identity():
+    assert np.allclose(kernels.frequency_response(engine.KERNELS["identity"].weights), 1.0)
+    assert kernels.frequency_sentence(engine.KERNELS["gaussian"]).startswith("Low-pass")
+    assert kernels.frequency_sentence(engine.KERNELS["laplacian"]).startswith("High-pass")
+    assert "vertical edges" in kernels.frequency_sentence(engine.KERNELS["sobel"])
+
+
+def test_amdahl_fit_recovers_the_serial_fraction():
+    p = np.array([1, 2, 3, 4])
+    t = 10 * (0.2 + 0.8 / np.minimum(p, 4))
+    t1, s = charts.amdahl_fit(p, t, cpus=4)
+    assert t1 == pytest.approx(10) and s == pytest.approx(0.2)
+    assert charts.amdahl_fit([1, 1], [1.0, 1.1], cpus=2) is None
+
+
+def test_band_count_mirror_matches_the_engine():
+    from engine import _bands  # the rule the UI mirrors until the engine exposes its plan
+
+    for h, w in [(1, 1), (7, 3), (256, 256), (512, 512), (1024, 1024), (4096, 4096), (100, 9000)]:
+        for p in range(1, 9):
+            assert explain.band_count(h, w, p) == _bands.band_count(h, w, p), (h, w, p)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR says ``width`` x ``height`` (with a correct CRC)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)

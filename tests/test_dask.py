@@ -1,0 +1,372 @@
+"""The Dask backend (engine/_dask.py, engine/_batch.py): bit-identical to the process-pool engine.
+
+Most tests share one LocalCluster of 2 single-threaded worker processes (module fixture, set
+up before the per-test leak check and closed after the module). The worker-kill test and
+``scheduler="local"`` start clusters of their own and must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dask.array")
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+tifffile = pytest.importorskip("tifffile")
+
+import engine  # noqa: E402
+from engine import _batch, _cli, _dask  # noqa: E402
+from engine._bands import plan_bands  # noqa: E402
+
+from _oracle import assert_close  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+BORDERS = list(engine.BORDERS)
+OUTPUTS = list(engine.OUTPUTS)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    cluster = _dask.local_cluster(2)
+    c = Client(cluster, set_as_default=False)
+    c.run(os.getpid)  # every worker is up before the first test's leak snapshot
+    yield c
+    c.close()
+    cluster.close()
+
+
+def rand(shape, dtype, seed):
+    r = np.random.default_rng(seed)
+    return r.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+def kernels(seed):
+    """Separable, small 2-D, a 2-D kernel over OpenCV's DFT threshold, and tall/even ones."""
+    r = np.random.default_rng(seed)
+    return {"gaussian": "gaussian", "sobel": "sobel", "rand7x9": r.normal(size=(7, 9)),
+            "tall12x3": r.normal(size=(12, 3)), "even4x2": r.normal(size=(4, 2))}
+
+
+# -- the pure helpers ----------------------------------------------------------------------------
+def test_row_runs_and_local_band_exhaustive():
+    """Blocks hold exactly the band's read rows (modulo H for wrap), and the shifted band
+    indexes into them, for every small height, kernel height and band count."""
+    for h in range(1, 13):
+        for kh in range(1, 10):
+            for n in range(1, 6):
+                for wrap in (False, True):
+                    for b in plan_bands(h, kh, n, wrap=wrap):
+                        runs = _dask.row_runs(b, h)
+                        rows = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
+                        assert rows.tolist() == (np.arange(b.read_start, b.read_stop) % h).tolist()
+                        assert all(0 <= lo < hi <= h for lo, hi in runs)
+                        lb = _dask.local_band(b)
+                        assert (lb.read_start, lb.read_stop) == (0, b.read_stop - b.read_start)
+                        assert (lb.start, lb.stop) == (b.halo_top, b.halo_top + b.rows)
+                        block = _dask.take_rows(np.arange(h)[:, None, None], b, h)
+                        assert block[lb.start : lb.stop, 0, 0].tolist() == list(range(b.start, b.stop))
+
+
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_blocks_bit_identical_to_engine(eng, border, output):
+    """Many small bands (halos cross band edges, kernels taller than a band) computed from
+    their blocks alone, in-process: identical to the process-pool engine."""
+    i = BORDERS.index(border) * 4 + OUTPUTS.index(output)
+    dtype, c = [(np.uint8, 3), (np.uint16, 1), (np.uint8, 4), (np.uint16, 2)][i % 4]
+    img = rand((41, 27, c), dtype, i)
+    for name, k in kernels(i).items():
+        want = eng.filter_image(img, k, processes=2, border=border, output=output)
+        got = engine.filter_dask(img, k, border=border, output=output, band_rows=5).compute(scheduler="synchronous")
+        assert np.array_equal(got, want), (name, border, output, dtype, c)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("c", [0, 1, 2, 3, 4])
+def test_dtypes_and_channels(eng, dtype, c):
+    shape = (33, 20) if c == 0 else (33, 20, c)
+    img = rand(shape, dtype, c)
+    for impl in ("opencv", "numpy"):
+        want = eng.filter_image(img, "sobel", processes=2, border="wrap", output="offset", implementation=impl)
+        got = engine.filter_image(img, "sobel", scheduler="synchronous", border="wrap", output="offset",
+                                  implementation=impl)
+        assert got.shape == img.shape and got.dtype == img.dtype
+        assert np.array_equal(got, want), impl
+
+
+# -- on the cluster ------------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+@pytest.mark.parametrize("border", BORDERS)
+def test_cluster_bit_identical_to_engine(eng, client, transport, border):
+    """Both transports, every border and output mapping (normalize reduced in the graph)."""
+    for j, output in enumerate(OUTPUTS):
+        dtype, c = [(np.uint8, 3), (np.uint16, 4), (np.uint8, 1), (np.uint16, 2)][j]
+        img = rand((70, 45, c), dtype, j)
+        for name, k in list(kernels(j).items())[1:4]:
+            want = eng.filter_image(img, k, processes=2, border=border, output=output)
+            got = _dask.filter_image(img, k, scheduler=client, border=border, output=output, band_rows=9,
+                                     transport=transport)
+            assert np.array_equal(got, want), (name, output, transport)
+
+
+def test_auto_transport_is_shared_memory_on_a_local_cluster(client):
+    assert _dask._shared_memory_hosts(client)
+
+
+def test_public_entry_and_out(eng, client):
+    img = rand((64, 48, 3), np.uint8, 7)
+    out = np.empty_like(img)
+    res = engine.filter_image(img, "gaussian", scheduler=client, border="mirror", out=out)
+    assert res is out
+    assert np.array_equal(out, eng.filter_image(img, "gaussian", processes=2, border="mirror"))
+
+
+def test_wrap_with_kernel_taller_than_a_chunk(eng, client):
+    """dask-image's ndfilters took wrap halos from the wrong rows (its issue #242). Here the
+    input is chunked 4 rows at a time and the kernel is 15 rows tall: halos span several
+    chunks and wrap around the image, from the engine's one band plan."""
+    import dask.array as da
+
+    img = rand((40, 30, 3), np.uint8, 242)
+    w = np.random.default_rng(242).normal(size=(15, 3))
+    x = da.from_array(img, chunks=(4, 30, 3))
+    want = eng.filter_image(img, w, processes=2, border="wrap")
+    lazy = engine.filter_dask(x, w, border="wrap", band_rows=8)
+    assert lazy.chunks[0] == tuple(b.rows for b in plan_bands(40, 15, 5, wrap=True))
+    got = client.compute(lazy).result()
+    assert np.array_equal(got, want)
+    assert_close(got, img, w, "wrap", "clip", "wrap 15x3 on 4-row chunks")
+    # and a kernel taller than the whole image
+    w2 = np.random.default_rng(1).normal(size=(31, 1)) / 10
+    small = rand((9, 5, 1), np.uint8, 9)
+    got2 = engine.filter_dask(da.from_array(small, chunks=(2, 5, 1)), w2, border="wrap").compute(scheduler="synchronous")
+    assert np.array_equal(got2, eng.filter_image(small, w2, processes=1, border="wrap"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_against_scipy_oracle(client, dtype):
+    img = rand((50, 38, 4), dtype, 3)
+    w = np.random.default_rng(3).normal(size=(5, 5))
+    for border in BORDERS:
+        got = engine.filter_image(img, w, scheduler=client, border=border)
+        assert_close(got, img, w, border, "clip", border)
+    got = engine.filter_image(img, "sobel", scheduler=client, output="normalize")
+    assert_close(got, img, engine.KERNELS["sobel"].weights, "replicate", "normalize", "normalize")
+
+
+def test_normalize_range_is_reduced_in_the_graph():
+    lazy = engine.filter_dask(rand((40, 20, 3), np.uint8, 0), "sobel", output="normalize", band_rows=10)
+    names = [str(k) for k in dict(lazy.__dask_graph__())]
+    assert sum("_range_parts" in n for n in names) == 4 and any("_global_range" in n for n in names)
+
+
+# -- stores ----------------------------------------------------------------------------------------
+def test_zarr_round_trip(eng, client, tmp_path):
+    img = rand((300, 70, 3), np.uint16, 11)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, dtype=img.dtype, chunks=(32, 32, 3))
+    src[...] = img
+    seen = []
+    for border, output in [("wrap", "normalize"), ("reflect", "abs")]:
+        want = eng.filter_image(img, "sobel", processes=2, border=border, output=output)
+        dst = tmp_path / f"out-{border}.zarr"
+        engine.filter_zarr(str(tmp_path / "in.zarr"), str(dst), "sobel", scheduler=client, border=border,
+                           output=output, progress=lambda d, t: seen.append((d, t)))
+        z = zarr.open_array(str(dst), mode="r")
+        assert np.array_equal(z[...], want)
+        assert 300 % z.chunks[0] == 0 and seen[-1][0] == seen[-1][1] > 1  # bands own whole chunks
+        # a dst whose row chunks do not line up with the bands: rechunked, same result
+        odd = zarr.create_array(str(tmp_path / f"odd-{border}.zarr"), shape=img.shape, dtype=img.dtype, chunks=(7, 70, 3))
+        engine.filter_zarr(src, odd, "sobel", scheduler=client, border=border, output=output, band_rows=20)
+        assert np.array_equal(odd[...], want)
+    with pytest.raises(ValueError, match="dst must have src's shape"):
+        bad = zarr.create_array(str(tmp_path / "bad.zarr"), shape=(10, 10, 3), dtype=np.uint16, chunks=(5, 5, 3))
+        engine.filter_zarr(src, bad, "sobel", scheduler="synchronous")
+    with pytest.raises(ValueError, match="must not be the same store"):
+        engine.filter_zarr(str(tmp_path / "in.zarr"), str(tmp_path / "in.zarr"), "sobel", scheduler="synchronous")
+
+
+def test_tiled_tiff(eng, client, tmp_path):
+    img = rand((200, 150, 3), np.uint8, 12)
+    tifffile.imwrite(tmp_path / "in.tif", img, tile=(64, 64), photometric="rgb")
+    want = eng.filter_image(img, "gaussian", processes=2, border="mirror", output="clip")
+    engine.filter_zarr(str(tmp_path / "in.tif"), str(tmp_path / "out.tif"), "gaussian", scheduler=client, border="mirror")
+    with tifffile.TiffFile(tmp_path / "out.tif") as tf:
+        assert tf.pages[0].is_tiled
+        assert np.array_equal(tf.asarray(), want)
+    engine.filter_zarr(str(tmp_path / "in.tif"), str(tmp_path / "out.zarr"), "gaussian", scheduler=client, border="mirror")
+    assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], want)
+    gray = rand((90, 70), np.uint16, 13)
+    tifffile.imwrite(tmp_path / "g.tif", gray, tile=(32, 32))
+    engine.filter_zarr(str(tmp_path / "g.tif"), str(tmp_path / "g-out.tif"), "sobel", scheduler=client, output="normalize")
+    assert np.array_equal(tifffile.imread(tmp_path / "g-out.tif"), eng.filter_image(gray, "sobel", processes=2, output="normalize"))
+
+
+def test_killed_worker_job_completes_and_nothing_is_lost(eng, tmp_path):
+    """SIGKILL a Dask worker after two bands were written: Dask reschedules its bands on the
+    survivor and on the worker its nanny restarts; every band of the store is right."""
+    from distributed import Client
+
+    img = rand((512, 384, 3), np.uint8, 5)
+    w = np.random.default_rng(5).normal(size=(13, 13))
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, dtype=img.dtype, chunks=(32, 384, 3))
+    src[...] = img
+    want = eng.filter_image(img, w, processes=2, implementation="numpy")
+    killed = []
+    with _dask.local_cluster(2) as cluster, Client(cluster, set_as_default=False) as c:
+        pids = c.run(os.getpid)
+
+        def kill(done, total):
+            if done == 2 and not killed:
+                victim = sorted(pids.values())[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        t0 = time.monotonic()
+        engine.filter_zarr(src, str(tmp_path / "out.zarr"), w, scheduler=c, implementation="numpy", band_rows=32,
+                           progress=kill)
+        assert killed and time.monotonic() - t0 < 60
+        assert set(c.run(os.getpid).values()) != set(pids.values())  # the nanny started a new worker
+    assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], want)
+
+
+def test_killed_worker_error_is_clear():
+    """When Dask gives up on a band (allowed-failures), the caller gets a WorkerError."""
+    from distributed import KilledWorker
+
+    with pytest.raises(engine.WorkerError, match="a Dask worker died.*allowed-failures"):
+        with _dask._guard(None):
+            raise KilledWorker("band-3", SimpleNamespace(address="tcp://127.0.0.1:1"), 1)
+
+
+def test_scheduler_local_creates_and_closes_its_cluster(eng):
+    img = rand((64, 40, 3), np.uint8, 8)
+    got = engine.filter_image(img, "sobel", scheduler="local", output="abs")
+    assert np.array_equal(got, eng.filter_image(img, "sobel", processes=2, output="abs"))
+
+
+# -- validation and the optional dependency ---------------------------------------------------------
+def test_validation_messages(client):
+    img = rand((8, 8, 3), np.uint8, 0)
+    with pytest.raises(ValueError, match="scheduler must be .*'tcp://host:8786', 'local'.*got 'bogus'"):
+        engine.filter_image(img, "sobel", scheduler="bogus")
+    with pytest.raises(TypeError, match="scheduler must be a dask.distributed.Client.*got int"):
+        engine.filter_image(img, "sobel", scheduler=3)
+    with pytest.raises(ValueError, match="processes applies to the process-pool engine"):
+        engine.filter_image(img, "sobel", scheduler=client, processes=2)
+    with pytest.raises(ValueError, match="border must be one of"):
+        engine.filter_image(img, "sobel", scheduler=client, border="torus")
+    with pytest.raises(ValueError, match="band_rows must be a positive integer"):
+        engine.filter_dask(img, "sobel", band_rows=0)
+    with pytest.raises(ValueError, match="dtype must be uint8 or uint16, got float32"):
+        engine.filter_dask(img.astype(np.float32), "sobel")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        engine.filter_zarr("/nonexistent/in.zarr", "/tmp/x.zarr", "sobel")
+
+
+def test_without_dask_the_engine_works_and_says_how_to_install():
+    """A fresh interpreter where dask and distributed cannot be imported."""
+    code = r"""
+import sys, numpy as np
+for name in ("dask", "distributed", "dask_image"):
+    sys.modules[name] = None  # import fails, as when they are not installed
+import engine
+img = np.zeros((8, 8, 3), np.uint8)
+assert engine.dask_available() is False
+assert engine.filter_image(img, "sobel", processes=1).shape == img.shape
+try:
+    engine.filter_image(img, "sobel", scheduler="local")
+except ImportError as e:
+    print(e)
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert 'the Dask backend needs `pip install "dask[array]" distributed`' in res.stdout
+
+
+def test_dask_available(monkeypatch):
+    import importlib.util
+
+    assert engine.dask_available() is True
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "distributed" else real(n, *a))
+    assert engine.dask_available() is False
+
+
+# -- batch -----------------------------------------------------------------------------------------
+def _folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    engine.save_image(rand((40, 30, 3), np.uint8, 1), d / "rgb.png")
+    engine.save_image(rand((35, 25, 1), np.uint16, 2), d / "gray16.png")
+    engine.save_image(rand((30, 20, 4), np.uint8, 3), d / "rgba.tif")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_batch_cli_bad_file_resume_and_progress(eng, client, tmp_path, capsys):
+    d, out = _folder(tmp_path), tmp_path / "out"
+    args = ["batch", str(d), str(out), "--kernel", "sobel", "--output", "abs", "--border", "wrap",
+            "--scheduler", client.scheduler.address]
+    assert _cli.main(args) == 1
+    text = capsys.readouterr().out
+    assert "broken.png: skipped, bad image" in text and "[4/4]" in text
+    assert "batch: 4 image(s)" in text and "3 filtered, 0 already done, 1 skipped as bad (broken.png)" in text
+    assert "1 non-image file(s) ignored" in text
+    for name in ("rgb.png", "gray16.png", "rgba.tif"):
+        src = engine.load_image(d / name)
+        want = eng.filter_image(src, "sobel", processes=2, output="abs", border="wrap")
+        assert np.array_equal(engine.load_image(out / name), want), name
+    # resume: one output lost, a temp file of a killed run left behind; nothing else is redone
+    (out / "rgb.png").unlink()
+    (out / ".rgb.png.tmp-999999-abcd").write_bytes(b"partial")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert _cli.main(args) == 1
+    text = capsys.readouterr().out
+    assert "1 filtered, 2 already done, 1 skipped as bad" in text
+    assert sorted(p.name for p in out.iterdir()) == ["gray16.png", "rgb.png", "rgba.tif"]
+    for name in ("gray16.png", "rgba.tif"):
+        assert (out / name).stat().st_mtime_ns == mtimes[name]
+    # the process-pool engine (no --scheduler) gives the same files; an all-good folder exits 0
+    (d / "broken.png").unlink()
+    out2 = tmp_path / "out2"
+    assert _cli.main(["batch", str(d), str(out2), "--kernel", "sobel", "--output", "abs", "--border", "wrap",
+                      "--processes", "2"]) == 0
+    for name in ("rgb.png", "gray16.png", "rgba.tif"):
+        assert (out2 / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_batch_cli_usage_errors(tmp_path, capsys, monkeypatch):
+    d = _folder(tmp_path)
+    assert _cli.main(["batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--kernel", "sobel"]) == 2
+    assert "input folder" in capsys.readouterr().err
+    assert _cli.main(["batch", str(d), str(d), "--kernel", "sobel"]) == 2
+    assert _cli.main(["batch", str(d), str(tmp_path / "o"), "--kernel", "nope"]) == 2
+    assert _cli.main(["batch", str(d), str(tmp_path / "o"), "--kernel", "sobel", "--scheduler", "yarn"]) == 2
+
+    def no_dask():
+        raise ImportError(_dask.INSTALL_HINT)
+
+    monkeypatch.setattr(_dask, "_dask", no_dask)
+    assert _cli.main(["batch", str(d), str(tmp_path / "o"), "--kernel", "sobel", "--scheduler", "local"]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+def test_output_names_never_collide():
+    names = ["a.png", "a.jpg", "a.bmp", "b.JPG", "c.tiff"]
+    out = _batch.output_names(names)
+    assert len(set(out.values())) == len(names)
+    assert out["a.png"] == "a.png" and out["c.tiff"] == "c.tiff" and out["b.JPG"] == "b.png"

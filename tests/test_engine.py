@@ -1,0 +1,399 @@
+"""The process engine: zero-copy shared arrays, pairs, timelines, jobs, worker death, close, sweep."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import engine
+from engine import _shm
+
+RNG = np.random.default_rng(99)
+
+
+def rgb(h=96, w=80, c=3, dtype=np.uint8):
+    return RNG.integers(0, np.iinfo(dtype).max + 1, (h, w, c), dtype=dtype)
+
+
+def in_shm(name: str) -> bool:
+    return os.path.exists(os.path.join(_shm.SHM_DIR, name))
+
+
+def children() -> set[int]:
+    """Live child processes of this one, without multiprocessing's resource tracker."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)  # noqa: SLF001
+    out = set()
+    for c in psutil.Process().children(recursive=True):
+        try:
+            if c.pid != tracker and c.status() != psutil.STATUS_ZOMBIE:
+                out.add(c.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def slow_image(h=4096, w=1024):
+    """Input for a job (SLOW) that keeps each worker busy for about half a second on an idle
+    machine, in four bands: a cancelled or broken job still has bands to hand out."""
+    return RNG.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+SLOW = dict(kernels=[np.ones((9, 9)) / 81], implementation="numpy")
+
+
+# -- zero-copy ------------------------------------------------------------------------------------
+@pytest.fixture
+def count_segments(eng, monkeypatch):
+    """How many scratch segments jobs ask for (input and output copies)."""
+    calls = []
+    real = eng._segment  # noqa: SLF001
+
+    def counting(nbytes):
+        calls.append(nbytes)
+        return real(nbytes)
+
+    monkeypatch.setattr(eng, "_segment", counting)
+    return calls
+
+
+def test_shared_arrays_in_and_out_match_plain_arrays(eng, count_segments):
+    img = rgb(120, 70, 4, np.uint16)
+    plain = eng.filter_image(img, "sobel", processes=3, output="abs")
+    assert len(count_segments) == 2  # a plain array is copied in, and the result copied out
+    src = eng.shared_array(img.shape, img.dtype)
+    assert src.shape == img.shape and src.dtype == img.dtype and not src.any()  # zeroed
+    src[...] = img
+    dst = eng.shared_array(img.shape, img.dtype)
+    count_segments.clear()
+    res = eng.filter_image(src, "sobel", processes=3, output="abs", out=dst)
+    assert res is dst
+    assert count_segments == []  # zero-copy both ways: no scratch segment at all
+    assert np.array_equal(dst, plain)
+    # shared in, plain out; plain in, shared out
+    out = np.empty_like(img)
+    assert eng.filter_image(src, "sobel", processes=2, output="abs", out=out) is out
+    assert np.array_equal(out, plain) and len(count_segments) == 1
+    dst[...] = 0
+    assert eng.filter_image(img, "sobel", processes=1, output="abs", out=dst) is dst
+    assert np.array_equal(dst, plain) and len(count_segments) == 2
+
+
+def test_shared_two_d_and_views(eng):
+    img = rgb(50, 40, 1)[:, :, 0]
+    src = eng.shared_array(img.shape, np.uint8)
+    src[...] = img
+    dst = eng.shared_array(img.shape, np.uint8)
+    assert eng.filter_image(src, "gaussian", processes=2, out=dst) is dst
+    assert np.array_equal(dst, eng.filter_image(img, "gaussian", processes=1))
+    # a contiguous slice of a shared array is shared too (rows 10..39)
+    big = eng.shared_array((100, 40), np.uint8)
+    big[10:40] = img[:30]
+    out = eng.filter_image(big[10:40], "gaussian", processes=2)
+    assert np.array_equal(out, eng.filter_image(img[:30].copy(), "gaussian", processes=1))
+
+
+def test_shared_arrays_are_unlinked_when_collected(eng):
+    before = _shm.live_segments()
+    a = eng.shared_array((64, 64, 3), np.uint8)
+    (name,) = _shm.live_segments() - before
+    assert in_shm(name)
+    view = a[5:]
+    del a
+    gc.collect()
+    assert in_shm(name)  # a view still uses the memory
+    view[...] = 7
+    del view
+    gc.collect()
+    assert not in_shm(name) and name not in _shm.live_segments()
+
+
+def test_shared_arrays_are_unlinked_at_close_and_stay_usable():
+    with engine.Engine(max_workers=1) as e:
+        before = _shm.live_segments()
+        a = e.shared_array((8, 9), np.uint16)
+        (name,) = _shm.live_segments() - before
+        a[...] = 1000
+        e.filter_image(a, "identity", processes=1)
+    assert not in_shm(name)
+    a += 1  # the mapping outlives the name
+    assert int(a.sum()) == 1001 * 72
+
+
+def test_filter_pair_equals_two_filter_image_calls(eng):
+    img = rgb(130, 90, 3)
+    for processes in [(1, 1), (2, 2), (1, 3), (3, 1)]:
+        for border, output in [("replicate", "clip"), ("wrap", "normalize"), ("constant", "offset")]:
+            pair = eng.filter_pair(img, "scharr_x", "gaussian_7x7", processes=processes, border=border, output=output)
+            a, b = pair.outputs
+            assert np.array_equal(a, eng.filter_image(img, "scharr_x", processes=2, border=border, output=output))
+            assert np.array_equal(b, eng.filter_image(img, "gaussian_7x7", processes=2, border=border, output=output))
+            assert pair.processes == processes
+            assert [k.name for k in pair.kernels] == ["scharr_x", "gaussian_7x7"]
+
+
+def test_filter_pair_into_shared_outputs(eng, count_segments):
+    img = rgb(64, 64, 3)
+    src = eng.shared_array(img.shape, img.dtype)
+    src[...] = img
+    outs = (eng.shared_array(img.shape, img.dtype), eng.shared_array(img.shape, img.dtype))
+    res = eng.filter_pair(src, "sobel", "sobel_y", processes=(2, 2), out=outs)
+    assert res.outputs[0] is outs[0] and res.outputs[1] is outs[1]
+    assert count_segments == []
+    assert np.array_equal(outs[1], eng.filter_image(img, "sobel_y", processes=1))
+
+
+# -- the timeline and phases ----------------------------------------------------------------------
+@pytest.mark.parametrize("output", ["clip", "normalize"])
+def test_timeline_one_record_per_band(eng, output):
+    img = rgb(400, 300, 3)
+    kernels, processes = ("gaussian_11x11", "sobel"), (3, 1)
+    workers_before = children()
+    res = eng.filter_pair(img, *kernels, processes=processes, output=output)
+    for fi, (k, p) in enumerate(zip(kernels, processes)):
+        bands = eng.plan(img.shape, k, p)
+        recs = sorted((r for r in res.timeline if r.filter == fi), key=lambda r: r.band)
+        assert [r.band for r in recs] == list(range(len(bands)))  # one record per band
+        assert [(r.first_row, r.last_row) for r in recs] == [(b.start, b.stop - 1) for b in bands]
+        rows = [y for r in recs for y in range(r.first_row, r.last_row + 1)]
+        assert rows == list(range(img.shape[0]))  # every row exactly once
+        assert len({r.pid for r in recs}) <= p
+    assert len(res.timeline) == sum(len(eng.plan(img.shape, k, p)) for k, p in zip(kernels, processes))
+    pids_a = {r.pid for r in res.timeline if r.filter == 0}
+    pids_b = {r.pid for r in res.timeline if r.filter == 1}
+    assert not pids_a & pids_b  # each filter on its own group of processes
+    assert pids_a | pids_b <= workers_before and os.getpid() not in pids_a | pids_b
+    for r in res.timeline:
+        assert 0 <= r.start < r.end <= res.phases.wall, r
+    assert list(res.timeline) == sorted(res.timeline, key=lambda r: (r.start, r.filter, r.band))
+    ph = res.phases
+    assert min(ph.copy_in, ph.compute, ph.copy_out) >= 0
+    assert ph.copy_in + ph.compute + ph.copy_out <= ph.wall + 1e-9
+    assert len(res.filter_walls) == 2 and all(0 < w <= ph.wall for w in res.filter_walls)
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+def test_submit_progress_state_and_result(eng):
+    img = rgb(300, 200, 3)
+    job = eng.submit(img, ["gaussian"], processes=2, output="normalize")
+    assert isinstance(job, engine.Job)
+    assert job.state() in ("waiting", "running", "done")
+    res = job.result(timeout=60)
+    assert job.done() and job.state() == "done" and not job.cancelled()
+    bands = len(eng.plan(img.shape, "gaussian", 2))
+    assert job.progress() == (2 * bands, 2 * bands)  # normalize: a range pass and a filter pass
+    assert np.array_equal(res.outputs[0], eng.filter_image(img, "gaussian", processes=1, output="normalize"))
+    assert job.cancel() is False  # too late
+    assert job.exception(timeout=0) is None
+    seen = []
+    job.add_done_callback(seen.append)  # on a finished job: called at once
+    assert seen == [job]
+    one = eng.submit(img, ["sobel", "emboss"], processes=(1, 3))
+    one.result(timeout=60)
+    n = len(eng.plan(img.shape, "sobel", 1)) + len(eng.plan(img.shape, "emboss", 3))
+    assert one.progress() == (n, n)
+
+
+def test_submit_default_processes_use_all_cpus(eng):
+    img = rgb(20, 20)
+    assert eng.submit(img, ["sobel"]).result(timeout=60).processes == (min(eng.cpus, eng.max_workers),)
+    half = max(1, eng.cpus // 2)
+    assert eng.submit(img, ["sobel", "edge_y"]).result(timeout=60).processes == (half, max(1, eng.cpus - half))
+
+
+def test_progress_grows_while_running(eng):
+    img = slow_image(1024, 512)
+    job = eng.submit(img, **SLOW, processes=2)
+    seen = set()
+    while not job.done():
+        seen.add(job.progress())
+        time.sleep(0.002)
+    total = job.progress()[1]
+    assert job.progress() == (total, total) and total >= 1
+    assert all(0 <= d <= total and t == total for d, t in seen)
+
+
+def test_cancel_stops_a_job_and_leaves_nothing(eng):
+    img = slow_image()
+    before = _shm.live_segments()
+    job = eng.submit(img, **SLOW, processes=2)
+    wait_for(lambda: job.state() == "running", what="the job to start")
+    t = time.monotonic()
+    assert job.cancel() is True
+    with pytest.raises(engine.JobCancelled, match=r"^job \d+ was cancelled"):
+        job.result(timeout=60)
+    assert time.monotonic() - t < 10  # within a band or two
+    assert job.state() == "cancelled" and job.cancelled() and job.done()
+    done, total = job.progress()
+    assert done < total
+    assert isinstance(job.exception(), engine.JobCancelled)
+    # its scratch segments went back to the engine's pool (owned, unlinked at close), none is
+    # left unowned; and the workers are ready for the next job
+    assert _shm.live_segments() - before <= set(eng._pool)  # noqa: SLF001
+    small = rgb(30, 30)
+    assert np.array_equal(eng.filter_image(small, "sobel", processes=4), eng.filter_image(small, "sobel", processes=1))
+
+
+def test_jobs_over_max_workers_are_refused(eng):
+    img = rgb(10, 10)
+    with pytest.raises(ValueError, match=r"^processes must be an integer from 1 to 4 \(this engine's max_workers\), got 5$"):
+        eng.submit(img, ["sobel"], processes=5)
+    with pytest.raises(ValueError, match=r"^processes \(2, 3\) add up to 5, more than this engine's max_workers=4$"):
+        eng.submit(img, ["sobel", "sobel"], processes=(2, 3))
+
+
+def test_a_job_waits_for_busy_workers_then_runs(eng):
+    img = slow_image()
+    first = eng.submit(img, **SLOW, processes=3)
+    wait_for(lambda: first.state() == "running", what="the first job to start")
+    fits = eng.submit(rgb(40, 40), ["sobel"], processes=1)  # one worker is still free: runs now
+    assert fits.result(timeout=30).outputs[0].shape == (40, 40, 3)
+    assert first.state() == "running", "the small job waited for the big one"
+    second = eng.submit(rgb(40, 40), ["sobel"], processes=2)  # needs two: waits
+    third = eng.submit(rgb(40, 40), ["sobel"], processes=1)  # FIFO: waits behind the second
+    samples = 0
+    while first.state() == "running":
+        states = (second.state(), third.state())
+        if first.state() == "running":
+            assert states == ("waiting", "waiting") and second.progress()[0] == 0
+            samples += 1
+        time.sleep(0.01)
+    assert samples > 0
+    first.result(timeout=60)
+    assert second.result(timeout=60).outputs[0].shape == (40, 40, 3) and second.state() == "done"
+    third.result(timeout=60)
+    # a waiting job can be cancelled
+    first = eng.submit(img, **SLOW, processes=4)
+    wait_for(lambda: first.state() == "running", what="the job to start")
+    waiting = eng.submit(rgb(40, 40), ["sobel"], processes=1)
+    assert waiting.state() == "waiting"
+    assert waiting.cancel() is True
+    with pytest.raises(engine.JobCancelled, match=r"^job \d+ was cancelled while waiting for workers$"):
+        waiting.result(timeout=10)
+    assert waiting.state() == "cancelled" and waiting.progress()[0] == 0
+    first.cancel()
+    with pytest.raises(engine.JobCancelled):
+        first.result(timeout=60)
+
+
+# -- worker death ---------------------------------------------------------------------------------
+def test_sigkill_of_a_worker_raises_worker_error_and_the_engine_recovers():
+    before, segments = children(), set(_shm.our_segments())
+    with engine.Engine(max_workers=2) as e:
+        e.filter_image(rgb(8, 8), "sobel", processes=2)  # start both workers
+        workers = children() - before
+        assert len(workers) == 2
+        job = e.submit(slow_image(), **SLOW, processes=2)
+        wait_for(lambda: job.state() == "running", what="the job to start")
+        time.sleep(0.1)  # mid-band
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(engine.WorkerError, match=rf"worker process {victim} was killed with SIGKILL") as info:
+            job.result(timeout=60)
+        assert time.monotonic() - t < 5, "WorkerError took too long"
+        assert "next job" in str(info.value)
+        assert job.state() == "failed" and job.done()
+        # the next job works, on a rebuilt worker
+        img = rgb(60, 50)
+        res = e.filter_pair(img, "sobel", "gaussian", processes=(1, 1))
+        assert victim not in {r.pid for r in res.timeline}
+        ref = e.filter_image(img, "sobel", processes=2)
+        assert np.array_equal(res.outputs[0], ref)
+        assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+    assert children() == before  # close() ended every worker, the replacement included
+    mine = f"{_shm.PREFIX}{os.getpid()}_"  # other test runs on this machine make segments too
+    left = {n for n in set(_shm.our_segments()) - segments if n.startswith(mine)}
+    assert left <= _shm.live_segments() and not e._pool, left  # noqa: SLF001 - nothing of the closed engine
+
+
+def test_worker_terminated_by_other_signal():
+    """SIGTERM is named as such (the cause table), on an engine of its own."""
+    before = children()
+    e = engine.Engine(max_workers=1)
+    try:
+        e.filter_image(rgb(8, 8), "sobel", processes=1)
+        (worker,) = children() - before
+        job = e.submit(slow_image(), **SLOW, processes=1)
+        wait_for(lambda: job.state() == "running", what="the job to start")
+        time.sleep(0.2)
+        os.kill(worker, signal.SIGTERM)
+        with pytest.raises(engine.WorkerError, match=rf"worker process {worker} was terminated by SIGTERM"):
+            job.result(timeout=30)
+        assert e.filter_image(rgb(8, 8), "identity", processes=1).shape == (8, 8, 3)
+    finally:
+        e.close()
+    assert children() == before
+
+
+def test_close_ends_every_worker_process():
+    before = children()
+    e = engine.Engine(max_workers=3)
+    res = e.filter_pair(rgb(200, 100), "sobel", "gaussian", processes=(1, 2))
+    workers = children() - before
+    assert len(workers) == 3 and {r.pid for r in res.timeline} <= workers
+    assert sorted(e.workers()) == sorted(workers)
+    e.close()
+    assert children() == before
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers)
+    assert e.workers() == []
+
+
+def test_close_cancels_running_jobs():
+    before = children()
+    e = engine.Engine(max_workers=2)
+    job = e.submit(slow_image(), **SLOW, processes=2)
+    wait_for(lambda: job.state() == "running", what="the job to start")
+    e.close()
+    assert job.done() and job.state() == "cancelled"
+    with pytest.raises(engine.JobCancelled):
+        job.result(timeout=0)
+    assert children() == before
+
+
+# -- stale segments -------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert not psutil.pid_exists(p.pid)
+    return p.pid
+
+
+def test_new_engine_sweeps_stale_segments_of_dead_creators():
+    dead = _dead_pid()
+    names = {
+        "stale": f"{_shm.PREFIX}{dead}_abc",
+        "live": f"{_shm.PREFIX}{os.getppid()}_abc",  # the creator (our parent) is alive
+        "foreign": f"other_{dead}_abc",  # not our prefix: never touched
+        "odd": f"{_shm.PREFIX}notapid_abc",  # our prefix, no pid: left alone
+    }
+    paths = {k: os.path.join(_shm.SHM_DIR, v) for k, v in names.items()}
+    try:
+        for p in paths.values():
+            with open(p, "wb") as f:
+                f.write(b"x")
+        e = engine.Engine(max_workers=1)
+        e.close()
+        assert not os.path.exists(paths["stale"])
+        assert os.path.exists(paths["live"]) and os.path.exists(paths["foreign"]) and os.path.exists(paths["odd"])
+    finally:
+        for p in paths.values():
+            if os.path.exists(p):
+                os.unlink(p)

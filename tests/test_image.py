@@ -1,0 +1,328 @@
+"""load_image and save_image, on files made here with Pillow (no downloads)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import engine
+from engine import ImageError, load_image, save_image
+
+RNG = np.random.default_rng(2024)
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    bio = io.BytesIO()
+    im.save(bio, format=fmt, **kw)
+    return bio.getvalue()
+
+
+def gradient(h=48, w=64) -> np.ndarray:
+    """A smooth RGB picture: lossy codecs keep it within a few gray levels."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.dstack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)]).astype(np.uint8)
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height 8-bit gray pixels, with almost no data behind it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+# -- sources --------------------------------------------------------------------------------------
+def test_path_bytes_and_file_objects_agree(tmp_path):
+    rgb = RNG.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(rgb), "PNG")
+    path = tmp_path / "a.png"
+    path.write_bytes(data)
+    for source in (path, str(path), data, bytearray(data), memoryview(data), io.BytesIO(data)):
+        got = load_image(source)
+        assert got.dtype == np.uint8 and got.shape == (13, 17, 3), type(source)
+        assert np.array_equal(got, rgb), type(source)
+    with open(path, "rb") as f:
+        assert np.array_equal(load_image(f), rgb)
+    assert got.flags.c_contiguous
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(TypeError, match=r"^source must be a path, bytes or a binary file object, got int$"):
+        load_image(42)
+    (tmp_path / "t.txt").write_text("hello")
+    with open(tmp_path / "t.txt") as f:
+        with pytest.raises(TypeError, match=r"^source file object must be opened in binary mode, it returned str$"):
+            load_image(f)
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match=rf"^max_pixels must be a positive integer, got {bad!r}$"):
+            load_image(encode(Image.new("L", (2, 2)), "PNG"), max_pixels=bad)
+
+
+# -- formats --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("TIFF", {}), ("BMP", {}), ("WEBP", {"lossless": True}),
+                                    ("TIFF", {"compression": "tiff_lzw"})])
+def test_lossless_round_trips(fmt, kw):
+    rgb = RNG.integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    got = load_image(encode(Image.fromarray(rgb), fmt, **kw))
+    assert got.shape == (21, 30, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, rgb)
+
+
+@pytest.mark.parametrize("fmt,kw,tol", [("JPEG", {"quality": 95}, 12), ("WEBP", {"quality": 95}, 16)])
+def test_lossy_round_trips(fmt, kw, tol):
+    rgb = gradient()
+    got = load_image(encode(Image.fromarray(rgb), fmt, **kw))
+    assert got.shape == rgb.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - rgb).max() <= tol
+    assert np.abs(got.astype(int) - rgb).mean() < 2
+
+
+def test_gif_with_few_colors_is_exact_rgb():
+    rgb = (RNG.integers(0, 4, (12, 9, 3)) * 85).astype(np.uint8)  # 64 colors fit a palette
+    im = Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    got = load_image(encode(im, "GIF"))
+    assert got.shape == (12, 9, 3) and np.array_equal(got, np.asarray(im.convert("RGB")))
+
+
+def test_webp_with_alpha_is_rgba():
+    rgba = RNG.integers(0, 256, (10, 11, 4), dtype=np.uint8)
+    got = load_image(encode(Image.fromarray(rgba), "WEBP", lossless=True, exact=True))
+    assert got.shape == (10, 11, 4) and np.array_equal(got, rgba)
+
+
+# -- modes ----------------------------------------------------------------------------------------
+def test_gray_is_h_w_1():
+    g = RNG.integers(0, 256, (7, 5), dtype=np.uint8)
+    for fmt in ("PNG", "TIFF", "BMP"):
+        got = load_image(encode(Image.fromarray(g), fmt))
+        assert got.shape == (7, 5, 1) and got.dtype == np.uint8 and np.array_equal(got[:, :, 0], g), fmt
+
+
+def test_gray_alpha_has_two_channels():
+    la = RNG.integers(0, 256, (6, 8, 2), dtype=np.uint8)
+    im = Image.fromarray(la)
+    assert im.mode == "LA"
+    for fmt in ("PNG", "TIFF"):
+        got = load_image(encode(im, fmt))
+        assert got.shape == (6, 8, 2) and np.array_equal(got, la), fmt
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_gray_stays_sixteen_bit(fmt):
+    g = RNG.integers(0, 65536, (9, 14), dtype=np.uint16)
+    g[0, :4] = [0, 1, 256, 65535]  # values an 8-bit squeeze would lose
+    im = Image.fromarray(g)
+    assert im.mode.startswith("I;16")
+    got = load_image(encode(im, fmt))
+    assert got.dtype == np.uint16 and got.shape == (9, 14, 1)
+    assert np.array_equal(got[:, :, 0], g)
+
+
+def test_thirty_two_bit_integer_tiff_with_sixteen_bit_values():
+    g = RNG.integers(0, 65536, (4, 5)).astype(np.int32)
+    got = load_image(encode(Image.fromarray(g, mode="I"), "TIFF"))
+    assert got.dtype == np.uint16 and np.array_equal(got[:, :, 0], g)
+
+
+def test_thirty_two_bit_integer_out_of_range_is_refused():
+    g = np.full((4, 5), 70000, np.int32)
+    with pytest.raises(ImageError, match=r"holds 32-bit values from 70000 to 70000; only 8- and 16-bit images are supported"):
+        load_image(encode(Image.fromarray(g, mode="I"), "TIFF"))
+
+
+def test_palette_without_transparency_is_rgb():
+    im = Image.fromarray(gradient(8, 8)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    assert im.mode == "P" and "transparency" not in im.info
+    got = load_image(encode(im, "PNG"))
+    assert got.shape == (8, 8, 3) and np.array_equal(got, np.asarray(im.convert("RGB")))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparency_is_rgba(fmt):
+    im = Image.new("P", (6, 4), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    im.putpixel((0, 0), 2)
+    im.putpixel((5, 3), 0)
+    im.info["transparency"] = 0
+    got = load_image(encode(im, fmt, transparency=0))
+    assert got.shape == (4, 6, 4) and got.dtype == np.uint8
+    assert got[0, 0].tolist() == [0, 255, 0, 255]
+    assert got[1, 1].tolist() == [255, 0, 0, 255]
+    assert got[3, 5, 3] == 0  # the transparent index
+
+
+def test_cmyk_becomes_rgb():
+    im = Image.new("CMYK", (5, 3), (0, 255, 255, 0))  # red
+    for fmt in ("JPEG", "TIFF"):
+        got = load_image(encode(im, fmt))
+        assert got.shape == (3, 5, 3), fmt
+        assert np.abs(got.astype(int) - [255, 0, 0]).max() <= 2, (fmt, got[0, 0])
+
+
+def test_one_bit_becomes_0_and_255():
+    bits = RNG.integers(0, 2, (9, 13)).astype(bool)
+    im = Image.fromarray(bits)
+    assert im.mode == "1"
+    for fmt in ("PNG", "TIFF", "BMP"):
+        got = load_image(encode(im, fmt))
+        assert got.shape == (9, 13, 1) and got.dtype == np.uint8, fmt
+        assert set(np.unique(got)) <= {0, 255}
+        assert np.array_equal(got[:, :, 0] == 255, bits), fmt
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animation_gives_the_first_frame(fmt):
+    frames = [Image.new("RGB", (8, 6), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0, **kw)
+    with Image.open(io.BytesIO(data)) as im:
+        assert getattr(im, "n_frames", 1) == 3  # it really is an animation
+    got = load_image(data)
+    assert got.shape[:2] == (6, 8)
+    assert np.abs(got[..., :3].astype(int) - [255, 0, 0]).max() <= 2
+
+
+def _oriented_jpeg(orientation: int) -> tuple[bytes, np.ndarray]:
+    """A 40 wide x 20 high JPEG, red in its top-left 10x10 corner, with an EXIF orientation."""
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:10, :10] = [255, 0, 0]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.fromarray(a), "JPEG", quality=95, exif=exif.tobytes()), a
+
+
+def test_exif_orientation_is_applied():
+    data, stored = _oriented_jpeg(6)  # "rotate 90 degrees clockwise to display"
+    got = load_image(data)
+    assert got.shape == (40, 20, 3)  # transposed
+    assert np.abs(got.astype(int) - np.rot90(stored, -1)).mean() < 3
+    assert got[2, 17, 0] > 200 and got[2, 2, 0] < 40  # the red corner moved to the top right
+    data, stored = _oriented_jpeg(3)  # rotate 180
+    got = load_image(data)
+    assert got.shape == (20, 40, 3) and got[17, 37, 0] > 200 and got[2, 2, 0] < 40
+    data, stored = _oriented_jpeg(1)
+    assert load_image(data)[2, 2, 0] > 200
+
+
+def test_exif_orientation_on_sixteen_bit_color():
+    a = np.zeros((4, 6, 3), np.uint16)
+    a[0, 0] = [65535, 1, 2]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    # a 16-bit RGB PNG from OpenCV, with an eXIf chunk (a bare TIFF header) added after IHDR
+    data = save_image(a)
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff
+    assert data[12:16] == b"IHDR"
+    data = data[:33] + chunk(b"eXIf", tiff) + data[33:]
+    got = load_image(data)
+    assert got.dtype == np.uint16 and got.shape == (6, 4, 3)
+    assert got[0, 3].tolist() == [65535, 1, 2]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_empty_inputs(tmp_path):
+    with pytest.raises(ImageError, match=r"^image data is empty \(0 bytes\)"):
+        load_image(b"")
+    with pytest.raises(ImageError, match=r"^image data is empty \(0 bytes\)"):
+        load_image(io.BytesIO(b""))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty.png' is empty \(0 bytes\)$"):
+        load_image(tmp_path / "empty.png")
+    with pytest.raises(ImageError, match=r"nope.png' does not exist$"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match=r"is a folder, not a file$"):
+        load_image(tmp_path)
+    assert issubclass(ImageError, ValueError)
+
+
+def test_truncated_png():
+    data = encode(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    for cut in (len(data) // 2, 40):
+        with pytest.raises(ImageError, match=r"^image data (could not be decoded \(truncated or corrupt\?\)|"
+                                             r"is a PNG file that cannot be decoded)"):
+            load_image(data[:cut])
+
+
+def test_text_file_is_not_an_image(tmp_path):
+    p = tmp_path / "notes.png"
+    p.write_text("this is not a picture\n")
+    with pytest.raises(ImageError, match=r"notes.png is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP$"):
+        load_image(p)
+    with pytest.raises(ImageError, match=r"^image data is not a recognized image"):
+        load_image(b"GIF? no. " * 10)
+
+
+def test_float_tiff_is_refused():
+    f = Image.fromarray(RNG.random((5, 5)).astype(np.float32))
+    assert f.mode == "F"
+    with pytest.raises(ImageError, match=r"^image data has mode 'F', which has no 8- or 16-bit integer form here; supported modes: "):
+        load_image(encode(f, "TIFF"))
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    data = png_header_only(30000, 30000)
+    assert len(data) < 100
+    t = time.perf_counter()
+    with pytest.raises(ImageError, match=r"^image data looks like a decompression bomb: .*900000000 pixels"):
+        load_image(data)
+    assert time.perf_counter() - t < 1.0  # no pixel was decoded
+    # between Pillow's warning and error limits (89M..179M pixels): refused too, not a warning
+    with pytest.raises(ImageError, match=r"decompression bomb"):
+        load_image(png_header_only(10000, 10000))
+
+
+def test_max_pixels():
+    data = encode(Image.new("RGB", (100, 50)), "PNG")
+    with pytest.raises(ImageError, match=r"^image data is 100x50 = 5,000 pixels, more than the limit of 4,999 pixels$"):
+        load_image(data, max_pixels=4999)
+    assert load_image(data, max_pixels=5000).shape == (50, 100, 3)
+    # a limit above Pillow's lets a big header through to the (truncated) data
+    with pytest.raises(ImageError, match=r"could not be decoded"):
+        load_image(png_header_only(10000, 10000), max_pixels=10**8)
+    assert Image.MAX_IMAGE_PIXELS == engine._image.DEFAULT_MAX_PIXELS  # noqa: SLF001 - restored
+
+
+# -- save_image -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=lambda d: d.__name__)
+def test_save_png_round_trips(tmp_path, dtype, channels):
+    a = RNG.integers(0, np.iinfo(dtype).max + 1, (11, 7, channels), dtype=dtype)
+    a[0, 0] = 0
+    a[-1, -1] = np.iinfo(dtype).max
+    data = save_image(a)
+    assert data.startswith(b"\x89PNG")
+    got = load_image(data)
+    assert got.dtype == dtype and got.shape == a.shape
+    assert np.array_equal(got, a)
+    save_image(a, tmp_path / "x.png")
+    assert np.array_equal(load_image(tmp_path / "x.png"), a)
+    bio = io.BytesIO()
+    save_image(a, bio)
+    assert bio.getvalue() == data
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=lambda d: d.__name__)
+def test_save_tiff_and_two_d(tmp_path, dtype):
+    a = RNG.integers(0, np.iinfo(dtype).max + 1, (5, 6), dtype=dtype)
+    save_image(a, tmp_path / "g.tif")
+    assert np.array_equal(load_image(tmp_path / "g.tif")[:, :, 0], a)
+    rgb = RNG.integers(0, np.iinfo(dtype).max + 1, (5, 6, 3), dtype=dtype)
+    assert np.array_equal(load_image(save_image(rgb, format="TIFF")), rgb)
+
+
+def test_save_refuses_what_it_cannot_write():
+    with pytest.raises(ValueError, match=r"^image must be \(H, W, C\) uint8 or uint16 with C in 1..4, got shape \(2, 2, 5\) dtype uint8$"):
+        save_image(np.zeros((2, 2, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"dtype float64$"):
+        save_image(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"^16-bit images can be saved as PNG or TIFF, not JPEG$"):
+        save_image(np.zeros((2, 2, 3), np.uint16), format="jpeg")
