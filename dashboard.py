@@ -10,4 +10,5 @@ engine spawns workers that re-import the main module, so it is created on first 
 
 from pages._ui import app
 
-app()
+if __name__ != "__mp_main__":  # a spawned worker process (the pool's, Dask's) re-runs this file: no app there
+    app()

@@ -150,7 +150,8 @@ def measure(url: str, pairs: list[tuple[int, int]], repeats: int, warmup: int) -
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| image | filters | processes A + B | runs | click to results, median | min | max | engine pair wall, median |",
+        "| image | filters | processes A + B | runs | click to results, median | min | max |"
+        " engine pair wall, median |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

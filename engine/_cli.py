@@ -7,6 +7,7 @@ Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -122,7 +123,8 @@ def _run(args) -> int:
 
         return run_batch_cli(args)
 
-    image = engine.load_image(args.input, max_pixels=args.max_pixels)
+    with _quiet_fd2():
+        image = engine.load_image(args.input, max_pixels=args.max_pixels)
     common = dict(border=args.border, output=args.output, implementation=args.implementation)
     outs = [args.output_path] if args.command == "filter" else [args.output_a, args.output_b]
     for path in outs:
@@ -144,6 +146,23 @@ def _run(args) -> int:
                 f"{len(res.timeline)} bands"
             )
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Point file descriptor 2 at /dev/null: the C libraries behind the decoders (libpng and
+    libtiff inside OpenCV) and Pillow's logger print their own notes on a damaged file there,
+    which the one error line already covers."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Callable
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ import numpy as np
 
 from ._bands import Band, band_count, plan_bands
 from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, band_range, filter_band
+from ._engine import JobCancelled
 from ._validate import check_choice, check_image, check_kernel, check_out, check_python_size
 
 __all__ = [
@@ -634,12 +636,17 @@ def _wait_all(client, futs, on_result=None):
     index = {f.key: i for i, f in enumerate(futs)}
     with _guard(client, futs):
         for fut, value in distributed.as_completed(futs, with_results=True, loop=client.loop):
+            if fut.status == "cancelled":
+                # Cancelled on the cluster by someone else (client.cancel): as_completed hands
+                # such futures back without an error, but their band was never written.
+                raise JobCancelled("the job's Dask tasks were cancelled on the cluster; no result") from None
             if on_result is not None:
                 on_result(index[fut.key], value)
             fut.release()
 
 
-def filter_dask(image, kernel, *, border="replicate", output="clip", implementation="opencv", band_rows=None):
+def filter_dask(image, kernel, *, border: str = "replicate", output: str = "clip", implementation: str = "opencv",
+                band_rows: int | None = None) -> "dask.array.Array":  # noqa: F821 - imported lazily
     """Correlate a Dask (or numpy) array lazily: a ``dask.array.Array`` whose chunks are bands.
 
     Parameters
@@ -683,6 +690,16 @@ def filter_dask(image, kernel, *, border="replicate", output="clip", implementat
 
 
 # -- stores: Zarr and TIFF -------------------------------------------------------------------------
+def _stores():
+    """The ``zarr`` module, or an ImportError that says how to install the store extras."""
+    try:
+        import tifffile  # noqa: F401 - TIFF sources and outputs
+        import zarr
+    except ImportError as e:
+        raise ImportError(f"filter_zarr needs `pip install zarr tifffile` (see requirements-dev.txt); {e}") from e
+    return zarr
+
+
 def _is_tiff(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith((".tif", ".tiff"))
 
@@ -770,8 +787,9 @@ def _aligned(plan, row_chunk) -> bool:
     return all(b.start % row_chunk == 0 for b in plan)
 
 
-def filter_zarr(src, dst, kernel, *, scheduler=None, border="replicate", output="clip",
-                implementation="opencv", band_rows=None, chunks=None, progress=None) -> None:
+def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", output: str = "clip",
+                implementation: str = "opencv", band_rows: int | None = None, chunks: tuple | None = None,
+                progress: Callable[[int, int], None] | None = None) -> None:
     """Filter an image stored as Zarr (or TIFF) into Zarr (or TIFF), band by band on Dask.
 
     No process ever holds the whole image: each band's task reads its own rows (halo included)
@@ -818,12 +836,11 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border="replicate", output=
     Dask before writing, so that no two tasks ever write the same chunk. A rerun after a failure
     rewrites every band (band writes are idempotent).
     """
-    dask, da, _ = _dask()
-    import zarr
-
     k = _check_common(kernel, border, output, implementation)
     band_rows = _check_band_rows(band_rows)
     _check_scheduler(scheduler)
+    _, da, _ = _dask()
+    zarr = _stores()
     source = _open_source(src)
     shape, dtype = tuple(source.shape), np.dtype(source.dtype)
     proxy = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))

@@ -199,6 +199,11 @@ def _sixteen_bit_color(im: Image.Image, source, what: str) -> np.ndarray:
             data = f.read()
     else:
         data = bytes(source)
+    if data.startswith(b"\x89PNG"):
+        # OpenCV's PNG reader allocates whatever a chunk header claims (4 GB from a 43-byte file,
+        # found by fuzzing); Pillow's verify reads every chunk in small blocks and checks its CRC.
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
     a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ImageError(f"{what} is 16-bit color that could not be decoded (truncated or corrupt?)")

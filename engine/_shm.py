@@ -44,7 +44,11 @@ def _untracked():
     """
     with _TRACKER_PATCH:
         saved = shared_memory.resource_tracker.register
-        shared_memory.resource_tracker.register = lambda name, rtype: None
+        # The patch is process-wide for a moment: other threads' registrations (the semaphores
+        # of a worker pool's queues) must still reach the tracker, or it fails on their unregister.
+        shared_memory.resource_tracker.register = lambda name, rtype: (
+            None if rtype == "shared_memory" else saved(name, rtype)
+        )
         try:
             yield
         finally:

@@ -1,6 +1,7 @@
 """How it works: the band plan for the lab's image and filters, the data flow, the notebook's filters."""
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 import engine
 from pages._ui import charts, explain, images, kernels, lab, page_guard
@@ -31,7 +32,10 @@ info_col.info(
 # the lab's process counts, which can be changed here to explore plans
 pa = pa_col.slider("Processes for A", 1, PROCESS_MAX, lab_pa, key=f"how_pa_{lab_pa}")
 pb = pb_col.slider("Processes for B", 1, PROCESS_MAX, lab_pb, key=f"how_pb_{lab_pb}")
-st.page_link("pages/lab.py", label="Change the image and filters in the Filter lab", icon=":material/tune:")
+try:
+    st.page_link("pages/lab.py", label="Change the image and filters in the Filter lab", icon=":material/tune:")
+except StreamlitAPIException:  # the page runs on its own (no navigation): nothing to link to
+    st.caption("Change the image and filters in the Filter lab.")
 
 # 1. the band plan, on the image and as shared segments
 st.subheader("1 · The band plan", divider="gray")

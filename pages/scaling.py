@@ -1,9 +1,13 @@
-"""Scaling: one filter at 1..N processes, repeated; time, speedup and efficiency with Amdahl's law."""
+"""Scaling: one filter at 1..N processes, repeated; time, speedup and efficiency with Amdahl's law.
+
+On the engine's process pool and, when the Dask extras are installed, on a Dask LocalCluster of
+as many worker processes, side by side.
+"""
 
 import streamlit as st
 
 import engine
-from pages._ui import images, lab, page_guard, sweep
+from pages._ui import cluster, images, lab, page_guard, sweep
 from pages._ui.state import CPUS, PROCESS_MAX
 
 page_guard()
@@ -32,12 +36,21 @@ with st.container(border=True):
         impls = [i for i in impls if i != "python"]
     else:
         c3.caption("python is the notebook's per-pixel loop: only for 256x256 and smaller.")
-    c4, c5, b1, b2 = st.columns([1.2, 1.4, 0.7, 0.7], gap="medium", vertical_alignment="bottom")
+    c4, c5, c6, b1, b2 = st.columns([1.2, 0.9, 1.2, 0.65, 0.65], gap="medium", vertical_alignment="bottom")
     n_max = c4.slider("Processes 1..N", 1, PROCESS_MAX, PROCESS_MAX, key="sc_nmax", persist_state="session")
     repeats = c5.slider("Repeats", 1, 9, 3, key="sc_repeats", persist_state="session",
                         help="Each point is the median of this many runs.")
+    if engine.dask_available():
+        backends = c6.segmented_control(
+            "Backends", list(sweep.BACKENDS), selection_mode="multi", default=[sweep.POOL],
+            format_func=sweep.BACKENDS.get, key="sc_backends", persist_state="session",
+            help="Dask LocalCluster: as many single-threaded Dask worker processes, running the same bands "
+                 "through engine.filter_image(..., scheduler=client); timed by wall clock. See docs/scale-out.md.")
+    else:
+        backends = [sweep.POOL]
+        c6.caption(f":material/info: For a Dask backend beside the process pool: `{cluster.INSTALL}`.")
     run = b1.button("Run sweep", type="primary", icon=":material/play_arrow:", key="sc_run", width="stretch",
-                    disabled=not impls)
+                    disabled=not impls or not backends)
     sw = st.session_state.get(sweep.SLOT)
     running = run or (sw is not None and sw.status == "running")  # this run may start one
     cancel = b2.button("Cancel", icon=":material/stop:", key="sc_cancel", width="stretch", disabled=not running)
@@ -45,13 +58,15 @@ with st.container(border=True):
         st.caption(f":material/info: Beyond {CPUS} processes they share this machine's {CPUS} CPUs.")
 
 progress = st.empty()
-config = (kernel, side, tuple(impls), n_max, repeats, current.key if current is not None else source_name)
+backends = [b for b in sweep.BACKENDS if b in backends]  # pool first, whatever the click order
+config = (kernel, side, tuple(impls), n_max, repeats, tuple(backends),
+          current.key if current is not None else source_name)
 sw = st.session_state.get(sweep.SLOT)
 if cancel and sw is not None and sw.status == "running":
     sw.stop("cancelled", "cancelled: the runs measured so far are kept")
 elif run:
     base = current.array if current is not None else lab.load_sample(images.DEFAULT_SAMPLE)[0]
-    sw = sweep.start(config, kernel, images.center_square(base, side), impls, n_max, repeats)
+    sw = sweep.start(config, kernel, images.center_square(base, side), impls, n_max, repeats, backends)
 elif sw is not None and sw.status == "running" and sw.config != config:
     sw.stop("stopped", "stopped: a setting changed while it ran (the runs measured so far are kept)")
 

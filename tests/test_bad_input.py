@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,11 +23,14 @@ import scipy.ndimage as ndi
 from PIL import Image
 
 import engine
-from _proc import run_cli
+from _proc import ROOT, run_cli
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL"),  # Pillow's notes on the corrupt files, expected
+]
 
 
 # -- the corpus -----------------------------------------------------------------------------------
@@ -36,6 +42,22 @@ def png_bomb(width: int = 40000, height: int = 40000) -> bytes:
     """A 69-byte PNG whose header claims ``width x height`` 8-bit gray pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+
+
+def _corrupt_idat(png: bytes) -> bytes:
+    """Damage the compressed pixels of a PNG and repair the chunk's CRC: the header stays valid."""
+    data = bytearray(png)
+    start = data.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", data[start - 8 : start - 4])
+    data[start + 10] ^= 0xFF
+    data[start + length : start + length + 4] = struct.pack(">I", zlib.crc32(bytes(data[start - 4 : start + length])))
+    return bytes(data)
+
+
+def _tiff(tags: dict[int, int]) -> bytes:
+    """A little-endian TIFF with one IFD of LONG tags (values as given) and 16 zero bytes of data."""
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, 4, 1, v) for t, v in sorted(tags.items()))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 16
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -97,6 +119,8 @@ def make_corpus(folder: Path) -> dict[str, Path]:
             "////////////////FKExcv9w/4GBA14/"
         ),
         "rgba16.tif": engine.save_image(RGBA16, format="TIFF"),  # 16-bit color: OpenCV decodes it
+        "corrupt16.png": _corrupt_idat(engine.save_image(RGBA16[..., :3], format="PNG")),  # libpng complains
+        "many_samples.tif": _tiff({256: 1, 257: 1, 258: 8, 259: 1, 262: 1, 273: 0, 277: 300, 278: 1, 279: 1}),
         "rgb16.png": engine.save_image(RGBA16[..., :3], format="PNG"),
     }
     paths = {}
@@ -121,6 +145,8 @@ REFUSED = [
     ("float32.tif", r"has mode 'F', which has no 8- or 16-bit integer form here; supported modes: 1, CMYK"),
     ("two_samples.tif", r"is a TIFF file that cannot be decoded \(unknown pixel mode\)"),
     ("corrupt_header.tif", r"is a TIFF file that cannot be decoded \(Missing dimensions\)"),
+    ("corrupt16.png", r"is 16-bit color that could not be decoded \(truncated or corrupt\?\)"),
+    ("many_samples.tif", r"is a TIFF file that cannot be decoded \(Invalid value for samples per pixel\)"),
     ("rational_offset.tif", r"could not be decoded \(truncated or corrupt\?\): TypeError: 'IFDRational' object cannot"),
 ]
 
@@ -141,6 +167,30 @@ def test_cli_refuses_bad_image(corpus, tmp_path, name, message):
     res = run_cli("filter", corpus[name], tmp_path / "out.png", "--kernel", "sobel", "--processes", "1")
     _assert_usage_error(res, message)
     assert not (tmp_path / "out.png").exists()
+
+
+#: Found by fuzz/atheris_load_image.py: a 43-byte 16-bit RGB PNG whose IDAT chunk header claims
+#: 4,160,684,390 bytes. Decoding 16-bit color goes through OpenCV, whose PNG reader allocated that.
+CHUNK_CLAIMS_4GB = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAsAAAAJEAIAAAA7lp059/8BZklEQVQoFQ==")
+
+
+@pytest.mark.timeout(60)
+def test_a_chunk_claiming_4_gb_is_refused_without_allocating_it(tmp_path):
+    path = tmp_path / "claims4gb.png"
+    path.write_bytes(CHUNK_CLAIMS_4GB)
+    code = (
+        "import resource, sys, time, engine\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.perf_counter()\n"
+        "try:\n    engine.load_image(sys.argv[1])\nexcept engine.ImageError as e:\n    print(e)\n"
+        "print(time.perf_counter() - t, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=50,
+                         cwd=ROOT, env=dict(os.environ, OPENCV_LOG_LEVEL="OFF"))
+    message, figures = res.stdout.splitlines()
+    seconds, grown_mb = float(figures.split()[0]), int(figures.split()[1])
+    assert re.search(r"could not be decoded \(truncated or corrupt\?\)", message), message
+    assert seconds < 2 and grown_mb < 200, f"took {seconds:.1f} s and {grown_mb} MB more memory"
 
 
 def test_bomb_between_the_limit_and_twice_it_is_refused_too():

@@ -130,6 +130,7 @@ def test_second_run_with_other_process_counts_draws_a_speedup_line(at):
         ("huge.png", (8000, 8000), "more than the limit of 40,000,000 pixels"),
         ("bomb.png", (20000, 20000), "decompression bomb"),
         ("empty.png", b"", "empty"),
+        ("float.tif", "float32", "has mode 'F'"),
     ],
 )
 def test_bad_upload_shows_the_error_and_the_app_keeps_working(at, eng, name, data, message):
@@ -138,6 +139,10 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_working(at, eng, name, dat
         data = data[: len(data) // 2]
     elif isinstance(data, tuple):  # a 1x1 PNG whose header claims far more pixels
         data = _png_claiming(*data)
+    elif data == "float32":  # a 32-bit float TIFF: a mode with no 8- or 16-bit form
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((4, 4), np.float32)).save(buf, format="TIFF")
+        data = buf.getvalue()
     at.file_uploader(key="lab_upload").upload(name, data, "image/png").run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]
@@ -275,6 +280,37 @@ def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
     assert any("stopped" in w.value for w in at.warning)
 
 
+def test_scaling_without_the_dask_extras_says_how_to_install_them(at, monkeypatch):
+    monkeypatch.setattr(engine, "dask_available", lambda: False)
+    at.switch_page("pages/scaling.py").run()
+    _no_errors(at)
+    assert not at.get("segmented_control")
+    assert any('pip install "dask[array]" distributed' in c.value for c in at.caption)
+
+
+def test_scaling_sentences_read_both_backends():
+    from pages._ui import sweep
+
+    rows = []
+    for backend, t1 in [("process pool", 0.010), ("dask", 0.030)]:
+        for p in (1, 2):
+            rows.append({"backend": backend, "implementation": "opencv", "processes": p, "repeat": 1,
+                         "seconds": t1 * (0.1 + 0.9 / p)})
+    runs = sweep.Sweep(None, "gaussian", np.zeros((1, 1, 1), np.uint8), [], 0, runs=rows).frame()
+    summary = charts.sweep_summary(runs, cpus=2)
+    assert list(summary["series"]) == ["opencv · process pool"] * 2 + ["opencv · dask"] * 2
+    assert summary["speedup"].round(3).tolist() == [1.0, 1.818, 1.0, 1.818]  # each against its own 1 process
+    t = sweep.time_sentence(summary)
+    assert "**opencv · process pool**: 1 process took 10.0 ms" in t
+    assert "**opencv · dask**: 1 worker took 30.0 ms" in t
+    assert "Dask took 3.0x the process pool's time for opencv at 2" in t
+    s = sweep.speedup_sentence(summary)
+    assert "on 2 processes" in s and "on 2 workers" in s and "serial fraction of 10.0%" in s
+    assert "**opencv · dask** 100% at 1, 91% at 2" in sweep.efficiency_sentence(summary)
+    pool_only = charts.sweep_summary(runs[runs["backend"] == "process pool"], cpus=2)
+    assert "**opencv**: 1 process" in sweep.time_sentence(pool_only) and "Dask" not in sweep.time_sentence(pool_only)
+
+
 # -- How it works -------------------------------------------------------------------------------
 def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     at.button(key="sample_chessboard.png").click().run()
@@ -295,6 +331,16 @@ def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     names = [c for im in at.image for c in im.captions]
     assert names[-5:] == list(kernels.NOTEBOOK_FILTERS)
     assert any("identical to the original" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("page", ["lab.py", "scaling.py", "how_it_works.py"])
+def test_each_page_also_runs_on_its_own(page):
+    """A page needs nothing from the entry point: AppTest can run the file alone."""
+    app = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=TIMEOUT).run()
+    _no_errors(app)
+    assert app.title[0].value in ("Filter lab", "Scaling", "How it works")
+    del app
+    gc.collect()
 
 
 def test_pages_keep_their_settings_across_navigation(at):

@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import engine
-from _oracle import assert_close, color_channels
+from _oracle import assert_close
+from _proc import run_cli
 
 EXAMPLES = os.environ.get("PFL_FUZZ_EXAMPLES")
 pytestmark = [
@@ -176,6 +177,22 @@ def test_load_image_mutated_files_raise_only_image_error(data):
 @given(st.sampled_from(SEEDS), st.integers(0, 4096))
 def test_load_image_every_prefix_of_a_valid_file(seed, cut):
     _check_load(seed[: min(cut, len(seed) - 1)])
+
+
+@fuzz_settings(10 if not EXAMPLES else max(10, int(EXAMPLES) // 50), deadline_s=60.0)
+@given(mutated_images())
+def test_cli_prints_one_line_for_any_file(tmp_path_factory, data):
+    """The CLI on a mutated file: exit 0 and a silent stderr, or exit 2 and exactly one line,
+    even when the decoders' C libraries complain (one subprocess per example: fewer of them)."""
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "in.img").write_bytes(data)
+    res = run_cli("filter", folder / "in.img", folder / "out.png", "--kernel", "box_3x3", "--processes", "1",
+                  "--max-pixels", str(FUZZ_MAX_PIXELS))
+    if res.returncode == 0:
+        assert res.stderr == "", res.stderr
+    else:
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, (res.returncode, res.stderr)
+        assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
 # -- the oracle property -------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """The dashboard's UI layer: everything the pages share, kept out of the page scripts.
 
 Pages (``pages/*.py``) read widgets, call ``engine`` and draw; the helpers here hold the
-engine for the server process (``state``), turn arrays into pictures (``images``), pick and
-draw kernels (``kernels``), build the charts (``charts``), and run jobs and sweeps without
-blocking or leaking work across reruns (``jobs``). They import only ``engine``'s public names.
+engine (``state``) and the Scaling page's optional Dask LocalCluster (``cluster``) for the
+server process, turn arrays into pictures (``images``), pick and draw kernels (``kernels``),
+build the charts (``charts``), run jobs without blocking or leaking work across reruns
+(``jobs``), and hold the sections of each page (``lab``, ``sweep``, ``explain``). They import
+only ``engine``'s public names (``Engine.plan`` and ``Engine.workers`` when the engine has them).
+
+    dashboard.py -> app(): page config + st.navigation(top) -> pages/lab.py | scaling.py | how_it_works.py
 """
 
 

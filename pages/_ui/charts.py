@@ -15,6 +15,10 @@ import engine
 #: Filter A and filter B keep these colours everywhere (Streamlit's blue and orange).
 FILTER_COLORS = {"A": "#1c83e1", "B": "#ff8700"}
 IMPL_COLORS = {"opencv": "#1c83e1", "numpy": "#21a366", "python": "#9a5cf0"}
+#: The same implementations on the Dask backend: warm hues, so the two backends never share a colour.
+DASK_COLORS = {"opencv": "#e8384f", "numpy": "#ff8700", "python": "#a16207"}
+#: The Scaling page's backends, as they appear in the sweep's ``backend`` column.
+POOL, DASK = "process pool", "dask"
 _SLOTS = "AB"
 #: Streamlit counts a spec's height as the whole chart (axes, legend, title) unless it is told to
 #: pad: with this, ``height`` is the plot area, as in plain Vega-Lite.
@@ -111,7 +115,8 @@ def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int) -> alt.Chart:
             y=alt.Y("value:Q", title="speedup"),
             color=alt.Color("series:N", scale=scale, legend=alt.Legend(title=None, orient="top")),
             strokeDash=alt.condition("datum.series == 'ideal (linear)'", alt.value([4, 3]), alt.value([1, 0])),
-            tooltip=[alt.Tooltip("processes:Q"), alt.Tooltip("ms:Q", format=".1f"), alt.Tooltip("speedup:Q", format=".2f")],
+            tooltip=[alt.Tooltip("processes:Q"), alt.Tooltip("ms:Q", format=".1f"),
+                     alt.Tooltip("speedup:Q", format=".2f")],
         )
     )
     rule = alt.Chart(pd.DataFrame({"cpus": [cpus]})).mark_rule(color="#c0c6cc", strokeDash=[2, 2]).encode(x="cpus:Q")
@@ -143,14 +148,27 @@ def amdahl_speedup(p, s: float, cpus: int):
     return 1.0 / (s + (1.0 - s) / np.minimum(np.asarray(p, dtype=float), cpus))
 
 
+def with_series(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with a ``backend`` column (the process pool when missing) and a ``series``
+    label per (backend, implementation): the implementation alone when only the process pool
+    ran, ``"opencv · dask"`` otherwise."""
+    runs = runs if "backend" in runs else runs.assign(backend=POOL)
+    pool_only = set(runs["backend"]) <= {POOL}
+    series = runs["implementation"] if pool_only else runs["implementation"] + " · " + runs["backend"]
+    return runs.assign(series=series)
+
+
 def sweep_summary(runs: pd.DataFrame, cpus: int) -> pd.DataFrame:
-    """Median time per (implementation, processes), speedup vs 1 process, efficiency, fit."""
-    cols = ["implementation", "processes", "ms", "speedup", "efficiency", "amdahl", "serial_fraction"]
+    """Median time per (backend, implementation, processes), speedup vs the same backend's 1
+    process, efficiency, and an Amdahl fit per backend and implementation."""
+    cols = ["backend", "implementation", "series", "processes", "ms", "speedup", "efficiency", "amdahl",
+            "serial_fraction"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    med = runs.groupby(["implementation", "processes"], as_index=False)["seconds"].median()
+    keys = ["backend", "implementation", "series"]
+    med = with_series(runs).groupby(keys + ["processes"], as_index=False, sort=False)["seconds"].median()
     out = []
-    for impl, g in med.groupby("implementation", sort=False):
+    for (backend, impl, series), g in med.groupby(keys, sort=False):
         g = g.sort_values("processes")
         base = g.loc[g["processes"] == g["processes"].min(), "seconds"].iloc[0] * g["processes"].min()
         if 1 in set(g["processes"]):
@@ -160,7 +178,9 @@ def sweep_summary(runs: pd.DataFrame, cpus: int) -> pd.DataFrame:
             sp = base / r["seconds"]
             out.append(
                 {
+                    "backend": backend,
                     "implementation": impl,
+                    "series": series,
                     "processes": int(r["processes"]),
                     "ms": r["seconds"] * 1e3,
                     "speedup": sp,
@@ -172,11 +192,14 @@ def sweep_summary(runs: pd.DataFrame, cpus: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-def _impl_color(impls) -> alt.Color:
-    impls = list(impls)
+def _series_color(summary: pd.DataFrame) -> alt.Color:
+    """One colour per (backend, implementation): the implementation's, warmer on Dask."""
+    pairs = summary[["series", "backend", "implementation"]].drop_duplicates("series")
+    rng = [(DASK_COLORS if b == DASK else IMPL_COLORS).get(i, "#555")
+           for b, i in zip(pairs["backend"], pairs["implementation"])]
     return alt.Color(
-        "implementation:N",
-        scale=alt.Scale(domain=impls, range=[IMPL_COLORS.get(i, "#555") for i in impls]),
+        "series:N",
+        scale=alt.Scale(domain=list(pairs["series"]), range=rng),
         legend=alt.Legend(title=None, orient="top"),
     )
 
@@ -190,50 +213,58 @@ def _cpu_rule(cpus: int) -> alt.Chart:
     return rule + text
 
 
-def _p_axis(n_max: int) -> alt.X:
+def _p_axis(n_max: int, title: str = "processes") -> alt.X:
     return alt.X(
         "processes:Q",
         scale=alt.Scale(domain=[1, max(2, n_max)], nice=False),
         axis=alt.Axis(tickMinStep=1, format="d", values=list(range(1, n_max + 1))),
-        title="processes",
+        title=title,
     )
+
+
+def _p_title(summary: pd.DataFrame) -> str:
+    return "processes / Dask workers" if DASK in set(summary["backend"]) else "processes"
 
 
 def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
-    """Every run as a dot, the median as a line, per implementation."""
-    color = _impl_color(summary["implementation"].unique())
+    """Every run as a dot, the median as a line, per backend and implementation."""
+    color = _series_color(summary)
+    x = _p_axis(n_max, _p_title(summary))
     dots = (
-        alt.Chart(runs.assign(ms=runs["seconds"] * 1e3))
+        alt.Chart(with_series(runs).assign(ms=runs["seconds"] * 1e3)[["series", "backend", "implementation",
+                                                                      "processes", "repeat", "ms"]])
         .mark_circle(size=28, opacity=0.45)
-        .encode(x=_p_axis(n_max), y=alt.Y("ms:Q", title="milliseconds"), color=color,
-                tooltip=["implementation", "processes", "repeat", alt.Tooltip("ms:Q", format=".2f")])
+        .encode(x=x, y=alt.Y("ms:Q", title="milliseconds"), color=color,
+                tooltip=["backend", "implementation", "processes", "repeat", alt.Tooltip("ms:Q", format=".2f")])
     )
-    line = alt.Chart(summary).mark_line(point=True).encode(x=_p_axis(n_max), y="ms:Q", color=color)
+    line = alt.Chart(summary).mark_line(point=True).encode(x=x, y="ms:Q", color=color)
     return (_cpu_rule(cpus) + dots + line).properties(height=240, autosize=FIT_X)
 
 
 def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
-    """Measured speedup, the ideal line ``y = p`` and the Amdahl fit (dashed), per implementation."""
-    color = _impl_color(summary["implementation"].unique())
+    """Measured speedup, the ideal line ``y = p`` and the Amdahl fit (dashed), per backend and
+    implementation (each against its own backend's 1 process)."""
+    color = _series_color(summary)
+    x = _p_axis(n_max, _p_title(summary))
     ideal = pd.DataFrame({"processes": np.arange(1, n_max + 1), "ideal": np.arange(1, n_max + 1)})
     ideal_line = alt.Chart(ideal).mark_line(color="#9aa5b1", strokeDash=[5, 4]).encode(
-        x=_p_axis(n_max), y=alt.Y("ideal:Q", title="speedup vs 1 process")
+        x=x, y=alt.Y("ideal:Q", title="speedup vs 1 process")
     )
     measured = alt.Chart(summary).mark_line(point=True).encode(
-        x=_p_axis(n_max), y="speedup:Q", color=color,
-        tooltip=["implementation", "processes", alt.Tooltip("speedup:Q", format=".2f")],
+        x=x, y="speedup:Q", color=color,
+        tooltip=["backend", "implementation", "processes", alt.Tooltip("speedup:Q", format=".2f")],
     )
     fit = summary.dropna(subset=["amdahl"])
     layers = [_cpu_rule(cpus), ideal_line, measured]
     if not fit.empty:
         grid = []
-        for impl, g in fit.groupby("implementation", sort=False):
+        for series, g in fit.groupby("series", sort=False):
             s = float(g["serial_fraction"].iloc[0])
             ps = np.linspace(1, n_max, 60)
-            grid.append(pd.DataFrame({"implementation": impl, "processes": ps, "amdahl": amdahl_speedup(ps, s, cpus)}))
+            grid.append(pd.DataFrame({"series": series, "processes": ps, "amdahl": amdahl_speedup(ps, s, cpus)}))
         layers.append(
             alt.Chart(pd.concat(grid)).mark_line(strokeDash=[2, 3], strokeWidth=1.5, opacity=0.9).encode(
-                x=_p_axis(n_max), y="amdahl:Q", color=color
+                x=x, y="amdahl:Q", color=color
             )
         )
     return alt.layer(*layers).properties(height=240, autosize=FIT_X)
@@ -241,14 +272,14 @@ def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
 
 def efficiency_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
     """Speedup / processes, against the ideal 100 %."""
-    color = _impl_color(summary["implementation"].unique())
+    color = _series_color(summary)
     ideal = alt.Chart(pd.DataFrame({"y": [1.0]})).mark_rule(color="#9aa5b1", strokeDash=[5, 4]).encode(y="y:Q")
     line = alt.Chart(summary).mark_line(point=True).encode(
-        x=_p_axis(n_max),
+        x=_p_axis(n_max, _p_title(summary)),
         y=alt.Y("efficiency:Q", title="efficiency (speedup / processes)", axis=alt.Axis(format="%"),
                 scale=alt.Scale(domain=[0, max(1.1, float(summary["efficiency"].max()) * 1.05)])),
         color=color,
-        tooltip=["implementation", "processes", alt.Tooltip("efficiency:Q", format=".0%")],
+        tooltip=["backend", "implementation", "processes", alt.Tooltip("efficiency:Q", format=".0%")],
     )
     return (_cpu_rule(cpus) + ideal + line).properties(height=240, autosize=FIT_X)
 
@@ -276,75 +307,72 @@ def band_plan_frame(plans: dict[str, tuple], workers: dict[str, dict[int, str]])
     return pd.DataFrame(rows)
 
 
+_PLAN_FIXED = {"input image": "#d9dee3", "rows it writes": "#8fa3b5", "halo rows": "#e8384f"}
+_PALETTE = ["#1c83e1", "#ff8700", "#21a366", "#9a5cf0", "#e8384f", "#0fb5ae", "#a16207", "#db2777"]
+_LANE_WIDTH = {"input": 1.0, "reads": 0.9, "output": 1.6}
+
+
+def _rect(x0, x1, y0, y1, part, tip, label=""):
+    return {"x": x0, "x2": x1, "y": y0, "y2": y1, "part": part, "tip": tip, "label": label}
+
+
 def band_plan_chart(df: pd.DataFrame, height: int, segments: dict[str, str],
                     colors: dict[str, str] | None = None) -> alt.Chart:
-    """The plan as a picture: the shared input segment with each band's read range (halo rows in
+    """The plan as a picture: the shared input segment, each band's read range (halo rows in
     red), and each filter's output segment cut into bands coloured by worker.
 
-    Lanes left to right: input (one segment, read by both filters), reads of A, output A, reads
-    of B, output B. Rows run top to bottom as in the image. Halo rows are drawn at least 1 % of
-    the height tall so that they stay visible on big images; the table has the exact numbers.
+    Lanes left to right: the input (one segment, read by both filters), the reads of A, the
+    output segment of A, then the same for B. Rows run top to bottom as in the image. Halo rows
+    are drawn at least 1 % of the height tall so that they stay visible on big images; the plan
+    table has the exact numbers. Neighbouring bands' reads sit side by side, so their overlap
+    (the halo) shows.
     """
     min_h = max(1.0, height * 0.01)
-    lanes = []
-    x = 0.0
-    lane_w = {"input": 1.0, "reads": 0.9, "output": 1.6}
-    pos = {}
-    for name in ["input"] + [p for s in df["filter"].unique() for p in (f"reads {s}", f"output {s}")]:
-        kind = name.split()[0]
-        pos[name] = (x, x + lane_w[kind])
-        x += lane_w[kind] + 0.35
-    rects = []
-    for lane, (x0, x1) in pos.items():
-        if lane == "input":
-            rects.append({"x": x0, "x2": x1, "y": 0, "y2": height, "part": "input image", "label": "", "tip": segments.get("input", "")})
-    for _, b in df.iterrows():
-        slot = b["filter"]
-        rx0, rx1 = pos[f"reads {slot}"]
-        sub = (rx1 - rx0) / 2
-        bx0 = rx0 + (b["band"] % 2) * sub + 0.05
-        bx1 = bx0 + sub - 0.1
-        top_h = max(b["halo_top"], min_h) if b["halo_top"] else 0
-        bot_h = max(b["halo_bottom"], min_h) if b["halo_bottom"] else 0
-        tip = f"band {b['band']} of {slot} reads rows {b['read_start']}–{b['read_stop'] - 1}"
-        rects.append({"x": bx0, "x2": bx1, "y": b["start"], "y2": b["stop"], "part": "rows it writes", "label": "", "tip": tip})
-        if top_h:
-            rects.append({"x": bx0, "x2": bx1, "y": b["start"] - top_h, "y2": b["start"], "part": "halo rows", "label": "",
-                          "tip": f"{b['halo_top']} halo row(s) above band {b['band']}"})
-        if bot_h:
-            rects.append({"x": bx0, "x2": bx1, "y": b["stop"], "y2": b["stop"] + bot_h, "part": "halo rows", "label": "",
-                          "tip": f"{b['halo_bottom']} halo row(s) below band {b['band']}"})
-        ox0, ox1 = pos[f"output {slot}"]
-        rects.append({"x": ox0, "x2": ox1, "y": b["start"], "y2": b["stop"], "part": b["worker"],
-                      "label": f"band {b['band']}", "tip": f"band {b['band']}: rows {b['rows']} → {b['worker']}"})
+    lanes, x = {}, 0.0
+    for name in ["input"] + [f"{kind} {s}" for s in df["filter"].unique() for kind in ("reads", "output")]:
+        width = _LANE_WIDTH[name.split()[0]]
+        lanes[name] = (x, x + width)
+        x += width + 0.35
+    rects = [_rect(*lanes["input"], 0, height, "input image", segments.get("input", ""))]
+    for b in df.itertuples():
+        rx0, rx1 = lanes[f"reads {b.filter}"]
+        half = (rx1 - rx0) / 2
+        bx0 = rx0 + (b.band % 2) * half + 0.05
+        bx1 = bx0 + half - 0.1
+        reads = f"band {b.band} of {b.filter} reads rows {b.read_start}–{b.read_stop - 1}"
+        rects.append(_rect(bx0, bx1, b.start, b.stop, "rows it writes", reads))
+        if b.halo_top:
+            rects.append(_rect(bx0, bx1, b.start - max(b.halo_top, min_h), b.start, "halo rows",
+                               f"{b.halo_top} halo row(s) above band {b.band}"))
+        if b.halo_bottom:
+            rects.append(_rect(bx0, bx1, b.stop, b.stop + max(b.halo_bottom, min_h), "halo rows",
+                               f"{b.halo_bottom} halo row(s) below band {b.band}"))
+        rects.append(_rect(*lanes[f"output {b.filter}"], b.start, b.stop, b.worker,
+                           f"band {b.band}: rows {b.rows} → {b.worker}", label=f"band {b.band}"))
     rdf = pd.DataFrame(rects)
-    workers = [w for w in rdf["part"].unique() if w not in ("input image", "rows it writes", "halo rows")]
-    palette = ["#1c83e1", "#ff8700", "#21a366", "#9a5cf0", "#e8384f", "#0fb5ae", "#a16207", "#db2777",
-               "#4f46e5", "#65a30d", "#0891b2", "#c2410c", "#7c3aed", "#15803d", "#be123c", "#1d4ed8"]
+    workers = [w for w in rdf["part"].unique() if w not in _PLAN_FIXED]
     colors = colors or {}
-    domain = ["input image", "rows it writes", "halo rows"] + workers
-    rng = ["#d9dee3", "#8fa3b5", "#e8384f"] + [colors.get(w, palette[i % len(palette)]) for i, w in enumerate(workers)]
-    y = alt.Y("y:Q", scale=alt.Scale(domain=[height, 0], nice=False), title="image row")
+    domain = list(_PLAN_FIXED) + workers
+    palette = list(_PLAN_FIXED.values()) + [colors.get(w, _PALETTE[i % len(_PALETTE)]) for i, w in enumerate(workers)]
+    rows = alt.Scale(domain=[height, 0], nice=False)
     rect = alt.Chart(rdf).mark_rect(stroke="white", strokeWidth=0.5).encode(
         x=alt.X("x:Q", axis=None, scale=alt.Scale(domain=[0, x], nice=False)),
         x2="x2:Q",
-        y=y,
+        y=alt.Y("y:Q", scale=rows, title="image row"),
         y2="y2:Q",
-        color=alt.Color("part:N", scale=alt.Scale(domain=domain, range=rng), legend=alt.Legend(title=None, orient="bottom", columns=3)),
+        color=alt.Color("part:N", scale=alt.Scale(domain=domain, range=palette),
+                        legend=alt.Legend(title=None, orient="bottom", columns=3)),
         tooltip=[alt.Tooltip("tip:N", title="what")],
     )
-    labels_df = rdf[rdf["label"] != ""].assign(ym=lambda d: (d["y"] + d["y2"]) / 2, xm=lambda d: (d["x"] + d["x2"]) / 2)
-    text = alt.Chart(labels_df).mark_text(fontSize=10, color="white").encode(x="xm:Q", y=alt.Y("ym:Q", scale=alt.Scale(domain=[height, 0], nice=False)), text="label:N")
-    heads = pd.DataFrame(
-        [{"xm": (a + b) / 2, "label": _lane_title(name, segments)} for name, (a, b) in pos.items()]
+    labelled = rdf[rdf["label"] != ""].assign(ym=lambda d: (d["y"] + d["y2"]) / 2, xm=lambda d: (d["x"] + d["x2"]) / 2)
+    text = alt.Chart(labelled).mark_text(fontSize=10, color="white").encode(
+        x="xm:Q", y=alt.Y("ym:Q", scale=rows), text="label:N"
     )
-    head = alt.Chart(heads).mark_text(fontSize=11, fontWeight="bold", color="#3e4c59", baseline="bottom").encode(
+    titles = pd.DataFrame([{"xm": (a + b) / 2, "label": name}
+                           for name, (a, b) in lanes.items()])
+    head = alt.Chart(titles).mark_text(fontSize=11, fontWeight="bold", color="#3e4c59", baseline="bottom").encode(
         x="xm:Q", y=alt.value(-6), text="label:N"
     )
-    return alt.layer(rect, text, head).properties(height=420, autosize=FIT_X, padding={"top": 22, "left": 5, "right": 5, "bottom": 5})
-
-
-def _lane_title(name: str, segments: dict[str, str]) -> str:
-    if name == "input":
-        return "input (shared)"
-    return name
+    return alt.layer(rect, text, head).properties(
+        height=420, autosize=FIT_X, padding={"top": 22, "left": 5, "right": 5, "bottom": 5}
+    )

@@ -34,7 +34,6 @@ class Pending:
     job: engine.Job
     settings: Hashable
     meta: dict[str, Any] = field(default_factory=dict)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 def cancel_if_stale(slot: str, settings: Hashable, run_clicked: bool) -> str | None:

@@ -196,7 +196,8 @@ def frequency_chart(k: engine.Kernel, size: int = 190) -> alt.Chart:
             y=alt.Y("fy:Q", scale=alt.Scale(domain=[-0.5, 0.5], nice=False), axis=axis, title="fy"),
             y2="fy2",
             color=alt.Color("gain:Q", scale=alt.Scale(scheme="viridis"), legend=None),
-            tooltip=[alt.Tooltip("fx:Q", format=".3f"), alt.Tooltip("fy:Q", format=".3f"), alt.Tooltip("gain:Q", format=".3f")],
+            tooltip=[alt.Tooltip("fx:Q", format=".3f"), alt.Tooltip("fy:Q", format=".3f"),
+                     alt.Tooltip("gain:Q", format=".3f")],
         )
         .properties(width=size - 50, height=size - 50, autosize=alt.AutoSizeParams(type="pad"),
                     title=alt.TitleParams("frequency response |H|", fontSize=12, anchor="start"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable
@@ -146,7 +145,8 @@ def image_facts(img: CurrentImage) -> None:
     h, w, c = img.shape
     rows = img.facts.rows()
     table = f"| :material/image: | **{img.name}** |\n|---|---|\n" + "\n".join(f"| {k} | **{v}** |" for k, v in rows)
-    table += f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {img.array.nbytes / 2**20:.1f} MB in shared memory |"
+    mb = img.array.nbytes / 2**20
+    table += f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {mb:.1f} MB in shared memory |"
     st.markdown(table)
 
 
@@ -212,7 +212,6 @@ class LabResult:
     png: tuple[bytes, bytes]
     timeline: pd.DataFrame
     gantt: dict  # Vega-Lite spec of the band timeline, built once
-    seconds: float  # submit to result, as the page saw it
 
     @property
     def outputs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +230,7 @@ def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings) ->
         outs = shared_outputs(img.array, 2)
         job = get_engine().submit(img.array, [ka, kb], processes=(pa, pb), border=border, output=output,
                                   implementation=impl, out=outs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # validation, or a closed engine
         st.error(str(e), icon=":material/error:")
         return None
     run_id = st.session_state.get("lab_runs", 0) + 1
@@ -256,11 +255,10 @@ def finish(pending: jobs.Pending, bar) -> LabResult | None:
         st.session_state[JOB_SLOT] = None
         st.error(f"{e}", icon=":material/error:")
         return None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: the engine was closed meanwhile
         st.session_state[JOB_SLOT] = None
         st.error(str(e), icon=":material/error:")
         return None
-    seconds = time.perf_counter() - pending.submitted
     st.session_state[JOB_SLOT] = None
     names = tuple(k.name for k in m["kernels"])
     display = tuple(images.to_display(o) for o in res.outputs)
@@ -278,7 +276,6 @@ def finish(pending: jobs.Pending, bar) -> LabResult | None:
         png=tuple(images.encode_png(d) for d in display),
         timeline=(timeline := charts.timeline_frame(res, names)),
         gantt=charts.gantt_chart(timeline).to_dict(),
-        seconds=seconds,
     )
     st.session_state[RESULT_SLOT] = out
     history = st.session_state.setdefault(HISTORY_SLOT, [])

@@ -4,6 +4,12 @@ A sweep is a list of runs still to do plus the rows measured so far, kept in the
 Each script run advances it one job at a time, so a rerun (a click anywhere) interrupts
 nothing: the next run picks up the job in flight. Cancel stops it and keeps what was measured;
 changing a setting stops it too (the rows would no longer match the settings shown).
+
+Two backends run the same filter on the same image: the engine's process pool (timed by the
+engine's phases) and, when the Dask extras are installed, a Dask LocalCluster of as many
+single-threaded worker processes (``cluster``; timed by wall clock around
+``engine.filter_image(..., scheduler=client)``). Their rows share one table, told apart by the
+``backend`` column, and one set of charts.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ import streamlit as st
 
 import engine
 
-from . import charts, jobs
+from . import charts, cluster, jobs
+from .charts import DASK, POOL
 from .state import CPUS, WORKER_CAP, get_engine
 
 SLOT = "sweep"
 SIDES = [128, 256, 512, 1024, 2048, 4096]
 PYTHON_MAX_SIDE = 256
+#: The backends a sweep can run on, as the page names them.
+BACKENDS = {POOL: "process pool", DASK: "Dask LocalCluster"}
+COLUMNS = ["backend", "implementation", "processes", "repeat", "seconds", "compute_s", "copy_in_s", "copy_out_s",
+           "bands"]
 
 
 def side_label(side: int) -> str:
@@ -36,17 +47,21 @@ class Sweep:
     config: Hashable
     kernel: str
     image: np.ndarray  # shared: every run reads it in place
-    todo: list[tuple[str, int, int]]  # (implementation, processes, repeat); repeat 0 = warm-up
+    todo: list[tuple[str, str, int, int]]  # (backend, implementation, processes, repeat); repeat 0 = warm-up
     total: int
     runs: list[dict] = field(default_factory=list)
     pending: jobs.Pending | None = None
     status: str = "running"  # running, done, cancelled, stopped, failed
     message: str = ""
     started: float = field(default_factory=time.perf_counter)
+    #: The latest output per (backend, implementation): the same for every process count.
+    outputs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def frame(self) -> pd.DataFrame:
-        cols = ["implementation", "processes", "repeat", "seconds", "compute_s", "copy_in_s", "copy_out_s", "bands"]
-        return pd.DataFrame(self.runs, columns=cols)
+        """One row per recorded run; the Dask backend has no phase breakdown (NaN there)."""
+        df = pd.DataFrame(self.runs, columns=COLUMNS)
+        df["bands"] = df["bands"].astype("Int64")
+        return df
 
     def stop(self, status: str, message: str) -> None:
         if self.pending is not None:
@@ -55,56 +70,108 @@ class Sweep:
         self.status, self.message = status, message
 
 
-def plan(impls: list[str], n_max: int, repeats: int) -> list[tuple[str, int, int]]:
-    """Warm-up first (unrecorded), then repeats outermost so that slow drift spreads evenly."""
-    todo = [(impl, n_max, 0) for impl in impls]
-    for rep in range(1, repeats + 1):
-        for impl in impls:
-            for p in range(1, n_max + 1):
-                todo.append((impl, p, rep))
+def plan(impls: list[str], n_max: int, repeats: int, backends=(POOL,)) -> list[tuple[str, str, int, int]]:
+    """The runs of a sweep, backend by backend; repeat 0 is an unrecorded warm-up.
+
+    Process pool: warm-up at N first, then repeats outermost so that slow drift spreads evenly.
+    Dask: workers outermost, because rescaling the cluster takes seconds; a warm-up on each new
+    set of workers (they import the engine and are probed for shared memory on first use).
+
+    >>> plan(["opencv"], 2, 1, backends=("process pool", "dask"))  # doctest: +NORMALIZE_WHITESPACE
+    [('process pool', 'opencv', 2, 0), ('process pool', 'opencv', 1, 1), ('process pool', 'opencv', 2, 1),
+     ('dask', 'opencv', 1, 0), ('dask', 'opencv', 1, 1), ('dask', 'opencv', 2, 0), ('dask', 'opencv', 2, 1)]
+    """
+    todo = []
+    if POOL in backends:
+        todo += [(POOL, impl, n_max, 0) for impl in impls]
+        for rep in range(1, repeats + 1):
+            for impl in impls:
+                for p in range(1, n_max + 1):
+                    todo.append((POOL, impl, p, rep))
+    if DASK in backends:
+        for p in range(1, n_max + 1):
+            todo.append((DASK, impls[0], p, 0))
+            for rep in range(1, repeats + 1):
+                for impl in impls:
+                    todo.append((DASK, impl, p, rep))
     return todo
 
 
-def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_max: int, repeats: int) -> Sweep:
+def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_max: int, repeats: int,
+          backends=(POOL,)) -> Sweep:
     old = st.session_state.get(SLOT)
     if isinstance(old, Sweep) and old.status == "running":
         old.stop("cancelled", "restarted")
     shared = get_engine().shared_array(image.shape, image.dtype)
     shared[...] = image
-    todo = plan(impls, n_max, repeats)
+    todo = plan(impls, n_max, repeats, backends)
     sw = Sweep(config, kernel, shared, todo, len(todo))
     st.session_state[SLOT] = sw
     return sw
 
 
+def _submit(sw: Sweep, backend: str, impl: str, p: int):
+    if backend == DASK:
+        return cluster.get_cluster().submit(sw.image, sw.kernel, p, implementation=impl)
+    return get_engine().submit(sw.image, [sw.kernel], processes=p, implementation=impl)
+
+
+def _progress_text(job, backend: str, impl: str, p: int, rep: int, run: int, total: int) -> str:
+    what = "warm-up" if rep == 0 else f"repeat {rep}"
+    state = job.state()
+    if backend == DASK:
+        if state == "waiting":
+            return "⏳ Waiting for the Dask LocalCluster (it runs one sweep's job at a time, for every session)…"
+        if state == "scaling":
+            return f"Dask · scaling the LocalCluster to {p} worker{'s' if p > 1 else ''}… — run {run} of {total}"
+        return f"{impl} · Dask · {p} worker{'s' if p > 1 else ''} · {what} — run {run} of {total}"
+    if state == "waiting":
+        return f"⏳ Waiting for free workers (other sessions are using the engine's {WORKER_CAP} processes)…"
+    return f"{impl} · {p} process{'es' if p > 1 else ''} · {what} — run {run} of {total}"
+
+
+def _record(sw: Sweep, backend: str, impl: str, p: int, rep: int, res) -> None:
+    if backend == DASK:
+        sw.outputs[(backend, impl)] = res.output
+        row = {"seconds": res.seconds}  # wall clock: the Dask path has no phase breakdown
+    else:
+        sw.outputs[(backend, impl)] = res.outputs[0]
+        ph = res.phases
+        row = {"seconds": ph.wall, "compute_s": ph.compute, "copy_in_s": ph.copy_in, "copy_out_s": ph.copy_out,
+               "bands": len(res.timeline)}
+    if rep > 0:
+        sw.runs.append({"backend": backend, "implementation": impl, "processes": p, "repeat": rep, **row})
+
+
 def advance(sw: Sweep, bar) -> None:
     """Run the sweep's remaining jobs, drawing progress; resumable after any interruption."""
-    eng = get_engine()
     while sw.status == "running":
         if sw.pending is None:
             if not sw.todo:
                 sw.status = "done"
                 sw.message = f"{len(sw.runs)} runs in {time.perf_counter() - sw.started:.1f} s"
                 break
-            impl, p, rep = sw.todo[0]
+            backend, impl, p, rep = sw.todo[0]
             try:
-                job = eng.submit(sw.image, [sw.kernel], processes=p, implementation=impl)
-            except (ValueError, TypeError) as e:
+                job = _submit(sw, backend, impl, p)
+            except (ValueError, TypeError, ImportError) as e:
                 sw.stop("failed", str(e))
                 break
-            sw.pending = jobs.Pending(job, sw.config, {"impl": impl, "p": p, "rep": rep})
+            except Exception as e:  # noqa: BLE001 - starting a LocalCluster can fail in many ways (ports, memory)
+                if backend != DASK:
+                    raise
+                sw.stop("failed", f"could not start the Dask LocalCluster: {type(e).__name__}: {e}")
+                break
+            sw.pending = jobs.Pending(job, sw.config, {"backend": backend, "impl": impl, "p": p, "rep": rep})
         job = sw.pending.job
+        backend, impl, p, rep = sw.todo[0]
         if not job.done():
-            impl, p, rep = sw.todo[0]
-            done_bands, total_bands = job.progress()
             finished = sw.total - len(sw.todo)
-            frac = (finished + (done_bands / total_bands if total_bands else 0)) / sw.total
-            what = "warm-up" if rep == 0 else f"repeat {rep}"
-            if job.state() == "waiting":
-                text = f"⏳ Waiting for free workers (other sessions are using the engine's {WORKER_CAP} processes)…"
-            else:
-                text = f"{impl} · {p} process{'es' if p > 1 else ''} · {what} — run {finished + 1} of {sw.total}"
-            bar.progress(min(frac, 1.0), text=text)
+            frac = finished / sw.total
+            if backend == POOL:
+                done_bands, total_bands = job.progress()
+                frac += (done_bands / total_bands if total_bands else 0) / sw.total
+            bar.progress(min(frac, 1.0), text=_progress_text(job, backend, impl, p, rep, finished + 1, sw.total))
             time.sleep(jobs.POLL_SECONDS)
             continue
         try:
@@ -115,57 +182,111 @@ def advance(sw: Sweep, bar) -> None:
         except (engine.WorkerError, ValueError, TypeError) as e:
             sw.stop("failed", str(e))
             break
-        impl, p, rep = sw.todo[0]
-        if rep > 0:
-            ph = res.phases
-            sw.runs.append({"implementation": impl, "processes": p, "repeat": rep, "seconds": ph.wall,
-                            "compute_s": ph.compute, "copy_in_s": ph.copy_in, "copy_out_s": ph.copy_out,
-                            "bands": len(res.timeline)})
+        except Exception as e:  # noqa: BLE001 - a Dask run: scheduler, comm or timeout errors end the sweep
+            if backend != DASK:
+                raise
+            sw.stop("failed", f"the Dask run failed: {type(e).__name__}: {e}")
+            break
+        _record(sw, backend, impl, p, rep, res)
         sw.todo.pop(0)
         sw.pending = None
     bar.empty()
 
 
 # -- reading the results ------------------------------------------------------------------------
+def _count(backend: str, n: int) -> str:
+    """``"1 process"``, ``"2 processes"``; Dask's are ``"workers"`` (each a single-threaded process)."""
+    if backend == DASK:
+        return f"{n} worker{'' if n == 1 else 's'}"
+    return f"{n} process{'' if n == 1 else 'es'}"
+
+
+def _series(summary: pd.DataFrame):
+    """``(backend, "**label**", rows sorted by processes)`` per backend and implementation."""
+    for (backend, _impl, series), g in summary.groupby(["backend", "implementation", "series"], sort=False):
+        yield backend, f"**{series}**", g.sort_values("processes")
+
+
+def _both(summary: pd.DataFrame) -> bool:
+    return {POOL, DASK} <= set(summary["backend"])
+
+
+def dask_versus_pool(summary: pd.DataFrame) -> list[tuple[str, int, float]]:
+    """``(implementation, processes, Dask time / pool time)`` at the most processes both ran,
+    up to the CPUs, per implementation that ran on both backends."""
+    out = []
+    for impl, g in summary.groupby("implementation", sort=False):
+        pool = g[g["backend"] == POOL].set_index("processes")["ms"]
+        dask = g[g["backend"] == DASK].set_index("processes")["ms"]
+        common = sorted(set(pool.index) & set(dask.index))
+        if common:
+            p = max([q for q in common if q <= CPUS] or common[:1])
+            out.append((impl, int(p), float(dask[p] / pool[p])))
+    return out
+
+
+def _versus_sentence(summary: pd.DataFrame) -> str:
+    ratios = dask_versus_pool(summary)
+    if not ratios:
+        return ""
+    pieces = [f"{r:.1f}x the process pool's time for {impl} at {p}" for impl, p, r in ratios]
+    s = " On the same image, Dask took " + "; ".join(pieces)
+    if any(r > 1.1 for _, _, r in ratios):
+        s += (": each Dask run submits a task graph, waits on the scheduler for every band and copies the image "
+              "into and out of segments of its own, where the pool's workers read and write the page's shared "
+              "arrays in place")
+    elif all(r < 0.9 for _, _, r in ratios):
+        s += ": here the cluster's scheduling cost less than the pool's"
+    return s + "."
+
+
 def time_sentence(summary: pd.DataFrame) -> str:
     parts = []
-    for impl, g in summary.groupby("implementation", sort=False):
-        g = g.sort_values("processes")
+    for backend, label, g in _series(summary):
         best = g.loc[g["ms"].idxmin()]
         first = g.iloc[0]
-        s = (f"**{impl}**: {int(first['processes'])} process took {first['ms']:.1f} ms; the fastest was "
-             f"{int(best['processes'])} processes at {best['ms']:.1f} ms")
+        s = (f"{label}: {_count(backend, int(first['processes']))} took {first['ms']:.1f} ms; the fastest was "
+             f"{_count(backend, int(best['processes']))} at {best['ms']:.1f} ms")
         if best["processes"] == first["processes"]:
-            s = f"**{impl}**: {int(first['processes'])} process was fastest at {first['ms']:.1f} ms: the work is too small to split"
+            s = (f"{label}: {_count(backend, int(first['processes']))} was fastest at {first['ms']:.1f} ms: "
+                 "the work is too small to split")
         parts.append(s)
     tail = (f" With more than {CPUS} processes the time stops falling: this machine has {CPUS} CPUs, so extra "
             "processes take turns on them." if summary["processes"].max() > CPUS else "")
-    return "; ".join(parts) + "." + tail
+    return "; ".join(parts) + "." + _versus_sentence(summary) + tail
 
 
 def speedup_sentence(summary: pd.DataFrame) -> str:
     parts = []
-    for impl, g in summary.groupby("implementation", sort=False):
+    for backend, label, g in _series(summary):
         at = g[g["processes"] == min(CPUS, int(g["processes"].max()))]
         if at.empty:
             continue
         r = at.iloc[0]
-        s = f"**{impl}** reached {r['speedup']:.2f}x on {int(r['processes'])} processes (ideal {int(r['processes'])}x)"
+        s = (f"{label} reached {r['speedup']:.2f}x on {_count(backend, int(r['processes']))} "
+             f"(ideal {int(r['processes'])}x)")
         sf = g["serial_fraction"].dropna()
         if not sf.empty:
             f = float(sf.iloc[0])
-            limit = "no limit" if f < 1e-3 else f"at most {1 / f:.0f}x on any number of cores"
-            s += f"; Amdahl's fit gives a serial fraction of {f:.1%}, so {limit}"
+            if f < 1e-3:
+                s += "; Amdahl's fit finds no serial part: the limit here is the CPUs"
+            elif f > 0.9:
+                s += (f"; Amdahl's fit puts {f:.0%} of the time in serial work: at this size the "
+                      "overhead of sending bands to workers outweighs the filtering")
+            else:
+                s += (f"; Amdahl's fit gives a serial fraction of {f:.1%}, so at most {1 / f:.1f}x "
+                      "on any number of cores")
         parts.append(s)
-    return "; ".join(parts) + ". Dashed: Amdahl's law fitted to the medians, counting at most the CPUs as parallel."
+    each = " Each backend is measured against its own time on 1 process." if _both(summary) else ""
+    return ("; ".join(parts) + ". Dashed: Amdahl's law fitted to the medians, counting at most the CPUs as "
+            "parallel." + each)
 
 
 def efficiency_sentence(summary: pd.DataFrame) -> str:
     parts = []
-    for impl, g in summary.groupby("implementation", sort=False):
-        g = g.sort_values("processes")
+    for _backend, label, g in _series(summary):
         pieces = [f"{e:.0%} at {int(p)}" for p, e in zip(g["processes"], g["efficiency"])]
-        parts.append(f"**{impl}** {', '.join(pieces)}")
+        parts.append(f"{label} {', '.join(pieces)}")
     tail = (f" Past {CPUS} processes it must fall: the processes share {CPUS} cores."
             if summary["processes"].max() > CPUS else "")
     return "Efficiency is speedup per process (100 % is ideal): " + "; ".join(parts) + "." + tail
@@ -174,7 +295,7 @@ def efficiency_sentence(summary: pd.DataFrame) -> str:
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     t = summary.copy()
     t["serial fraction"] = t.pop("serial_fraction")
-    t = t.drop(columns=["amdahl"])
+    t = t.drop(columns=["amdahl", "series"])
     return t
 
 

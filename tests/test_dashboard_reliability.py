@@ -1,0 +1,418 @@
+"""The dashboard under bad input, faults and load (issue 6), driven like a person would.
+
+* Bad input: every file of the bad-input corpus (tests/test_bad_input.py) uploaded into the
+  Filter lab: refused files give exactly one ``st.error`` naming the file and the engine's
+  reason, with no exception in the app, and a run still works afterwards; odd-but-valid files
+  are used, and the page's results are the engine's. Bad kernel text and table cells show the
+  parser's message; process counts cannot leave 1..2 x CPUs (the sliders' bounds).
+* Server faults: ``streamlit run dashboard.py`` SIGKILLed in the middle of a job (the session's
+  image, its two outputs and scratch segments in shared memory), then started again: the dead
+  run's ``pfl_<pid>_*`` segments are swept when the new server's engine starts (at its first
+  session), and nothing else in /dev/shm is touched.
+* Load: 8 AppTest sessions at once, each running pairs on a 4-megapixel image through the page:
+  worker processes never exceed the engine's cap, every result is ``filter_image``'s, no session
+  waits forever, memory stops growing.
+
+Skipped when dashboard.py does not exist yet; the server test also needs /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard.py")
+if not os.path.exists(APP):
+    pytest.skip("dashboard.py does not exist yet (issue 4)", allow_module_level=True)
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import engine  # noqa: E402
+from _proc import child_pids, engine_children, kill_marked, marked_env, marked_processes, segments_of  # noqa: E402
+from engine import _shm  # noqa: E402
+from pages._ui import images, kernels, state  # noqa: E402
+from test_bad_input import ACCEPTED, BAD, BAD_KERNEL_TEXT, CHUNK_CLAIMS_4GB, REFUSED, make_corpus  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on the corrupt files
+TIMEOUT = 120
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", ".tif": "image/tiff"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_engine():
+    """The dashboard's cached engine, warm, closed after this module (as in test_dashboard.py)."""
+    eng = state.get_engine()
+    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(state.CPUS, state.CPUS))
+    yield eng
+    state.close_engine()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(BAD)
+
+
+def _session() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _release(at: AppTest) -> None:
+    pending = at.session_state["lab_job"] if "lab_job" in at.session_state else None
+    if pending is not None:
+        pending.job.cancel()
+        pending.job.exception(timeout=60)
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> None:
+    at.file_uploader(key="lab_upload").upload(name, data, MIME[Path(name).suffix]).run()
+
+
+def _run(at: AppTest):
+    at.button(key="lab_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at.session_state["lab_result"]
+
+
+# -- bad input --------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_every_refused_file_shows_one_error_and_the_app_keeps_working(corpus, eng):
+    at = _session()
+    try:
+        cases = [(name, corpus[name].read_bytes(), message) for name, message in REFUSED]
+        cases.append(("claims4gb.png", CHUNK_CLAIMS_4GB, r"could not be decoded \(truncated or corrupt\?\)"))
+        sample = None
+        for name, data, message in cases:
+            _upload(at, name, data)
+            assert not at.exception, (name, [e.value for e in at.exception])
+            errors = [e.value for e in at.error]
+            assert len(errors) == 1, (name, errors)
+            assert name in errors[0] and re.search(message, errors[0]), (name, errors[0])
+            r = _run(at)  # the app still runs a filter: on the sample, as before the upload
+            assert r.image.name == images.DEFAULT_SAMPLE, name
+            if sample is None:
+                sample = eng.filter_image(r.image.array, "sobel", processes=1)
+            assert np.array_equal(r.outputs[0], sample), name
+    finally:
+        _release(at)
+        del at
+        gc.collect()
+
+
+@pytest.mark.timeout(300)
+def test_every_odd_but_valid_file_is_used_and_filtered_like_the_engine(corpus, eng):
+    at = _session()
+    try:
+        for name in ACCEPTED:
+            _upload(at, name, corpus[name].read_bytes())
+            assert not at.exception and not at.error, (name, [e.value for e in at.exception], [e.value for e in at.error])
+            want = engine.load_image(corpus[name])
+            assert np.array_equal(at.session_state["lab_uploaded"]["array"], want), name
+            r = _run(at)
+            assert not at.error, (name, [e.value for e in at.error])
+            assert r.image.name == name and np.array_equal(r.image.array, want), name
+            assert np.array_equal(r.outputs[0], eng.filter_image(want, "sobel", processes=1)), name
+            assert np.array_equal(r.outputs[1], eng.filter_image(want, "gaussian", processes=1)), name
+    finally:
+        _release(at)
+        del at
+        gc.collect()
+
+
+@pytest.mark.timeout(180)
+def test_bad_kernels_show_the_parser_message_and_nothing_runs(eng):
+    at = _session()
+    try:
+        first = _run(at).run_id
+        at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+        for label, text, message in BAD_KERNEL_TEXT:
+            at.text_area(key="lab_text_B").input(text).run()
+            assert not at.exception, (label, [e.value for e in at.exception])
+            assert any(re.search(message, e.value) for e in at.error), (label, [e.value for e in at.error])
+            at.button(key="lab_run").click().run()
+            assert not at.exception
+            assert any("Fix the custom kernel above first" in e.value for e in at.error), label
+            assert at.session_state["lab_result"].run_id == first, f"{label}: a run happened with a bad kernel"
+        at.text_area(key="lab_text_B").input("0 1 0; 1 -4 1; 0 1 0").run()
+        r = _run(at)
+        assert not at.error and r.run_id == first + 1
+        assert np.array_equal(r.outputs[1], eng.filter_image(r.image.array, engine.KERNELS["laplacian"].weights,
+                                                             processes=1))
+        # a table cell left empty (NaN)
+        at.selectbox(key="lab_kernel_A").set_value(kernels.TABLE).run()
+        at.session_state["lab_table_A_3x3"] = {"edited_rows": {1: {"1": None}}, "added_rows": [], "deleted_rows": []}
+        at.run()
+        assert not at.exception
+        assert any("needs a finite number" in e.value for e in at.error), [e.value for e in at.error]
+        # sizes and process counts cannot leave their ranges: 0x0, 100x100, 0, -1, 1.5, huge, text
+        for key in ("lab_rows_A", "lab_cols_A"):
+            box = at.number_input(key=key)
+            assert (box.min, box.max, box.step) == (1, 31, 1), key
+        for key in ("lab_p_A", "lab_p_B"):
+            slider = at.slider(key=key)
+            assert (slider.min, slider.max, slider.step) == (1, state.PROCESS_MAX, 1), key
+    finally:
+        _release(at)
+        del at
+        gc.collect()
+
+
+# -- the server: SIGKILL, restart, sweep ------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(port: int, mark: str) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "dashboard.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=marked_env(mark))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"streamlit exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("streamlit did not start within 60 s")
+
+
+def _pick(page, nth: int, label: str, option: str) -> None:
+    """Choose ``option`` in the ``nth`` selectbox labelled ``label`` (as tests/test_browser.py does)."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).nth(nth)
+    box.click()
+    page.keyboard.type(option)
+    page.get_by_role("option").filter(has_text=re.compile(rf"^\s*{re.escape(option)}(\s|$)")).first.click()
+    field = box.get_by_role("combobox")
+    _wait(lambda: field.input_value().split("  ")[0] == option, 10, f"{label} = {option}")
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+    return value
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_server_killed_with_sigkill_then_restarted_sweeps_only_its_stale_segments(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    mark = uuid.uuid4().hex
+    other = subprocess.Popen(["sleep", "300"])  # a live process that "owns" a decoy segment
+    decoys = [Path(_shm.SHM_DIR) / f"pfltest_{mark}", Path(_shm.SHM_DIR) / f"{_shm.PREFIX}{other.pid}_{mark[:12]}"]
+    first = second = None
+    stale: list[str] = []
+    try:
+        for d in decoys:
+            d.write_bytes(b"not ours to remove")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+            try:
+                port = _free_port()
+                first = _server(port, mark)
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.get_by_role("button", name="Run A and B").wait_for(timeout=60_000)
+                # a job of a few seconds: numpy, 121 taps, on a 4-megapixel image
+                page.get_by_role("radio", name="4 MP").click()
+                page.get_by_text("4.19 MP").first.wait_for(timeout=60_000)
+                _pick(page, 0, "Kernel", "gaussian_11x11")
+                _pick(page, 0, "Implementation", "numpy")
+                page.get_by_role("button", name="Run A and B").click()
+                page.get_by_text("bands done").first.wait_for(timeout=60_000)
+                # mid-job, the server holds the image, two shared outputs and the workers' mappings
+                stale = _wait(lambda: len(segments_of(first.pid)) >= 3 and segments_of(first.pid), 60,
+                              "the server's shared arrays")
+                os.kill(first.pid, signal.SIGKILL)
+                page.close()
+                first.wait(timeout=10)
+                # its workers notice that their parent is gone and exit; the segments stay behind
+                _wait(lambda: not [q for q in marked_processes(mark)], 15, "the dead server's workers to exit")
+                assert set(stale) <= set(segments_of(first.pid)), "a SIGKILLed server cannot unlink anything"
+
+                second = _server(port, mark)
+                # Streamlit runs no app code before a session connects: the engine (and its sweep)
+                # starts with the first page load
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.get_by_text("Filter lab").first.wait_for(timeout=60_000)
+                t0 = time.monotonic()
+                _wait(lambda: not segments_of(first.pid), 60, "the dead run's segments to be swept")
+                print(f"\nsweep figures: {len(stale)} stale segments of pid {first.pid} swept "
+                      f"{time.monotonic() - t0:.2f} s after the first page load; decoys kept")
+                for d in decoys:
+                    assert d.exists(), f"{d.name} was removed: not the engine's to sweep"
+                assert segments_of(second.pid), "the new server holds the session's image"
+                page.close()
+            finally:
+                browser.close()
+    finally:
+        for proc in (second, first):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # graceful: the app closes its engine
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        kill_marked(mark)
+        other.kill()
+        other.wait()
+        for d in decoys:
+            d.unlink(missing_ok=True)
+        if first is not None:  # on failure, do not leave the dead run's segments to the next test
+            for name in segments_of(first.pid):
+                (Path(_shm.SHM_DIR) / name).unlink(missing_ok=True)
+    assert not marked_processes(mark), "server processes left behind"
+
+
+# -- load: 8 sessions at once -----------------------------------------------------------------------
+SESSIONS = 8
+RUNS = 2
+WAVES = 4 if os.environ.get("PFL_LONG") == "1" else 2
+CHOICES = [("sobel", "gaussian", 1, 1), ("box_5x5", "laplacian", 2, 1), ("sharpen", "emboss", 1, 2),
+           ("scharr_x", "gaussian_7x7", 2, 2)]
+#: Growth allowed from one wave to the next. A session that leaked its image and two outputs
+#: (36 MiB of shared memory) would grow a wave of 8 by 288 MiB; glibc's per-thread arenas move
+#: this process's RSS by up to ~100 MiB either way with no leak (tests/test_load.py).
+PLATEAU_SLACK = 160 << 20
+
+
+@pytest.fixture
+def one_runtime(monkeypatch):
+    """One Streamlit runtime for concurrent AppTest sessions, as one server has.
+
+    Each ``AppTest.run`` installs its own mock as the global ``Runtime`` singleton and resets it
+    to None when it finishes, which breaks every other session still running ("Runtime hasn't
+    been created!"). Here all sessions share one mock runtime (one media store, one cache store,
+    as a server's sessions do), and AppTest's own swaps go to a stand-in class.
+    """
+    from unittest.mock import MagicMock
+
+    from streamlit.components.v2.component_manager import BidiComponentManager
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.caching.storage.dummy_cache_storage import MemoryCacheStorageManager
+    from streamlit.runtime.dataframe_source_manager import DataframeSourceManager
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test
+
+    shared = MagicMock(spec=Runtime)
+    shared.media_file_mgr = MediaFileManager(MemoryMediaFileStorage("/mock/media"))
+    shared.dataframe_source_mgr = DataframeSourceManager()
+    shared.cache_storage_manager = MemoryCacheStorageManager()
+    components = BidiComponentManager()
+    components.discover_and_register_components(start_file_watching=False)
+    shared.bidi_component_registry = components
+
+    class StandIn:
+        _instance = None
+
+    monkeypatch.setattr(Runtime, "_instance", shared)
+    monkeypatch.setattr(app_test, "Runtime", StandIn)
+    # One script cache, as a server has: each AppTest run would compile the pages afresh, and
+    # CPython 3.11's compiler is not safe in concurrent threads ("AST constructor recursion
+    # depth mismatch"); a server compiles each page once.
+    cache = ScriptCache()
+    monkeypatch.setattr(app_test, "ScriptCache", lambda: cache)
+    yield shared
+
+
+@pytest.mark.timeout(600)
+def test_eight_sessions_run_pairs_on_a_4_megapixel_image(app_engine, eng, one_runtime):
+    original = engine.load_image(images.SAMPLES_DIR / images.DEFAULT_SAMPLE)
+    img = images.resample(original, images.preset_shape(*original.shape[:2], images.PRESETS["4 MP"]))
+    want = {name: eng.filter_image(img, name, processes=2) for choice in CHOICES for name in choice[:2]}
+    baseline = child_pids() - set(app_engine.workers())
+    errors, runs, wrong, lock = [], [0], [], threading.Lock()
+    peak = [0]
+    halt = threading.Event()
+
+    def monitor():
+        while not halt.is_set():
+            peak[0] = max(peak[0], len(engine_children(baseline)))
+            time.sleep(0.02)
+
+    def session(i):
+        try:
+            at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+            at.session_state["lab_size"] = "4 MP"
+            at.run()
+            for r in range(RUNS):
+                ka, kb, pa, pb = CHOICES[(i + r) % len(CHOICES)]
+                at.selectbox(key="lab_kernel_A").set_value(ka)
+                at.selectbox(key="lab_kernel_B").set_value(kb)
+                at.slider(key="lab_p_A").set_value(pa)
+                at.slider(key="lab_p_B").set_value(pb)
+                at.run()
+                res = _run(at)
+                if at.error:
+                    raise AssertionError([e.value for e in at.error])
+                assert res.image.array.shape == img.shape
+                bad = [n for n, o in zip((ka, kb), res.outputs) if not np.array_equal(o, want[n])]
+                with lock:
+                    runs[0] += 1
+                    wrong.extend((i, r, n) for n in bad)
+            _release(at)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((i, repr(e)))
+
+    gc.collect()
+    rss0 = psutil.Process().memory_info().rss
+    rss = []
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    try:
+        for _wave in range(WAVES):
+            threads = [threading.Thread(target=session, args=(i,), name=f"session-{i}") for i in range(SESSIONS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=500)
+            assert not any(t.is_alive() for t in threads), "a session waited forever"
+            del threads
+            gc.collect()
+            rss.append(psutil.Process().memory_info().rss)
+    finally:
+        halt.set()
+        watcher.join(timeout=5)
+    wall = time.perf_counter() - t0
+    print(f"\ndashboard load figures: {SESSIONS} sessions x {RUNS} pairs x {WAVES} waves on {img.shape} in {wall:.1f} s, "
+          f"{len(wrong)} wrong results, peak workers {peak[0]} (cap {app_engine.max_workers}), "
+          f"RSS {rss0 >> 20} MiB before, after each wave {[r >> 20 for r in rss]} MiB")
+    assert not errors, errors
+    assert runs[0] == WAVES * SESSIONS * RUNS
+    assert not wrong, wrong
+    assert 0 < peak[0] <= app_engine.max_workers
+    # the first wave warms caches (samples, media store) and malloc arenas; after it, no growth
+    assert rss[-1] - rss[0] <= PLATEAU_SLACK, "memory grew from one wave of sessions to the next"
