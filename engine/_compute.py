@@ -159,15 +159,18 @@ def _scratch(shape, dtype) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
-def _opencv_band(src, band, kernel, border, ddepth):
-    """Correlate with OpenCV; returns the band's rows for all channels, dtype from ``ddepth``."""
+def _opencv_band(src, band, kernel, border, ddepth, exact=False):
+    """Correlate with OpenCV; returns the band's rows for all channels, dtype from ``ddepth``.
+    ``exact``: the 2-D weights themselves, never the rank-1 factors (which differ from them by
+    up to ``SEPARABLE_ATOL``)."""
     cv2 = _cv2()
     kh, kw = kernel.shape
     top = halo(kh)[0]
     rows, width = band.rows, src.shape[1]
     mode = _cv_border(border)
     w = kernel.weights
-    two_d = not kernel.separable and w.size > _DFT_SAFE_TAPS
+    separable = kernel.separable and not exact
+    two_d = not separable and w.size > _DFT_SAFE_TAPS
     if border == "wrap" or two_d:
         # OpenCV has no wrap border for filters, and big 2-D kernels need exact padded rows:
         # materialize the halo rows (and, for wrap, the halo columns) by the border rule.
@@ -179,7 +182,7 @@ def _opencv_band(src, band, kernel, border, ddepth):
         view, off, left = src[band.read_start : band.read_stop], band.start - band.read_start, 0
     if view.shape[2] == 1:
         view = view[:, :, 0]
-    if kernel.separable:
+    if separable:
         column, row = kernel.factors
         res = cv2.sepFilter2D(view, ddepth, row, column, dst=_scratch(view.shape, _DEPTH_DTYPE[ddepth]), borderType=mode)
     elif not two_d:
@@ -225,7 +228,7 @@ def _python_loops(block, kernel, rows, width):
     return out
 
 
-def correlate_band(src, band, kernel, border, implementation, *, acc=np.float64):
+def correlate_band(src, band, kernel, border, implementation, *, acc=np.float64, exact=False):
     """Correlation of the band's output rows as float, shape ``(rows, W, C')``.
 
     C' is C for ``opencv`` (alpha is filtered too and overwritten later: cheaper than a copy)
@@ -234,7 +237,7 @@ def correlate_band(src, band, kernel, border, implementation, *, acc=np.float64)
     if implementation == "opencv":
         cv2 = _cv2()
         ddepth = cv2.CV_32F if acc == np.float32 else cv2.CV_64F
-        return _opencv_band(src, band, kernel, border, ddepth)
+        return _opencv_band(src, band, kernel, border, ddepth, exact)
     nc = color_channels(src.shape[2])
     block = _padded(src[:, :, :nc], band, kernel.shape, border)
     if implementation == "numpy":
@@ -266,7 +269,7 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
 def band_range(src, band, kernel, border, implementation):
     """``(min, max)`` of the band's float response over color channels (for ``normalize``)."""
     acc = np.float64  # as filter_band computes it for normalize
-    f = correlate_band(src, band, kernel, border, implementation, acc=acc)
+    f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=True)
     f = f[:, :, : color_channels(src.shape[2])]
     return float(f.min()), float(f.max())
 
@@ -297,7 +300,9 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
         res = res[off : off + band.rows]
         dst[rows] = res if res.ndim == 3 else res[:, :, None]
     else:
-        f = correlate_band(src, band, kernel, border, implementation, acc=acc)
+        # normalize stretches the range to full scale, and any error with it: no rank-1 factors
+        # (a response that is exactly constant must stay constant, see tests/test_fuzz.py)
+        f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=output == "normalize")
         dst[rows, :, :nc] = map_output(np.ascontiguousarray(f[:, :, :nc]), output, src.dtype, value_range)
     if nc < src.shape[2]:
         dst[rows, :, nc:] = src[rows, :, nc:]

@@ -141,7 +141,15 @@ class _Slot:
         self.executor = cf.ProcessPoolExecutor(
             max_workers=1, mp_context=ctx, initializer=_worker.init, initargs=(os.getpid(),)
         )
-        self._ping = self.executor.submit(_worker.ping)
+        # submit spawns the worker: with SIGINT blocked, as multiprocessing's resource tracker
+        # is, since a Ctrl-C to the terminal's process group while it still imports would print
+        # a KeyboardInterrupt traceback. _worker.init ignores SIGINT, then unblocks it. (Not
+        # around the constructor: starting the tracker there unblocks SIGINT again.)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._ping = self.executor.submit(_worker.ping)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pid = None
         self.process = None
         self.broken = False
@@ -165,6 +173,12 @@ class _Slot:
         if p is None:
             return None
         p.join(timeout=1.0)
+        # The executor's own thread may be reaping the same process: the one that loses that
+        # race sees no exit code until the winner records it (a SIGKILL was once reported as
+        # "stopped responding"). Give it a moment.
+        deadline = time.monotonic() + 1.0
+        while p.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return p.exitcode
 
     def shutdown(self, kill=False):
@@ -302,17 +316,23 @@ class Job:
         done_q: queue.Queue = queue.Queue()
         in_flight = {}  # future -> (slot, filter index)
 
-        def feed(slot, fi):
-            while pending[fi] and sum(1 for s, _ in in_flight.values() if s is slot) < IN_FLIGHT_PER_SLOT:
+        def feed(slot, fi, depth=IN_FLIGHT_PER_SLOT):
+            while pending[fi] and sum(1 for s, _ in in_flight.values() if s is slot) < depth:
                 fut = slot.executor.submit(_worker.run_band, pending[fi].popleft())
                 in_flight[fut] = (slot, fi)
                 fut.add_done_callback(done_q.put)
 
+        def feed_group(fi):
+            # one band to every worker of the group before any gets a second: with as many
+            # bands as workers, each worker must get one
+            for depth in range(1, IN_FLIGHT_PER_SLOT + 1):
+                for slot in groups[fi]:
+                    feed(slot, fi, depth)
+
         t_compute = time.perf_counter()
         try:
-            for fi, group in enumerate(groups):
-                for slot in group:
-                    feed(slot, fi)
+            for fi in range(len(groups)):
+                feed_group(fi)
             while in_flight:
                 if self._cancel.is_set():
                     for p in pending:
@@ -347,8 +367,7 @@ class Job:
                     for b in self._plans[fi]:
                         pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
                     remaining[fi] = len(pending[fi])
-                    for s in groups[fi]:
-                        feed(s, fi)
+                    feed_group(fi)
                 else:
                     feed(slot, fi)
         except WorkerError:

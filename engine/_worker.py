@@ -25,6 +25,7 @@ def init(parent_pid: int) -> None:
 
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # spawned blocked: see _engine._Slot
 
     def watch():
         while os.getppid() == parent_pid:

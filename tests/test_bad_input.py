@@ -156,7 +156,7 @@ def test_engine_refuses_bad_image(corpus, name, message):
     path = corpus[name]
     with pytest.raises(engine.ImageError, match=r"^(image file ')?" + re.escape(str(path)) + "'? " + message):
         engine.load_image(path)
-    with pytest.raises(engine.ImageError, match=r"^image data " + message.replace("is empty", "is empty")):
+    with pytest.raises(engine.ImageError, match=r"^image data " + message):
         engine.load_image(path.read_bytes())
     with open(path, "rb") as f, pytest.raises(engine.ImageError, match=message):
         engine.load_image(f)

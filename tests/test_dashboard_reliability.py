@@ -271,7 +271,7 @@ def test_server_killed_with_sigkill_then_restarted_sweeps_only_its_stale_segment
                       f"{time.monotonic() - t0:.2f} s after the first page load; decoys kept")
                 for d in decoys:
                     assert d.exists(), f"{d.name} was removed: not the engine's to sweep"
-                assert segments_of(second.pid), "the new server holds the session's image"
+                _wait(lambda: segments_of(second.pid), 60, "the new server to hold the session's image")
                 page.close()
             finally:
                 browser.close()

@@ -397,3 +397,15 @@ def test_new_engine_sweeps_stale_segments_of_dead_creators():
         for p in paths.values():
             if os.path.exists(p):
                 os.unlink(p)
+
+
+def test_every_worker_of_a_group_gets_a_band(eng, rng):
+    """With as many bands as workers (a small image), each worker runs one band: the first
+    worker must not be handed both while the second waits."""
+    img = rng.integers(0, 256, (128, 96, 3), dtype=np.uint8)
+    for _ in range(3):
+        res = eng.filter_pair(img, "sobel", "gaussian", processes=(2, 2))
+        for fi in (0, 1):
+            recs = [r for r in res.timeline if r.filter == fi]
+            assert len(recs) == 2
+            assert len({r.pid for r in recs}) == 2, recs

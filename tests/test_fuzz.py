@@ -32,7 +32,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -41,16 +41,27 @@ from _oracle import assert_close
 from _proc import run_cli
 
 EXAMPLES = os.environ.get("PFL_FUZZ_EXAMPLES")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_opencv():
+    """OpenCV logs a note for every damaged 16-bit file it is handed: thousands here."""
+    import cv2
+
+    level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    yield
+    cv2.utils.logging.setLogLevel(level)
+
 pytestmark = [
     pytest.mark.timeout(0 if EXAMPLES else 300),  # the long run is bounded by its count
     pytest.mark.filterwarnings("ignore::UserWarning:PIL"),  # Pillow's notes on corrupt EXIF, expected here
 ]
 
 
-def fuzz_settings(ci_examples: int, deadline_s: float = 10.0):
-    """``max_examples`` from PFL_FUZZ_EXAMPLES, else a CI-sized default; a per-example deadline
-    (a hang fails the test); the autouse leak fixture runs once around all examples."""
-    n = int(EXAMPLES) if EXAMPLES else ci_examples
+def fuzz_settings(ci_examples: int, deadline_s: float = 10.0, share: float = 1.0):
+    """``max_examples`` from PFL_FUZZ_EXAMPLES (times ``share``), else a CI-sized default; a
+    per-example deadline (a hang fails the test); the leak fixture runs once around all examples."""
+    n = max(1, round(int(EXAMPLES) * share)) if EXAMPLES else ci_examples
     return settings(
         max_examples=n,
         deadline=timedelta(seconds=deadline_s),
@@ -179,7 +190,7 @@ def test_load_image_every_prefix_of_a_valid_file(seed, cut):
     _check_load(seed[: min(cut, len(seed) - 1)])
 
 
-@fuzz_settings(10 if not EXAMPLES else max(10, int(EXAMPLES) // 50), deadline_s=60.0)
+@fuzz_settings(10, deadline_s=60.0, share=1 / 50)  # a subprocess each: 200 in the 10,000-case run
 @given(mutated_images())
 def test_cli_prints_one_line_for_any_file(tmp_path_factory, data):
     """The CLI on a mutated file: exit 0 and a silent stderr, or exit 2 and exactly one line,
@@ -245,6 +256,10 @@ def _image(dtype, channels, shape, fill, seed) -> np.ndarray:
 
 @fuzz_settings(300, deadline_s=30.0)
 @given(cases())
+# found by the 10,000-case run: W = 1 with replicate makes the response exactly 0; the rank-1
+# factors of this kernel left 1.5e-14 of it, and normalize stretched that to 0..255
+@example(case=(np.uint8, 0, (2, 1), np.array([[0.3125, 0.625, -0.9375]]), "replicate", "normalize", "opencv",
+               "random", 0, 2))
 def test_engine_matches_oracle_and_is_identical_for_every_process_count(eng, case):
     dtype, channels, shape, kernel, border, output, impl, fill, seed, processes = case
     img = _image(dtype, channels, shape, fill, seed)
