@@ -89,6 +89,7 @@ def _build() -> argparse.ArgumentParser:
     options(bt)
 
     sub.add_parser("kernels", help="list the kernel registry with weights")
+    sub.add_parser("sweep", help="remove shared-memory segments left by killed engine processes")
 
     b = sub.add_parser("bench", help="time the engine against OpenCV, scipy, Pillow and the notebook")
     b.add_argument("--sizes", nargs="+", type=_positive_int, default=None, help="square sizes, e.g. 512 2048")
@@ -113,6 +114,12 @@ def _run(args) -> int:
             print(f"{k.name}  {k.shape[0]}x{k.shape[1]}  {kind}  {k.description}")
             for row in k.weights:
                 print("    " + " ".join(f"{v:g}" for v in row))
+        return 0
+    if args.command == "sweep":
+        from ._shm import sweep_stale
+
+        removed = sweep_stale()
+        print(f"removed {len(removed)} stale segment(s) of dead processes" + (f": {', '.join(removed)}" if removed else ""))
         return 0
     if args.command == "bench":
         from ._bench import main as bench_main

@@ -58,6 +58,10 @@ from ._validate import check_choice, check_image, check_kernel, check_out, check
 __all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
 
 IN_FLIGHT_PER_SLOT = 2
+#: Upper bound of Engine(max_workers=...): enough to show oversubscription, not enough to let a
+#: typo start thousands of processes.
+MAX_WORKERS_PER_CPU = 8
+MAX_WORKERS_FLOOR = 16
 #: Scratch segments kept between jobs: copy-in and copy-out then hit pages that are already
 #: mapped in this process and in every worker, instead of faulting in fresh ones each time.
 POOL_SEGMENTS = 6
@@ -451,8 +455,12 @@ class Engine:
         self.cpus = available_cpus()
         if max_workers is None:
             max_workers = 2 * self.cpus
-        if isinstance(max_workers, bool) or not isinstance(max_workers, (int, np.integer)) or max_workers < 1:
-            raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
+        limit = max(MAX_WORKERS_FLOOR, MAX_WORKERS_PER_CPU * self.cpus)
+        if isinstance(max_workers, bool) or not isinstance(max_workers, (int, np.integer)) or not 1 <= max_workers <= limit:
+            raise ValueError(
+                f"max_workers must be an integer from 1 to {limit} ({MAX_WORKERS_PER_CPU} per CPU: each worker "
+                f"is a whole Python process), got {max_workers!r}"
+            )
         self.max_workers = int(max_workers)
         self._ctx = mp.get_context("spawn")
         self._cond = threading.Condition()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,25 @@ def test_no_arguments():
 
 def test_unknown_command():
     assert_usage_error(run("sharpen"), "invalid choice", "'sharpen'")
+
+
+def test_sweep_removes_only_dead_processes_segments():
+    import psutil
+
+    dead = 4_000_000
+    while psutil.pid_exists(dead):
+        dead += 1
+    stale = f"/dev/shm/pfl_{dead}_clitest"
+    alive = f"/dev/shm/pfl_{os.getppid()}_clitest"
+    for path in (stale, alive):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    try:
+        r = subprocess.run([sys.executable, "-m", "engine", "sweep"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert f"pfl_{dead}_clitest" in r.stdout
+        assert not os.path.exists(stale) and os.path.exists(alive)
+    finally:
+        for path in (stale, alive):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -171,9 +171,12 @@ def test_pair_processes(eng):
 
 
 def test_max_workers():
-    for bad in (0, -2, 1.5, "4", True):
-        with pytest.raises(ValueError, match=rf"^max_workers must be a positive integer, got {re.escape(repr(bad))}$"):
+    limit = max(16, 8 * engine.available_cpus())
+    for bad in (0, -2, 1.5, "4", True, limit + 1, 10**9):
+        with pytest.raises(ValueError, match=rf"^max_workers must be an integer from 1 to {limit} \(8 per CPU: "
+                                             rf"each worker is a whole Python process\), got {re.escape(repr(bad))}$"):
             engine.Engine(max_workers=bad)
+    engine.Engine(max_workers=limit).close()  # the bound itself is allowed
     e = engine.Engine()
     assert e.max_workers == 2 * engine.available_cpus() and e.cpus == engine.available_cpus()
     e.close()
