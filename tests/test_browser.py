@@ -110,6 +110,22 @@ def pick(page, nth: int, label: str, option: str) -> None:
         page.wait_for_timeout(100)
 
 
+def set_slider(page, nth: int, value: int, timeout: float = 30.0) -> None:
+    """Move the ``nth`` slider to ``value`` with the keyboard, one step at a time, reading its
+    value back after each step: a key pressed while the page reruns can be lost."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slider = page.get_by_role("slider").nth(nth)
+        shown = slider.get_attribute("aria-valuenow") or page.locator('[data-testid="stSliderThumbValue"]').nth(nth).inner_text()
+        now = int(float(shown))
+        if now == value:
+            return
+        assert time.monotonic() < deadline, f"slider {nth} stuck at {now}, wanted {value}"
+        slider.focus()
+        page.keyboard.press("ArrowRight" if now < value else "ArrowLeft")
+        page.wait_for_timeout(400)
+
+
 def wait_for_results(page, run_id: int, timeout: float = 60_000) -> None:
     """Both result images of run ``run_id`` are on screen: captioned, loaded and decoded."""
     page.wait_for_function(
@@ -149,9 +165,8 @@ def test_upload_filter_download_and_screenshot(server, browser, eng, tmp_path):
     pick(page, 0, "Kernel", "sobel")
     pick(page, 1, "Kernel", "gaussian_11x11")
     pick(page, 0, "Output mapping", "abs")  # edges of both signs show bright
-    for slider in page.get_by_role("slider").all()[:2]:  # 2 processes for A and for B
-        slider.focus()
-        page.keyboard.press("ArrowRight")
+    for i in range(2):  # 2 processes for A and for B
+        set_slider(page, i, 2)
     if 4 > engine.available_cpus():  # the page says that the processes will share cores
         page.get_by_text(f"4 processes on {engine.available_cpus()} CPUs").first.wait_for(timeout=30_000)
     page.get_by_role("button", name="Run A and B").click()
