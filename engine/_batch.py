@@ -121,18 +121,13 @@ def _write_atomic(image, out_path: str) -> None:
 
 def sweep_temps(folder: str) -> list[str]:
     """Remove temp files of batch runs whose process is gone (a killed run)."""
-    from ._shm import _pid_alive
+    from ._shm import sweep_dead_owners
 
-    removed = []
-    for name in os.listdir(folder):
+    def owner(name):
         m = _TMP.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(folder, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
-    return removed
+        return int(m.group(1)) if m else None
+
+    return sweep_dead_owners(folder, os.listdir(folder), owner)
 
 
 def process_file(in_path, out_path, kernel, border, output, implementation, max_pixels=None) -> tuple:

@@ -126,19 +126,30 @@ def our_segments() -> list[str]:
         return []
 
 
-def sweep_stale() -> list[str]:
-    """Unlink segments of ours whose creating process is gone; return their names."""
+def sweep_dead_owners(folder: str, names, owner_pid) -> list[str]:
+    """Unlink the files ``names`` in ``folder`` whose owner process (``owner_pid(name)``, None
+    for a name that carries no pid) is gone; return the names removed. Shared by the segment
+    sweep and the batch command's temp files."""
     removed = []
-    for name in our_segments():
-        try:
-            pid = int(name[len(PREFIX) :].split("_", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or _pid_alive(pid):
+    for name in names:
+        pid = owner_pid(name)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
             continue
         try:
-            os.unlink(os.path.join(SHM_DIR, name))
+            os.unlink(os.path.join(folder, name))
             removed.append(name)
         except FileNotFoundError:
             pass
     return removed
+
+
+def _creator(name: str) -> int | None:
+    try:
+        return int(name[len(PREFIX) :].split("_", 1)[0])
+    except ValueError:
+        return None
+
+
+def sweep_stale() -> list[str]:
+    """Unlink segments of ours whose creating process is gone; return their names."""
+    return sweep_dead_owners(SHM_DIR, our_segments(), _creator)

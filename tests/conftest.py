@@ -62,6 +62,19 @@ def eng():
     e.close()
 
 
+@pytest.fixture(scope="module")
+def app_engine():
+    """The dashboard's cached engine, warm (2 x CPUs workers), closed after the module that
+    uses it (dashboard test modules list it in ``pytestmark``, so it starts before the per-test
+    leak check takes its snapshot)."""
+    from pages._ui import state
+
+    eng = state.get_engine()
+    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(state.CPUS, state.CPUS))
+    yield eng
+    state.close_engine()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     """Fail a test that leaves a segment of ours or a new child process behind."""

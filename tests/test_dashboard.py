@@ -26,19 +26,11 @@ from streamlit.testing.v1 import AppTest
 import engine
 from pages._ui import charts, explain, images, jobs, kernels, state
 
+pytestmark = pytest.mark.usefixtures("app_engine")  # tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard.py")
 TIMEOUT = 60
-
-
-@pytest.fixture(scope="module", autouse=True)
-def app_engine():
-    """The dashboard's cached engine, warm (2 x CPUs workers), closed after this module."""
-    eng = state.get_engine()
-    cpus = state.CPUS
-    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(cpus, cpus))
-    yield eng
-    state.close_engine()
 
 
 @pytest.fixture

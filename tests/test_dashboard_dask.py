@@ -23,21 +23,11 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 import engine  # noqa: E402
 from pages._ui import cluster, state, sweep  # noqa: E402
 
-pytestmark = pytest.mark.dask
+pytestmark = [pytest.mark.dask, pytest.mark.usefixtures("app_engine")]
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard.py")
 TIMEOUT = 120
-
-
-@pytest.fixture(scope="module", autouse=True)
-def app_engine():
-    """The dashboard's cached engine, warm (2 x CPUs workers), closed after this module."""
-    eng = state.get_engine()
-    cpus = state.CPUS
-    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(cpus, cpus))
-    yield eng
-    state.close_engine()
 
 
 @pytest.fixture

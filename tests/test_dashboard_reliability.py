@@ -48,18 +48,12 @@ from engine import _shm  # noqa: E402
 from pages._ui import images, kernels, state  # noqa: E402
 from test_bad_input import ACCEPTED, BAD, BAD_KERNEL_TEXT, CHUNK_CLAIMS_4GB, REFUSED, make_corpus  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on the corrupt files
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL"),  # Pillow's notes on the corrupt files
+    pytest.mark.usefixtures("app_engine"),  # tests/conftest.py
+]
 TIMEOUT = 120
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", ".tif": "image/tiff"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def app_engine():
-    """The dashboard's cached engine, warm, closed after this module (as in test_dashboard.py)."""
-    eng = state.get_engine()
-    eng.filter_pair(np.zeros((8, 8, 1), np.uint8), "identity", "identity", processes=(state.CPUS, state.CPUS))
-    yield eng
-    state.close_engine()
 
 
 @pytest.fixture(scope="module")
