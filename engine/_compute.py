@@ -274,6 +274,34 @@ def band_range(src, band, kernel, border, implementation):
     return float(f.min()), float(f.max())
 
 
+def _cv_rows(src, dst, start, stop, kernel, border, *, halo_rows=True):
+    """Output rows ``[start, stop)`` of ``dst`` by OpenCV in the input dtype (the fast path).
+
+    ``halo_rows``: read the rows' halo from ``src`` (clamped to the image, where OpenCV's
+    border rule applies) and copy the rows out of a scratch buffer. Without it, OpenCV reads
+    only rows ``[start, stop)`` and writes straight into ``dst``; the border rule then also
+    applies at ``start`` and ``stop``.
+    """
+    if start >= stop:
+        return
+    cv2 = _cv2()
+    top, bottom = halo(kernel.shape[0])
+    lo, hi = (max(start - top, 0), min(stop + bottom, src.shape[0])) if halo_rows else (start, stop)
+    view = src[lo:hi]
+    out = dst[start:stop]
+    if view.shape[2] == 1:
+        view, out = view[:, :, 0], out[:, :, 0]
+    target = _scratch(view.shape, src.dtype) if halo_rows else out
+    mode = _cv_border(border)
+    if kernel.separable:
+        column, row = kernel.factors
+        res = cv2.sepFilter2D(view, -1, row, column, dst=target, borderType=mode)
+    else:
+        res = cv2.filter2D(view, -1, kernel.weights, dst=target, borderType=mode)
+    if halo_rows or res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+        out[...] = res[start - lo : start - lo + stop - start]
+
+
 def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None):
     """Filter one band of ``src`` (H, W, C) into rows ``[band.start, band.stop)`` of ``dst``.
 
@@ -286,19 +314,19 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
     if implementation == "opencv" and output == "clip" and acc == np.float32 and border != "wrap" and (
         kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS
     ):
-        # Fast path: OpenCV rounds and saturates to the input dtype itself (float32 inside).
-        cv2 = _cv2()
-        view = src[band.read_start : band.read_stop]
-        v = view[:, :, 0] if view.shape[2] == 1 else view
-        s = _scratch(v.shape, src.dtype)
-        if kernel.separable:
-            column, row = kernel.factors
-            res = cv2.sepFilter2D(v, -1, row, column, dst=s, borderType=_cv_border(border))
+        # Fast path: OpenCV rounds and saturates to the input dtype itself (float32 inside),
+        # writing the band's rows straight into dst. OpenCV takes the edge of the view it is
+        # given as the image's edge, so rows within a halo of an inner band edge come out
+        # wrong there; they are redone from a view that holds their halo (a few rows).
+        top, bottom = halo(kernel.shape[0])
+        if band.rows > top + bottom:
+            _cv_rows(src, dst, band.start, band.stop, kernel, border, halo_rows=False)
+            if band.start > 0:
+                _cv_rows(src, dst, band.start, band.start + top, kernel, border)
+            if band.stop < src.shape[0]:
+                _cv_rows(src, dst, band.stop - bottom, band.stop, kernel, border)
         else:
-            res = cv2.filter2D(v, -1, kernel.weights, dst=s, borderType=_cv_border(border))
-        off = band.start - band.read_start
-        res = res[off : off + band.rows]
-        dst[rows] = res if res.ndim == 3 else res[:, :, None]
+            _cv_rows(src, dst, band.start, band.stop, kernel, border)
     else:
         # normalize stretches the range to full scale, and any error with it: no rank-1 factors
         # (a response that is exactly constant must stay constant, see tests/test_fuzz.py)

@@ -21,11 +21,13 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
     result() <-------------- PairResult(outputs, timeline, phases)
 
 Ownership: this process creates and unlinks every segment (``_shm.Segment``); workers only
-attach. A slot is a ``ProcessPoolExecutor`` with one process (spawn start method), so that each
-filter runs on its own group of processes and a band goes to a chosen process. A slot whose
-process dies (SIGKILL, OOM killer, crash) breaks: the job fails at once with ``WorkerError``
-naming the exit signal; the job's other busy workers are killed rather than waited for (see
-``_stop``), and fresh slots replace all of them for the next job.
+attach. A slot is one worker process (spawn start method) and the parent's end of a pipe to it:
+each filter runs on its own group of processes, a band goes to a chosen process, and the job
+thread waits on every busy slot's pipe and process sentinel at once
+(``multiprocessing.connection.wait``), with no executor threads between it and the workers. A
+slot whose process dies (SIGKILL, OOM killer, crash) shows as EOF on its pipe: the job fails at
+once with ``WorkerError`` naming the exit signal; the job's other busy workers are killed rather
+than waited for (see ``_stop``), and fresh slots replace all of them for the next job.
 At most ``max_workers`` processes exist at any time; jobs that need more than are free wait
 in FIFO order (``Job.state() == "waiting"``).
 """
@@ -38,12 +40,11 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
 import time
 import weakref
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import connection, resource_tracker
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,10 @@ _START_TIMEOUT = 120.0
 
 class WorkerError(RuntimeError):
     """A worker process died while running a job. The engine replaces it; retrying works."""
+
+
+class _Died(Exception):
+    """A worker's pipe reached EOF: its process is gone."""
 
 
 class JobCancelled(cf.CancelledError):
@@ -139,56 +144,89 @@ def _death_cause(exitcode) -> str:
 
 
 class _Slot:
-    """One worker process, reached through a one-process executor."""
+    """One worker process and the parent's end of its pipe.
+
+    The protocol, in order on the pipe: the worker sends its pid once started; then the parent
+    sends ``("band", task)`` (the worker answers ``("ok", record)`` or ``("error", exception)``),
+    ``("release", names)`` (no answer) or ``None`` (exit). A worker that dies closes its end:
+    the parent sees the pipe at EOF and the process's sentinel ready.
+    """
 
     def __init__(self, ctx):
-        self.executor = cf.ProcessPoolExecutor(
-            max_workers=1, mp_context=ctx, initializer=_worker.init, initargs=(os.getpid(),)
-        )
-        # submit spawns the worker: with SIGINT blocked, as multiprocessing's resource tracker
-        # is, since a Ctrl-C to the terminal's process group while it still imports would print
-        # a KeyboardInterrupt traceback. _worker.init ignores SIGINT, then unblocks it. (Not
-        # around the constructor: starting the tracker there unblocks SIGINT again.)
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker.serve, args=(child, os.getpid()), name="pfl-worker", daemon=True)
+        # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
+        # terminal's process group while the worker still imports would print a
+        # KeyboardInterrupt traceback. _worker.serve ignores SIGINT, then unblocks it. The
+        # tracker is started first: starting it unblocks SIGINT again.
+        resource_tracker.ensure_running()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            self._ping = self.executor.submit(_worker.ping)
+            self.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            child.close()
         self.pid = None
-        self.process = None
+        self.busy = 0  # bands sent and not yet answered
         self.broken = False
         self.stale: list[str] = []  # segments unlinked since this worker last unmapped
 
     def ready(self, timeout=_START_TIMEOUT):
         if self.pid is None:
             try:
-                self.pid = self._ping.result(timeout=timeout)
-            except (BrokenProcessPool, cf.TimeoutError):
+                if not self.conn.poll(timeout):
+                    raise TimeoutError
+                self.pid = self.conn.recv()
+            except (EOFError, OSError, TimeoutError):
                 self.broken = True
                 raise WorkerError(
                     "a worker process failed to start. Workers are spawned and re-import your main "
                     "module: in a script, call the engine under `if __name__ == \"__main__\":`"
                 ) from None
-            self.process = next(iter(self.executor._processes.values()))  # noqa: SLF001
         return self
 
+    def send(self, task) -> None:
+        self.conn.send(("band", task))
+        self.busy += 1
+
+    def receive(self):
+        """The next answer; ``_Died`` if the worker died. Re-raises a band's exception."""
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.broken = True
+            raise _Died from None
+        self.busy -= 1
+        if kind == "error":
+            raise value
+        return value
+
+    def release(self, names) -> None:
+        """Tell the worker to unmap segments (in order: before its next band)."""
+        if names:
+            try:
+                self.conn.send(("release", names))
+            except OSError:
+                self.broken = True
+
     def exitcode(self):
-        p = self.process
-        if p is None:
-            return None
-        p.join(timeout=1.0)
-        # The executor's own thread may be reaping the same process: the one that loses that
-        # race sees no exit code until the winner records it (a SIGKILL was once reported as
-        # "stopped responding"). Give it a moment.
-        deadline = time.monotonic() + 1.0
-        while p.exitcode is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return p.exitcode
+        self.process.join(timeout=1.0)
+        return self.process.exitcode
 
     def shutdown(self, kill=False):
-        if kill and self.process is not None and self.process.is_alive():
-            self.process.kill()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.process.is_alive():
+            if kill:
+                self.process.kill()
+            else:
+                try:
+                    self.conn.send(None)
+                except OSError:
+                    pass
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.conn.close()
 
 
 class _Shared:
@@ -317,14 +355,11 @@ class Job:
             for band in plan:
                 pending[fi].append(self._task(first_pass, fi, band, src_desc, dst_descs[fi], None))
         remaining = [len(p) for p in pending]
-        done_q: queue.Queue = queue.Queue()
-        in_flight = {}  # future -> (slot, filter index)
+        group_of = {id(slot): fi for fi, g in enumerate(groups) for slot in g}
 
         def feed(slot, fi, depth=IN_FLIGHT_PER_SLOT):
-            while pending[fi] and sum(1 for s, _ in in_flight.values() if s is slot) < depth:
-                fut = slot.executor.submit(_worker.run_band, pending[fi].popleft())
-                in_flight[fut] = (slot, fi)
-                fut.add_done_callback(done_q.put)
+            while pending[fi] and slot.busy < depth:
+                slot.send(pending[fi].popleft())
 
         def feed_group(fi):
             # one band to every worker of the group before any gets a second: with as many
@@ -337,48 +372,49 @@ class Job:
         try:
             for fi in range(len(groups)):
                 feed_group(fi)
-            while in_flight:
+            while any(s.busy for s in slots):
                 if self._cancel.is_set():
                     for p in pending:
                         p.clear()
                     if self._abort:
-                        self._stop(in_flight)
+                        self._stop(slots)
                         raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
-                try:
-                    fut = done_q.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-                slot, fi = in_flight.pop(fut)
-                try:
-                    fi, bi, pid, t0, t1, rng = fut.result()
-                except BrokenProcessPool:
-                    slot.broken = True
-                    which = f" of filter {'AB'[fi]}" if len(groups) > 1 else ""
-                    raise WorkerError(
-                        f"worker process {slot.pid}{which} {_death_cause(slot.exitcode())}; "
-                        "the job was stopped and the engine replaces the worker, so the next job runs"
-                    ) from None
-                self._done_bands += 1
-                band = self._plans[fi][bi]
-                if rng is not None:
-                    ranges.setdefault(fi, []).append(rng)
-                else:
-                    records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
-                remaining[fi] -= 1
-                if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
-                    lo = min(r[0] for r in ranges[fi])
-                    hi = max(r[1] for r in ranges[fi])
-                    for b in self._plans[fi]:
-                        pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
-                    remaining[fi] = len(pending[fi])
-                    feed_group(fi)
-                else:
-                    feed(slot, fi)
+                busy = [s for s in slots if s.busy]
+                by_handle = {}
+                for s in busy:
+                    by_handle[s.conn] = by_handle[s.process.sentinel] = s
+                woke = connection.wait(list(by_handle), timeout=0.05)
+                for slot in {id(by_handle[h]): by_handle[h] for h in woke}.values():
+                    while slot.busy and slot.conn.poll():
+                        try:
+                            fi, bi, pid, t0, t1, rng = slot.receive()
+                        except _Died:
+                            which = f" of filter {'AB'[group_of[id(slot)]]}" if len(groups) > 1 else ""
+                            raise WorkerError(
+                                f"worker process {slot.pid}{which} {_death_cause(slot.exitcode())}; the job was "
+                                "stopped and the engine replaces the worker, so the next job runs"
+                            ) from None
+                        self._done_bands += 1
+                        band = self._plans[fi][bi]
+                        if rng is not None:
+                            ranges.setdefault(fi, []).append(rng)
+                        else:
+                            records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
+                        remaining[fi] -= 1
+                        if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
+                            lo = min(r[0] for r in ranges[fi])
+                            hi = max(r[1] for r in ranges[fi])
+                            for b in self._plans[fi]:
+                                pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
+                            remaining[fi] = len(pending[fi])
+                            feed_group(fi)
+                        else:
+                            feed(slot, fi)
         except WorkerError:
-            self._stop(in_flight)
+            self._stop(slots)
             raise
         except BaseException:
-            self._drain(in_flight)
+            self._drain(slots)
             raise
         if self._cancel.is_set():
             raise JobCancelled(f"job {self.id} was cancelled")
@@ -410,35 +446,36 @@ class Job:
         return (kind, fi, band, src_desc, dst_desc, self._kernels[fi], self._border, self._output, self._impl, value_range)
 
     @staticmethod
-    def _stop(in_flight):
+    def _stop(slots):
         """After a worker died, or on Ctrl-C: kill the job's busy workers instead of draining
         them (a band can run for many seconds; neither WorkerError nor Ctrl-C should wait for
         it). Dead before the job's segments are recycled, they write nothing after it;
         give-back replaces them."""
-        slots = list({id(s): s for s, _ in in_flight.values()}.values())
-        for slot in slots:
+        busy = [s for s in slots if s.busy or s.broken]
+        for slot in busy:
             slot.broken = True
-            if slot.process is not None and slot.process.is_alive():
+            if slot.process.is_alive():
                 slot.process.kill()
-        for slot in slots:
-            if slot.process is not None:
-                slot.process.join(timeout=5)
+        for slot in busy:
+            slot.process.join(timeout=5)
 
     @staticmethod
-    def _drain(in_flight, timeout=60.0):
+    def _drain(slots, timeout=60.0):
         """Wait for bands still running on healthy workers, so that none writes into a segment
         (or a caller's ``out``) after the job has ended. A band is short; a worker that does not
         finish one within ``timeout`` is marked broken and killed when it is given back."""
         deadline = time.monotonic() + timeout
-        for fut, (slot, _) in list(in_flight.items()):
-            if slot.broken:
-                continue
-            try:
-                fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except (BrokenProcessPool, cf.TimeoutError):
-                slot.broken = True
-            except BaseException:  # noqa: BLE001 - the job already failed; this band's error is moot
-                pass
+        for slot in slots:
+            while slot.busy and not slot.broken:
+                try:
+                    if not slot.conn.poll(max(0.0, deadline - time.monotonic())):
+                        slot.broken = True
+                        break
+                    slot.receive()
+                except _Died:
+                    pass  # receive marked it broken
+                except BaseException:  # noqa: BLE001 - the job already failed; this band's error is moot
+                    pass
 
 
 class Engine:
@@ -690,22 +727,20 @@ class Engine:
         for s in take:
             with self._cond:
                 stale, s.stale = s.stale, []
-            if stale:
-                s.executor.submit(_worker.release, stale)
+            s.release(stale)
         return slots
 
     def _give_back(self, slots):
         keep = []
         for slot in slots:
-            if slot.broken or slot.process is None or not slot.process.is_alive():
+            if slot.broken or slot.busy or not slot.process.is_alive():
                 slot.shutdown(kill=True)
                 with self._cond:
                     self._alive -= 1
                 continue
             with self._cond:
                 stale, slot.stale = slot.stale, []
-            if stale:
-                slot.executor.submit(_worker.release, stale)  # in order, before its next band
+            slot.release(stale)  # in order, before its next band
             keep.append(slot)
         with self._cond:
             if self._closed:

@@ -20,12 +20,12 @@ _maps: dict = {}  # segment name -> SharedMemory, this worker's attachments
 
 
 def init(parent_pid: int) -> None:
-    """Worker initializer: one OpenCV thread, Ctrl-C is the parent's business, die with the parent."""
+    """Worker setup: one OpenCV thread, Ctrl-C is the parent's business, die with the parent."""
     import cv2
 
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # spawned blocked: see _engine._Slot
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked: see _engine._Slot
 
     def watch():
         while os.getppid() == parent_pid:
@@ -35,8 +35,29 @@ def init(parent_pid: int) -> None:
     threading.Thread(target=watch, name="pfl-parent-watch", daemon=True).start()
 
 
-def ping() -> int:
-    return os.getpid()
+def serve(conn, parent_pid: int) -> None:
+    """The worker's loop: answer the parent's messages in order (see ``_engine._Slot``)."""
+    init(parent_pid)
+    conn.send(os.getpid())
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        kind, payload = msg
+        if kind == "release":
+            release(payload)
+            continue
+        try:
+            answer = ("ok", run_band(payload))
+        except Exception as e:  # noqa: BLE001 - the parent re-raises it in the job
+            answer = ("error", e)
+        try:
+            conn.send(answer)
+        except Exception as e:  # noqa: BLE001 - an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]} ({e})")))
 
 
 def _array(desc):
