@@ -59,7 +59,7 @@ RSS_SLACK = 0.2
 TARGETS = {
     "a": "4096² RGB, 2 processes, warm engine: zero-copy <= 1.0x OpenCV with 2 threads; numpy arrays <= 1.6x",
     "b": "filter_pair 1+1 processes: wall <= 1.15x the longer of the two filters alone on 1 process each",
-    "c": "at least 10,000x faster than the notebook's per-pixel loops on 1024² RGB",
+    "c": "at least 10,000x faster than the notebook's algorithm on 1024² RGB",
     "d": "a warm 512² RGB filter_image call <= 3x OpenCV called directly with 1 thread",
     "e": "8192² RGB: the parent holds no more full-size copies than input, shared input, shared output, result",
 }
@@ -88,6 +88,63 @@ def random_kernel(seed: int = 7) -> Kernel:
     if k.separable:  # pragma: no cover - a random 5x5 is rank 1 with probability 0
         raise RuntimeError("the random 5x5 kernel came out separable; change its seed")
     return k
+
+
+# -- the notebook's algorithm ---------------------------------------------------------------------
+# The course notebook this project grew from filtered with ``Pool.map(filtering, rows)``: an
+# initializer put the image, the filter and the shared output (an ``mp.Array`` of bytes, viewed
+# through ``np.frombuffer``) in module globals, and ``filtering(r)`` visited every pixel, channel
+# and weight of row ``r``, indexing numpy arrays element by element and clamping rows and columns
+# at the edges (our ``replicate``). Public solutions of that course assignment share this template.
+# We have no copy of the notebook itself: this is our rendition of its algorithm, timed as "the
+# notebook's algorithm". ``implementation="python"`` runs the same four loops over Python lists,
+# which is ~40x faster than indexing numpy scalars; the bench reports both.
+
+_nb: dict = {}
+
+
+def _notebook_init(shared, image: np.ndarray, weights: np.ndarray) -> None:
+    """The notebook's pool initializer: image, filter and shared output into module globals."""
+    _nb.update(image=image, weights=weights, out=np.frombuffer(shared, dtype=np.uint8).reshape(image.shape))
+
+
+def _notebook_row(r: int) -> None:
+    """The notebook's ``filtering(r)``: one output row, pixel by pixel, weight by weight."""
+    image, my_filter, out = _nb["image"], _nb["weights"], _nb["out"]
+    rows, cols, depth = image.shape
+    filter_rows, filter_cols = my_filter.shape
+    top, left = filter_rows // 2, filter_cols // 2
+    frow = np.zeros((cols, depth))
+    for i in range(cols):
+        for j in range(depth):
+            total = 0.0
+            for a in range(filter_rows):
+                rr = min(max(r + a - top, 0), rows - 1)
+                for b in range(filter_cols):
+                    cc = min(max(i + b - left, 0), cols - 1)
+                    total += my_filter[a][b] * image[rr][cc][j]
+            frow[i][j] = total
+    out[r] = np.clip(np.rint(frow), 0, 255)
+
+
+def notebook_filter(image: np.ndarray, weights) -> np.ndarray:
+    """The notebook's algorithm on one process: uint8 ``(H, W, C)``, replicate border, clip.
+
+    >>> img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    >>> bool((notebook_filter(img, [[0, 0, 0], [0, 1, 0], [0, 0, 0]]) == img).all())
+    True
+    """
+    import ctypes
+    import multiprocessing
+
+    shared = multiprocessing.RawArray(ctypes.c_ubyte, image.size)  # the notebook's mp.Array, lock-free
+    _notebook_init(shared, image, np.asarray(weights, dtype=np.float64))
+    try:
+        for r in range(image.shape[0]):
+            _notebook_row(r)
+        return _nb["out"].copy()
+    finally:
+        _nb.clear()
 
 
 def _optional(module: str):
@@ -242,7 +299,7 @@ def _engine_names(eng: Engine):
         yield p, f"zc{p}", f"np{p}"
 
 
-def measure_size(eng, cv, size, kernel, repeats, notebook_per_px, libs) -> SizeResult:
+def measure_size(eng, cv, size, kernel, repeats, notebook, libs) -> SizeResult:
     """Every candidate on one ``size``² image and one kernel, interleaved."""
     img = bench_image(size)
     src = eng.shared_array(img.shape, img.dtype)
@@ -291,23 +348,25 @@ def measure_size(eng, cv, size, kernel, repeats, notebook_per_px, libs) -> SizeR
         worst = max(worst, int(np.abs(dst[y : y + step].astype(np.int16) - cv_dst[y : y + step]).max()))
     check = (f"engine output vs OpenCV's: max difference {worst} gray level{'s' * (worst != 1)}; "
              f"load average {load[0]:.2f} -> {load[1]:.2f} while it ran")
-    if notebook_per_px is not None:
-        nb = Samples(wall=[notebook_per_px * size * size])
-        samples["notebook"] = nb
+    if notebook is not None:
+        crop = notebook["crop"]
+        samples["notebook"] = Samples(wall=[notebook["notebook"] * size * size])
         labels["notebook"] = (
-            f"notebook's per-pixel loops (`implementation=\"python\"`), timed on a {NOTEBOOK_CROP}x{NOTEBOOK_CROP} "
-            f"crop and scaled x{size * size // NOTEBOOK_CROP**2:,} by pixel count",
-            "1 process",
-        )
+            f"the notebook's algorithm (`engine._bench.notebook_filter`), timed on a {crop}x{crop} crop and scaled "
+            f"x{size * size // crop**2:,} by pixel count", "1 process")
     return SizeResult(size, kernel, samples, labels, check)
 
 
-def measure_notebook(eng, kernel, repeats) -> float:
-    """Seconds per pixel of the notebook's loops (through the engine, 1 process) on a crop."""
-    crop = np.ascontiguousarray(bench_image(NOTEBOOK_SIZE)[:NOTEBOOK_CROP, :NOTEBOOK_CROP])
-    cands = {"nb": Candidate(lambda: eng.filter_image(crop, kernel, processes=1, implementation="python"))}
-    s = interleave(cands, repeats, f"notebook {NOTEBOOK_CROP}x{NOTEBOOK_CROP} {kernel.name}")["nb"]
-    return s.median() / (NOTEBOOK_CROP * NOTEBOOK_CROP)
+def measure_notebook(eng, kernel, repeats, crop_size=NOTEBOOK_CROP) -> dict:
+    """Seconds per pixel on a crop: ``notebook`` (the notebook's algorithm, this process) and
+    ``python`` (the engine's ``implementation="python"``, 1 worker)."""
+    crop = np.ascontiguousarray(bench_image(NOTEBOOK_SIZE)[:crop_size, :crop_size])
+    cands = {
+        "notebook": Candidate(lambda: notebook_filter(crop, kernel.weights)),
+        "python": Candidate(lambda: eng.filter_image(crop, kernel, processes=1, implementation="python")),
+    }
+    s = interleave(cands, repeats, f"notebook {crop_size}x{crop_size} {kernel.name}")
+    return {name: v.median() / (crop_size * crop_size) for name, v in s.items()} | {"crop": crop_size}
 
 
 def measure_1024(eng, cv, kernel, repeats) -> dict:
@@ -527,10 +586,14 @@ def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
                                   note=note if ratio > 1.15 else ""))
     if nb is not None and n1024 is not None:
         eng_t = n1024["engine"].median()
-        nb_t = nb * NOTEBOOK_SIZE**2
+        nb_t = nb["notebook"] * NOTEBOOK_SIZE**2
+        crop = nb["crop"]
         targets.append(Target("c", f"{NOTEBOOK_SIZE}², gaussian, filter_image ({cpus} processes, numpy arrays) vs the "
-                              f"notebook's loops ({NOTEBOOK_CROP}x{NOTEBOOK_CROP} crop scaled x{NOTEBOOK_SIZE**2 // NOTEBOOK_CROP**2})",
-                              f"{_ms(eng_t)} ms vs {_ms(nb_t)} ms", nb_t / eng_t, 10_000, higher_is_better=True))
+                              f"notebook's algorithm ({crop}x{crop} crop on 1 process, scaled x{NOTEBOOK_SIZE**2 // crop**2:,} "
+                              "by pixel count)", f"{_ms(eng_t)} ms vs {_ms(nb_t)} ms", nb_t / eng_t, 10_000,
+                              higher_is_better=True,
+                              note=f"against the notebook's loops split perfectly over {cpus} processes: "
+                                   f"{_x(nb_t / cpus / eng_t)}"))
     for kname, label in (("gaussian", "gaussian"), ("random_5x5", "random 5x5")):
         r = small.get(kname)
         if r is None:
@@ -638,7 +701,7 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
             eng.filter_image(np.zeros((16, 16, 3), np.uint8), "identity", processes=eng.max_workers)  # start all workers
             nb = {}
             for k in (gaussian, rand):
-                nb[k.name] = measure_notebook(eng, k, 3)
+                nb[k.name] = measure_notebook(eng, k, 3, crop_size=NOTEBOOK_CROP // 2 if quick else NOTEBOOK_CROP)
             n1024 = measure_1024(eng, cv, gaussian, repeats or _default_repeats(NOTEBOOK_SIZE, quick))
             for size in sizes:
                 for k in (gaussian, rand):
@@ -661,18 +724,33 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
                  f"{_pair_table(pair)}\n\n"
                  "'Each filter's band span' is the time from a filter's first band start to its last band end "
                  f"(`PairResult.filter_walls`). This table alone: {_cmd('--sizes', pair_size)}.")
+            cpus = available_cpus()
+            t1024 = n1024["engine"].median()
+            nb_rows = []
+            for k in (gaussian, rand):
+                m, full = nb[k.name], NOTEBOOK_SIZE**2
+                engine_cols = [_ms(t1024), _x(m["notebook"] * full / t1024), _x(m["notebook"] * full / cpus / t1024),
+                               _x(m["python"] * full / t1024)] if k is gaussian else ["–"] * 4
+                nb_rows.append([k.name, f"{m['notebook'] * 1e6:.1f}", f"{m['notebook'] * full:,.1f}",
+                                f"{m['python'] * 1e6:.2f}", f"{m['python'] * full:,.1f}", *engine_cols])
+            crop = nb["gaussian"]["crop"]
             emit(f"### The notebook's algorithm\n\n"
-                 + md_table(["kernel", f"{NOTEBOOK_CROP}x{NOTEBOOK_CROP} crop ms", "µs per pixel (3 channels)",
-                             f"scaled to {NOTEBOOK_SIZE}² s", "engine at 1024² ms (numpy arrays)", "speed-up"],
-                            [[gaussian.name, _ms(nb["gaussian"] * NOTEBOOK_CROP**2), f"{nb['gaussian'] * 1e6:.1f}",
-                              f"{nb['gaussian'] * NOTEBOOK_SIZE**2:.1f}", _ms(n1024["engine"].median()),
-                              _x(nb["gaussian"] * NOTEBOOK_SIZE**2 / n1024["engine"].median())],
-                             [rand.name, _ms(nb["random_5x5"] * NOTEBOOK_CROP**2), f"{nb['random_5x5'] * 1e6:.1f}",
-                              f"{nb['random_5x5'] * NOTEBOOK_SIZE**2:.1f}", "–", "–"]])
-                 + f"\n\n`engine.filter_image(crop, kernel, processes=1, implementation=\"python\")` runs "
-                 "`engine._compute._python_loops`, the notebook's loop over every pixel, channel and weight; "
-                 f"its time on the crop is scaled by pixel count (x{NOTEBOOK_SIZE**2 // NOTEBOOK_CROP**2:,} to 1024²). "
-                 f"OpenCV 1 thread at 1024²: {_ms(n1024['cv1'].median())} ms. Any run of {_cmd()} makes this table.")
+                 + md_table(["kernel", "notebook's algorithm µs per pixel", f"scaled to {NOTEBOOK_SIZE}² s",
+                             "`implementation=\"python\"` µs per pixel", f"scaled to {NOTEBOOK_SIZE}² s",
+                             f"engine at {NOTEBOOK_SIZE}² ms ({cpus} processes, numpy arrays)",
+                             "speed-up vs the notebook's algorithm on 1 process",
+                             f"speed-up vs it split perfectly over {cpus} processes", "speed-up vs `python`"], nb_rows)
+                 + f"\n\nBoth loops run on a {crop}x{crop} crop of the same noise image (µs per pixel cover its 3 "
+                 f"channels); their times are scaled by pixel count (x{NOTEBOOK_SIZE**2 // crop**2:,} to "
+                 f"{NOTEBOOK_SIZE}²). The notebook's algorithm is `engine._bench.notebook_filter`: our rendition of "
+                 "the course notebook's `filtering(row)` (every pixel, channel and weight, numpy arrays indexed "
+                 "element by element, edges clamped, rows into an `mp.Array` of bytes); we have no copy of the "
+                 "notebook itself, and public solutions of the same course assignment follow this template. "
+                 "`implementation=\"python\"` is the engine's teaching path: the same four loops over Python lists. "
+                 "Target (c) compares with the notebook's algorithm on 1 process, as the issue states it; the "
+                 f"column beside it divides the notebook's time by {cpus}, its own `Pool.map` over rows at its best. "
+                 f"OpenCV 1 thread at {NOTEBOOK_SIZE}²: {_ms(n1024['cv1'].median())} ms. Any run of {_cmd()} makes "
+                 "this table.")
             env = environment(eng, libs, load_start)
         rss_size = RSS_SIZE if RSS_SIZE in sizes else max(sizes)
         rss = {}

@@ -40,6 +40,7 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import signal
 import threading
 import time
@@ -129,7 +130,7 @@ class PairResult:
 
 def _death_cause(exitcode) -> str:
     if exitcode is None:
-        return "stopped responding (its process pool broke)"
+        return "closed its pipe and stopped responding (its exit status is not known yet)"
     if exitcode == -signal.SIGKILL:
         return "was killed with SIGKILL: likely out of memory (the kernel's OOM killer) or a kill -9"
     if exitcode < 0:
@@ -229,6 +230,45 @@ class _Slot:
         self.conn.close()
 
 
+class _JobThreads:
+    """Daemon threads that run jobs, kept between jobs: starting a thread costs ~0.3 ms, a
+    tenth of a small job. Daemon threads, so that interpreter exit never waits for a job (the
+    default engine's atexit ``close()`` cancels them); ``close()`` ends the idle ones."""
+
+    def __init__(self):
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def run(self, fn) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if start:
+                self._count += 1
+            else:
+                self._idle -= 1
+        self._work.put(fn)
+        if start:
+            threading.Thread(target=self._loop, name="pfl-job", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn = self._work.get()
+            if fn is None:
+                return
+            fn()
+            del fn  # an idle thread must not keep its last job (and the job's result) alive
+            with self._lock:
+                self._idle += 1
+
+    def close(self) -> None:
+        with self._lock:
+            n, self._count, self._idle = self._count, 0, 0
+        for _ in range(n):
+            self._work.put(None)
+
+
 class _Shared:
     """Segment + the base array of an ``Engine.shared_array``."""
 
@@ -261,7 +301,6 @@ class Job:
         )
         passes = 2 if output == "normalize" else 1
         self._total = passes * sum(len(p) for p in self._plans)
-        self._thread = threading.Thread(target=self._run, name=f"pfl-job-{self.id}", daemon=True)
 
     # -- the handle ---------------------------------------------------------------------------
     def cancel(self) -> bool:
@@ -294,6 +333,10 @@ class Job:
 
     def add_done_callback(self, fn):
         self._future.add_done_callback(lambda _f: fn(self))
+
+    def _settled(self, timeout):
+        """Wait until the job has cleaned up and ended (its result or error is set)."""
+        cf.wait([self._future], timeout=timeout)
 
     # -- the work -----------------------------------------------------------------------------
     def _run(self):
@@ -508,6 +551,7 @@ class Engine:
         self._shared: dict[int, _Shared] = {}
         self._pool: collections.OrderedDict = collections.OrderedDict()  # name -> free Segment
         self._all_slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
+        self._threads = _JobThreads()
         self._closed = False
         sweep_stale()
 
@@ -567,7 +611,7 @@ class Engine:
         user = (image, tuple(out) if out is not None else outs)
         job = Job(self, img3, ks, procs, border, output, implementation, outs, user)
         self._jobs.add(job)
-        job._thread.start()
+        self._threads.run(job._run)
         return job
 
     def plan(self, image_shape, kernel, processes: int, *, border: str = "replicate") -> tuple:
@@ -618,7 +662,8 @@ class Engine:
         for job in list(self._jobs):
             job.cancel()
         for job in list(self._jobs):
-            job._thread.join(timeout=15)
+            job._settled(timeout=15)
+        self._threads.close()
         with self._cond:
             idle, self._idle = self._idle, []
             shared = list(self._shared.values())  # kept: _forget unmaps each once its array is collected
@@ -767,7 +812,7 @@ def _wait(job: Job) -> PairResult:
     except KeyboardInterrupt:
         job._abort = True
         job.cancel()
-        job._thread.join(timeout=15)
+        job._settled(timeout=15)
         raise
 
 

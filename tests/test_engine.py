@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import numpy as np
 import psutil
@@ -409,3 +410,17 @@ def test_every_worker_of_a_group_gets_a_band(eng, rng):
             recs = [r for r in res.timeline if r.filter == fi]
             assert len(recs) == 2
             assert len({r.pid for r in recs}) == 2, recs
+
+
+def test_the_engine_keeps_no_result_alive(eng):
+    """Once the caller drops a result, nothing of the engine's holds it (its job threads are
+    reused: an idle one once kept its last job, and with it 2 results, alive)."""
+    img = np.zeros((64, 64, 3), np.uint8)
+    res = eng.filter_pair(img, "sobel", "gaussian", processes=(1, 1))
+    refs = [weakref.ref(o) for o in res.outputs]
+    del res
+    deadline = time.monotonic() + 2
+    while any(r() is not None for r in refs) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert all(r() is None for r in refs), "a result outlived every reference of the caller"
