@@ -76,7 +76,11 @@ class WorkerError(RuntimeError):
 
 
 class _Died(Exception):
-    """A worker's pipe reached EOF: its process is gone."""
+    """A worker's pipe is closed (EOF, or EPIPE on send): its process is gone."""
+
+    def __init__(self, slot):
+        super().__init__(slot.pid)
+        self.slot = slot
 
 
 class JobCancelled(cf.CancelledError):
@@ -187,7 +191,11 @@ class _Slot:
         return self
 
     def send(self, task) -> None:
-        self.conn.send(("band", task))
+        try:
+            self.conn.send(("band", task))
+        except OSError:
+            self.broken = True
+            raise _Died(self) from None
         self.busy += 1
 
     def receive(self):
@@ -196,7 +204,7 @@ class _Slot:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
             self.broken = True
-            raise _Died from None
+            raise _Died(self) from None
         self.busy -= 1
         if kind == "error":
             raise value
@@ -411,6 +419,26 @@ class Job:
                 for slot in groups[fi]:
                     feed(slot, fi, depth)
 
+        def on_answer(slot, answer):
+            fi, bi, pid, t0, t1, rng = answer
+            self._done_bands += 1
+            band = self._plans[fi][bi]
+            if rng is not None:
+                ranges.setdefault(fi, []).append(rng)
+            else:
+                records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
+            remaining[fi] -= 1
+            if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
+                # normalize: every band's range is in; the second pass maps with the global one
+                lo = min(r[0] for r in ranges[fi])
+                hi = max(r[1] for r in ranges[fi])
+                for b in self._plans[fi]:
+                    pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
+                remaining[fi] = len(pending[fi])
+                feed_group(fi)
+            else:
+                feed(slot, fi)
+
         t_compute = time.perf_counter()
         try:
             for fi in range(len(groups)):
@@ -422,40 +450,16 @@ class Job:
                     if self._abort:
                         self._stop(slots)
                         raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
-                busy = [s for s in slots if s.busy]
-                by_handle = {}
-                for s in busy:
-                    by_handle[s.conn] = by_handle[s.process.sentinel] = s
-                woke = connection.wait(list(by_handle), timeout=0.05)
-                for slot in {id(by_handle[h]): by_handle[h] for h in woke}.values():
+                for slot in _answering([s for s in slots if s.busy], timeout=0.05):
                     while slot.busy and slot.conn.poll():
-                        try:
-                            fi, bi, pid, t0, t1, rng = slot.receive()
-                        except _Died:
-                            which = f" of filter {'AB'[group_of[id(slot)]]}" if len(groups) > 1 else ""
-                            raise WorkerError(
-                                f"worker process {slot.pid}{which} {_death_cause(slot.exitcode())}; the job was "
-                                "stopped and the engine replaces the worker, so the next job runs"
-                            ) from None
-                        self._done_bands += 1
-                        band = self._plans[fi][bi]
-                        if rng is not None:
-                            ranges.setdefault(fi, []).append(rng)
-                        else:
-                            records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
-                        remaining[fi] -= 1
-                        if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
-                            lo = min(r[0] for r in ranges[fi])
-                            hi = max(r[1] for r in ranges[fi])
-                            for b in self._plans[fi]:
-                                pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
-                            remaining[fi] = len(pending[fi])
-                            feed_group(fi)
-                        else:
-                            feed(slot, fi)
-        except WorkerError:
+                        on_answer(slot, slot.receive())
+        except _Died as e:
             self._stop(slots)
-            raise
+            which = f" of filter {'AB'[group_of[id(e.slot)]]}" if len(groups) > 1 else ""
+            raise WorkerError(
+                f"worker process {e.slot.pid}{which} {_death_cause(e.slot.exitcode())}; the job was stopped and "
+                "the engine replaces the worker, so the next job runs"
+            ) from None
         except BaseException:
             self._drain(slots)
             raise
@@ -738,6 +742,11 @@ class Engine:
         Returns None when cancelled while waiting."""
         ticket = object()
         with self._cond:
+            # a worker that died while idle (OOM killer, kill -9) is replaced, not handed out
+            dead = [s for s in self._idle if not s.process.is_alive()]
+            for s in dead:
+                self._idle.remove(s)
+                self._alive -= 1
             self._queue.append(ticket)
             try:
                 while True:
@@ -753,6 +762,8 @@ class Engine:
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
+        for s in dead:
+            s.shutdown()
         try:
             fresh = [_Slot(self._ctx) for _ in range(new)]
             with self._cond:
@@ -798,6 +809,15 @@ class Engine:
             slot.shutdown()
             with self._cond:
                 self._alive -= 1
+
+
+def _answering(slots, timeout):
+    """The slots among ``slots`` whose pipe has an answer or whose process has ended."""
+    by_handle = {}
+    for slot in slots:
+        by_handle[slot.conn] = by_handle[slot.process.sentinel] = slot
+    woke = connection.wait(list(by_handle), timeout=timeout)
+    return list({id(by_handle[h]): by_handle[h] for h in woke}.values())
 
 
 def _wait(job: Job) -> PairResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -323,6 +324,23 @@ def test_sigkill_of_a_worker_raises_worker_error_and_the_engine_recovers():
     mine = f"{_shm.PREFIX}{os.getpid()}_"  # other test runs on this machine make segments too
     left = {n for n in set(_shm.our_segments()) - segments if n.startswith(mine)}
     assert left <= _shm.live_segments() and not e._pool, left  # noqa: SLF001 - nothing of the closed engine
+
+
+def test_a_worker_killed_while_idle_is_replaced_before_the_next_job():
+    """Killed between jobs (the OOM killer picks any process): the next job never sees it."""
+    before = children()
+    with engine.Engine(max_workers=2) as e:
+        e.filter_image(rgb(8, 8), "sobel", processes=2)
+        victim = sorted(children() - before)[0]
+        os.kill(victim, signal.SIGKILL)
+        # dead as its parent sees it (waitpid): /proc shows a zombie while its threads still exit
+        wait_for(lambda: victim not in {p.pid for p in multiprocessing.active_children()}, what="the worker to die")
+        img = rgb(60, 50)
+        res = e.filter_pair(img, "sobel", "gaussian", processes=(1, 1))
+        assert victim not in {r.pid for r in res.timeline}
+        assert np.array_equal(res.outputs[0], e.filter_image(img, "sobel", processes=2))
+        assert len(children() - before) == 2
+    assert children() == before
 
 
 def test_worker_terminated_by_other_signal():
