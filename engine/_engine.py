@@ -10,8 +10,8 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              plan_bands(A), plan_bands(B)
                              bands of A --------------------->  group A: slots 0..a-1
                              bands of B --------------------->  group B: slots a..a+b-1
-                                   each slot holds <= 2 bands;  attach(input, output), run the
-                                   an idle slot gets the next   band kernel, write rows
+                                   a slot holds one band; an    attach(input, output), run the
+                                   idle slot gets the next      band kernel, write rows
                                    band of its own filter       [start, stop) straight into
                              <--- (filter, band, pid, t0, t1)   the output segment
                              copy outputs out                   (skipped: shared_array out=)
@@ -59,7 +59,10 @@ from ._validate import check_choice, check_image, check_kernel, check_out, check
 
 __all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
 
-IN_FLIGHT_PER_SLOT = 2
+#: Bands sent to a worker before it answers. One: a cancelled job stops after the bands that are
+#: running, and a second one queued in the pipe measured no faster (the refill round trip is
+#: ~0.2 ms, once per band; docs/benchmarks.md).
+IN_FLIGHT_PER_SLOT = 1
 #: Upper bound of Engine(max_workers=...): enough to show oversubscription, not enough to let a
 #: typo start thousands of processes.
 MAX_WORKERS_PER_CPU = 8

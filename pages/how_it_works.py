@@ -66,7 +66,7 @@ for col, slot, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
 if h * w < 2 * explain.MIN_BAND_PIXELS:
     st.caption(f":material/lightbulb: This image has {h * w:,} pixels: the engine gives small images one band per "
                f"process (a band under {explain.MIN_BAND_PIXELS:,} pixels is not worth a trip to a worker). Pick the "
-               "4 MP size in the lab to see four bands per process that idle workers take in turn.")
+               "4 MP size in the lab to see two bands per process that idle workers take in turn.")
 segments = {"input": f"{h}x{w}x{c} {img.array.dtype}, {img.array.nbytes / 2**20:.1f} MB"}
 df = charts.band_plan_frame(plans, {s: {b: f"worker {v}" for b, v in m.items()} for s, m in workers.items()})
 chart_colors = {f"worker {name}": explain.hex_color(rgb) for name, rgb in colors.items()}

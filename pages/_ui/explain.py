@@ -12,10 +12,8 @@ import engine
 
 from . import images, kernels
 
-#: The engine's band-count rule (``engine._bands.band_count``): four bands per process on big
-#: images, fewer when bands would hold under 2^18 pixels, never fewer than one per process.
-#: Used only when the engine has no public ``Engine.plan`` (older engines).
-BANDS_PER_PROCESS = 4
+#: The engine's smallest band worth a trip to a worker (``engine._bands.MIN_BAND_PIXELS``), for the
+#: page's caption on small images; the plans themselves come from ``Engine.plan``.
 MIN_BAND_PIXELS = 1 << 18
 WORKER_COLORS = [(28, 131, 225), (255, 135, 0), (33, 163, 102), (154, 92, 240), (232, 56, 79), (15, 181, 174),
                  (161, 98, 7), (219, 39, 119)]
@@ -32,20 +30,10 @@ NOTEBOOK_NOTES = {
 }
 
 
-def band_count(height: int, width: int, processes: int) -> int:
-    by_size = max(1, (height * width) // MIN_BAND_PIXELS)
-    n = min(processes * BANDS_PER_PROCESS, max(processes, by_size))
-    return max(1, min(n, height))
-
-
 def plan(eng: engine.Engine, height: int, width: int, kernel: engine.Kernel, processes: int,
          border: str) -> tuple[engine.Band, ...]:
-    """The bands the engine cuts for one filter of a job: ``Engine.plan`` when the engine has it,
-    else the same rule and the same public planner."""
-    planner = getattr(eng, "plan", None)
-    if planner is not None:
-        return tuple(planner((height, width), kernel, processes, border=border))
-    return engine.plan_bands(height, kernel.shape[0], band_count(height, width, processes), wrap=border == "wrap")
+    """The bands the engine cuts for one filter of a job (``Engine.plan``)."""
+    return tuple(eng.plan((height, width), kernel, processes, border=border))
 
 
 def worker_colors(workers: dict[str, dict[int, str]]) -> dict[str, tuple[int, int, int]]:
