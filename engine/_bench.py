@@ -1,5 +1,5 @@
 """The benchmark suite behind ``python -m engine bench``: the engine against OpenCV, scipy.ndimage,
-Pillow and the notebook's per-pixel loops, side by side in one run on the same images.
+Pillow and the notebook's algorithm, side by side in one run on the same images.
 
 How one run measures (this is a benchmark, not a test: nothing here asserts a time)::
 
@@ -506,8 +506,8 @@ validation, the job thread, waking the caller); OpenCV called directly with 1 an
 random non-separable 5x5; `BORDER_REPLICATE`), both returning a new array and writing into a
 preallocated `dst`; `scipy.ndimage.correlate` per channel (mode nearest); Pillow's
 `ImageFilter.Kernel` (5x5, 8-bit only; it divides by `scale` and adds `offset`, reads kernel rows
-bottom-up, and leaves a 2-pixel frame unfiltered); and the notebook's per-pixel loops, timed on a
-crop and scaled by pixel count."""
+bottom-up, and leaves a 2-pixel frame unfiltered); and the notebook's algorithm (its per-pixel
+loops, see its table), timed on a crop and scaled by pixel count."""
 
 
 def _size_table(res: SizeResult, cv_ref_new: float, cv_ref_dst: float) -> str:
