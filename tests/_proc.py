@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -109,3 +110,25 @@ def engine_children(baseline: set[int]) -> list[psutil.Process]:
 
 def child_pids() -> set[int]:
     return {c.pid for c in psutil.Process().children(recursive=False)}
+
+
+class ChildMonitor(threading.Thread):
+    """Samples the number of live worker processes (``engine_children(baseline)``) every
+    ``period`` seconds; ``peak`` is the most seen at once."""
+
+    def __init__(self, baseline: set[int], period: float = 0.02):
+        super().__init__(name="pfl-child-monitor", daemon=True)
+        self.baseline, self.period = baseline, period
+        self.peak, self.samples = 0, 0
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.peak = max(self.peak, len(engine_children(self.baseline)))
+            self.samples += 1
+            time.sleep(self.period)
+
+    def stop(self):
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=5)

@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 import engine
-from _proc import ROOT, child_pids, engine_children, segments_of
+from _proc import ROOT, ChildMonitor, child_pids, engine_children, segments_of
 from engine import _engine, _shm
 
 SESSIONS = 8
@@ -44,26 +44,6 @@ RSS_SLACK = 32 << 20
 PLATEAU_SLACK = 32 << 20  # growth allowed from the first wave to the last
 PAIRS = [("sobel", "gaussian"), ("box_5x5", "laplacian"), ("sharpen", "emboss"), ("scharr_x", "gaussian_7x7")]
 SPLITS = [(2, 2), (1, 3), (3, 1), (1, 1), (2, 1), (1, 2)]
-
-
-class ChildMonitor(threading.Thread):
-    """Samples the number of live worker processes every ``period`` seconds."""
-
-    def __init__(self, baseline: set[int], period: float = 0.02):
-        super().__init__(name="pfl-child-monitor", daemon=True)
-        self.baseline, self.period = baseline, period
-        self.peak, self.samples = 0, 0
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.is_set():
-            self.peak = max(self.peak, len(engine_children(self.baseline)))
-            self.samples += 1
-            time.sleep(self.period)
-
-    def stop(self):
-        self._halt.set()
-        self.join(timeout=5)
 
 
 def _rss() -> int:
