@@ -7,7 +7,7 @@ bands run and how their rows travel changes. Data flow of one job::
     ---------------                 ------------------------------------     ------------
     validate; plan_bands(H, kh, n)
     where the input rows come from:
-      numpy, one-machine cluster    segment in (caller creates, fills) ----> attach, read band rows
+      numpy, one-machine cluster    segment in (caller creates, fills) ----> attach once, read band rows
       numpy, any cluster            band blocks scattered -----------------> block_i (read rows
                                                                                [read_start, read_stop)
                                                                                modulo H)
@@ -30,8 +30,21 @@ image's edge exactly where OpenCV synthesizes border rows; for ``wrap`` the rows
 and the halo is in the block. The band kernel sees the same rows as in the process-pool engine,
 so results are bit-identical to it (tests/test_dask.py checks every border and output).
 
-Ownership: the caller creates and unlinks (in ``finally``) both segments of the shared-memory
-transport; workers attach for one task and close. ``scheduler="local"`` creates a LocalCluster
+The shared-memory transport is the process pool's data plane under Dask's scheduling, and is
+built to cost Dask as little as possible per job: the caller submits one low-level graph (a
+``Task`` per band, no ``dask.array``/``delayed`` wrapper, no optimization pass) with tasks pinned
+to this host's workers; results are row counts, never gathered (only completion is awaited);
+bands are the engine's plan with fewer, bigger bands on small images (``SHARED_BAND_PIXELS``:
+a Dask task costs milliseconds where a pool band costs a pipe message); and, as in the pool,
+segments and the workers' mappings of them are reused between jobs instead of being created,
+mapped and faulted in again on every call.
+
+Ownership: the caller creates and unlinks both segments of the shared-memory transport; it keeps
+a few between jobs (``_SegmentPool``, like the engine's pool) and unlinks the rest in ``finally``.
+Workers attach to a segment once and keep the mapping between tasks (``_MAPS``); they close it
+when the caller says it unlinked the segment (``_release_maps``, sent without waiting) or, had
+that word been lost, at their next new attachment, when they see its name gone from /dev/shm.
+Workers never create or unlink a segment. ``scheduler="local"`` creates a LocalCluster
 and closes it before returning. Failure: a worker that dies is replaced by its nanny and Dask
 re-runs its tasks (bands are pure, band writes idempotent); a band that killed
 ``distributed.scheduler.allowed-failures`` workers raises ``WorkerError``. On any error or
@@ -46,6 +59,8 @@ from collections.abc import Callable
 import logging
 import math
 import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -70,6 +85,10 @@ __all__ = [
 INSTALL_HINT = 'the Dask backend needs `pip install "dask[array]" distributed` (see requirements-dev.txt)'
 #: Bands per worker thread of a cluster for in-memory images (load balance vs per-task overhead).
 TARGET_BAND_PIXELS = 1 << 22
+#: Shared-memory bands are never copied, but each one is a Dask task: a few ms of scheduler and
+#: worker overhead, where the process pool spends a pipe message. Fewer bands, then: at least
+#: this many pixels each (still at least one band per worker thread).
+SHARED_BAND_PIXELS = 1 << 23
 _LOCAL_SCHEDULERS = ("synchronous", "threads")
 _TIFF_TILE = 256
 
@@ -340,12 +359,13 @@ def _session(scheduler):
             cluster.close()
 
 
-def _cluster_threads(client) -> int:
+def _cluster_threads(client, workers=None) -> int:
+    """Worker threads of the cluster (``workers``: ``_workers(client)``, when already known)."""
     if client is None:
         from ._engine import available_cpus
 
         return available_cpus()
-    return max(1, sum(client.nthreads().values()))
+    return max(1, sum((_workers(client) if workers is None else workers).values()))
 
 
 def _worker_error(exc):
@@ -415,14 +435,19 @@ def _check_band_rows(band_rows):
     return int(band_rows)
 
 
-def _plan(height, width, kernel, border, *, threads=None, band_rows=None):
+def _plan(height, width, kernel, border, *, threads=None, band_rows=None, shared=False):
     """The engine's band plan, with a band count for a cluster: ``band_rows`` rows per band when
-    given, else the process-pool engine's rule for ``threads`` workers, at least one band per
-    ``TARGET_BAND_PIXELS``."""
+    given, else the process-pool engine's rule for ``threads`` workers, with at least one band
+    per ``TARGET_BAND_PIXELS`` when bands are copied into blocks, or at most one per
+    ``SHARED_BAND_PIXELS`` (and one per thread) when they are ``shared`` (read and written in
+    place)."""
+    threads = threads or 1
     if band_rows is not None:
         n = math.ceil(height / band_rows)
+    elif shared:
+        n = min(band_count(height, width, threads), max(threads, height * width // SHARED_BAND_PIXELS))
     else:
-        n = max(band_count(height, width, threads or 1), math.ceil(height * width / TARGET_BAND_PIXELS))
+        n = max(band_count(height, width, threads), math.ceil(height * width / TARGET_BAND_PIXELS))
     return plan_bands(height, kernel.shape[0], max(1, min(n, height)), wrap=border == "wrap")
 
 
@@ -445,11 +470,13 @@ def filter_image(image, kernel, *, scheduler, border="replicate", output="clip",
     h, w, c = img3.shape
     result = o if o is not None else np.empty(img3.shape, img3.dtype)
     with _session(scheduler) as client:
-        plan = _plan(h, w, k, border, threads=_cluster_threads(client), band_rows=band_rows)
-        hosts = _shared_memory_hosts(client) if client is not None and transport != "tcp" else None
+        workers = _workers(client) if client is not None else None
+        threads = _cluster_threads(client, workers)
+        hosts = _shared_memory_hosts(client, workers) if client is not None and transport != "tcp" else None
         if transport == "shm" and hosts is None:
             raise RuntimeError("transport='shm' needs every Dask worker on this host (sharing /dev/shm); "
                                "use transport='tcp' or 'auto'")
+        plan = _plan(h, w, k, border, threads=threads, band_rows=band_rows, shared=hosts is not None)
         if hosts is not None:
             _filter_shared(client, img3, result, plan, k, border, output, implementation, hosts)
         else:
@@ -471,34 +498,78 @@ def filter_image(image, kernel, *, scheduler, border="replicate", output="clip",
     return result.reshape(image.shape)
 
 
-@contextlib.contextmanager
-def _attached(desc):
-    """On a worker: the (H, W, C) array in the caller's segment ``desc = (name, shape, dtype)``,
-    mapped for the duration of one task only (the caller unlinks the segment)."""
-    from ._shm import attach
+# -- the shared-memory transport -------------------------------------------------------------------
+# Worker side. A worker keeps its attachments between tasks, as the process pool's workers do:
+# mapping a segment and faulting its pages into the worker's page tables on every task cost
+# more than the band itself on small images. A mapping is closed when the caller says it has
+# unlinked the segment (``_release_maps``, best effort) or, failing that, when the worker next
+# attaches a new segment and finds the old name gone from /dev/shm; never while a task of this
+# worker uses it (numpy arrays on a closed mapping crash the process): then the last such task
+# closes it when it ends.
+_MAPS: dict = {}  # segment name -> SharedMemory, this worker's attachments
+_USERS: dict = {}  # segment name -> how many running tasks of this worker use it
+_DOOMED: set = set()  # names to close as soon as no task uses them
+_MAPS_LOCK = threading.Lock()
 
-    name, shape, dtype = desc
-    shm = attach(name)
+
+@contextlib.contextmanager
+def _mapped(*descs):
+    """On a worker: the (H, W, C) arrays in the caller's segments ``desc = (name, shape, dtype)``,
+    for one task (the mappings stay for the next one)."""
+    from ._shm import SHM_DIR, attach
+
+    names = [name for name, _, _ in descs]
+    with _MAPS_LOCK:
+        for name in names:
+            if name not in _MAPS:
+                _close_maps([n for n in _MAPS if not os.path.exists(os.path.join(SHM_DIR, n))])
+                _MAPS[name] = attach(name)
+        for name in names:
+            _USERS[name] = _USERS.get(name, 0) + 1
+        arrays = [np.ndarray(shape, np.dtype(dtype), buffer=_MAPS[name].buf) for name, shape, dtype in descs]
     try:
-        yield np.ndarray(shape, np.dtype(dtype), buffer=shm.buf)
+        yield arrays
     finally:
-        shm.close()
+        del arrays
+        with _MAPS_LOCK:
+            for name in names:
+                _USERS[name] -= 1
+                if not _USERS[name]:
+                    del _USERS[name]
+            _close_maps([n for n in names if n in _DOOMED])
+
+
+def _close_maps(names) -> None:
+    """Close these mappings now, or when the last task using one ends. Hold ``_MAPS_LOCK``."""
+    for name in names:
+        if _USERS.get(name):
+            _DOOMED.add(name)
+            continue
+        _DOOMED.discard(name)
+        shm = _MAPS.pop(name, None)
+        if shm is not None:
+            with contextlib.suppress(BufferError):  # something still exports it: unmapped when collected
+                shm.close()
+
+
+async def _release_maps(names) -> None:
+    """On a worker: close the mappings of segments the caller has unlinked. A coroutine, so
+    that ``client.run(..., wait=False)`` can fire it without waiting for the workers."""
+    with _MAPS_LOCK:
+        _close_maps(names)
 
 
 def _shared_range(src_desc, band, kernel, border, implementation):
     _prepare_worker()
-    with _attached(src_desc) as src:
-        rng = band_range(src, band, kernel, border, implementation)
-        del src
-    return rng
+    with _mapped(src_desc) as (src,):
+        return band_range(src, band, kernel, border, implementation)
 
 
 def _shared_filter(src_desc, dst_desc, band, kernel, border, output, implementation, value_range=None) -> int:
     """Exactly what a process-pool worker does with a band: ``filter_band`` on the shared arrays."""
     _prepare_worker()
-    with _attached(src_desc) as src, _attached(dst_desc) as dst:
+    with _mapped(src_desc, dst_desc) as (src, dst):
         filter_band(src, dst, band, kernel, border, output, implementation, value_range=value_range)
-        del src, dst
     return band.rows
 
 
@@ -518,17 +589,19 @@ def _probe_segment(name: str, token: bytes) -> bool:
 _HOSTS_CACHE: dict = {}
 
 
-def _shared_memory_hosts(client) -> list[str] | None:
+def _workers(client) -> dict:
+    """Every worker's address and thread count, in one short round trip."""
+    return client.nthreads()
+
+
+def _shared_memory_hosts(client, workers=None) -> list[str] | None:
     """The hosts of the cluster's workers if every worker can attach to a segment this process
-    creates (same machine, same /dev/shm), else None. Cached per set of workers."""
+    creates (same machine, same /dev/shm), else None. Probed once per set of workers."""
     import secrets
 
     from ._shm import Segment
 
-    try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # distributed before 2025: every worker is listed anyway
-        workers = client.scheduler_info()["workers"]
+    workers = _workers(client) if workers is None else workers
     if not workers:
         return None
     key = (id(client), frozenset(workers))
@@ -540,7 +613,7 @@ def _shared_memory_hosts(client) -> list[str] | None:
             ok = client.run(_probe_segment, seg.name, token)
         finally:
             seg.release()
-        hosts = sorted({w.get("host") or _host_of(a) for a, w in workers.items()})
+        hosts = sorted({_host_of(a) for a in workers})
         _HOSTS_CACHE.clear()
         _HOSTS_CACHE[key] = hosts if ok and all(ok.values()) else None
     return _HOSTS_CACHE[key]
@@ -555,26 +628,37 @@ def _host_of(address: str) -> str:
 class _SegmentPool:
     """The shared-memory transport's scratch segments, kept between jobs (at most ``keep`` of
     them, ``max_bytes`` in all): copy-in, the workers' band writes and copy-out then touch pages
-    that already exist instead of faulting in fresh ones. This process creates and unlinks
-    every one of them; a segment goes back to the pool only after a job whose tasks all
-    finished (after a failure a task may still be writing, so it is unlinked instead)."""
+    that already exist and are already mapped in the workers. This process creates and unlinks
+    every one of them, and then asks the clusters that used it to close their workers' mappings.
+    A segment goes back to the pool only after a job whose tasks all finished (after a failure
+    a task may still be writing, so it is unlinked instead)."""
 
     def __init__(self, keep=2, max_bytes=1 << 30):
-        import threading
-
         self.keep, self.max_bytes = keep, max_bytes
         self._free: list = []
+        self._users: dict = {}  # segment name -> the Clients whose workers may have mapped it
         self._lock = threading.Lock()
         self._atexit = False
 
-    def take(self, nbytes: int):
+    def take(self, nbytes: int, client):
         from ._shm import Segment
 
         with self._lock:
             for i, seg in enumerate(self._free):
                 if seg.nbytes == nbytes:
-                    return self._free.pop(i)
-        return Segment(nbytes)
+                    seg = self._free.pop(i)
+                    break
+            else:
+                seg = None
+            if not self._atexit:
+                import atexit
+
+                atexit.register(self.clear, notify=False)  # workers exit, or sweep, on their own
+                self._atexit = True
+        seg = seg or Segment(nbytes)
+        with self._lock:
+            self._users.setdefault(seg.name, weakref.WeakSet()).add(client)
+        return seg
 
     def give(self, seg) -> None:
         evict = [seg]
@@ -584,62 +668,88 @@ class _SegmentPool:
                 evict = []
                 while len(self._free) > self.keep or sum(x.nbytes for x in self._free) > self.max_bytes:
                     evict.append(self._free.pop(0))
-            if not self._atexit:
-                import atexit
+        self.release(evict)
 
-                atexit.register(self.clear)
-                self._atexit = True
-        for old in evict:
-            old.release()
+    def release(self, segs, notify=True) -> None:
+        """Unlink ``segs`` now; tell their clusters' workers to close their mappings."""
+        clients = {}
+        for seg in segs:
+            seg.release()
+            with self._lock:
+                users = self._users.pop(seg.name, ())
+            for c in users:
+                clients.setdefault(id(c), (c, []))[1].append(seg.name)
+        for c, names in clients.values():
+            if notify and c.status == "running":
+                with contextlib.suppress(Exception):  # best effort: workers also sweep on their own
+                    c.run(_release_maps, names, wait=False)
 
-    def clear(self) -> None:
+    def clear(self, notify=True) -> None:
         with self._lock:
             free, self._free = self._free, []
-        for seg in free:
-            seg.release()
+        self.release(free, notify)
 
 
 _POOL = _SegmentPool()
 
 
 def _filter_shared(client, img3, result, plan, kernel, border, output, implementation, hosts):
-    """The shared-memory transport: the engine's data plane, Dask's scheduling. Tasks may run
-    only on this host's workers (a restarted worker on it qualifies)."""
+    """The shared-memory transport: the engine's data plane, Dask's scheduling. One low-level
+    graph (a task per band; for ``normalize`` a range task per band and their reduction first),
+    submitted as is: no optimization pass, no collection wrapper. Tasks may run only on this
+    host's workers (a restarted worker on it qualifies); their results are band row counts, never
+    gathered."""
+    import secrets
+
+    from dask.task_spec import Task, TaskRef
+
     segs, ok = [], False
     try:
-        src_seg = _POOL.take(img3.nbytes)
+        src_seg = _POOL.take(img3.nbytes, client)
         segs.append(src_seg)
-        dst_seg = _POOL.take(img3.nbytes)
+        dst_seg = _POOL.take(img3.nbytes, client)
         segs.append(dst_seg)
         np.ndarray(img3.shape, img3.dtype, buffer=src_seg.buf)[...] = img3
         src = (src_seg.name, img3.shape, img3.dtype.str)
         dst = (dst_seg.name, img3.shape, img3.dtype.str)
-        dask, _, _ = _dask()
-        vr = None
+        token = secrets.token_hex(8)
+        graph, vr = {}, None
         if output == "normalize":
-            ranges = [dask.delayed(_shared_range, pure=False)(src, b, kernel, border, implementation) for b in plan]
-            vr = dask.delayed(_global_range, pure=False)(*ranges)
-        tasks = [dask.delayed(_shared_filter, pure=False)(src, dst, b, kernel, border, output, implementation, vr)
-                 for b in plan]
-        futs = client.compute(tasks, workers=hosts, allow_other_workers=False)
+            ranges = [(f"pfl-range-{token}", b.index) for b in plan]
+            for key, b in zip(ranges, plan):
+                graph[key] = Task(key, _shared_range, src, b, kernel, border, implementation)
+            vr = f"pfl-value-range-{token}"
+            graph[vr] = Task(vr, _global_range, *(TaskRef(key) for key in ranges))
+            vr = TaskRef(vr)
+        keys = [(f"pfl-band-{token}", b.index) for b in plan]
+        for key, b in zip(keys, plan):
+            graph[key] = Task(key, _shared_filter, src, dst, b, kernel, border, output, implementation, vr)
+        futs = client.get(graph, keys, sync=False, workers=hosts, allow_other_workers=False)
         _wait_all(client, futs)
         np.copyto(result, np.ndarray(img3.shape, img3.dtype, buffer=dst_seg.buf))
         ok = True
     finally:
-        for seg in segs:
-            _POOL.give(seg) if ok else seg.release()
+        if ok:
+            for seg in segs:
+                _POOL.give(seg)
+        else:
+            _POOL.release(segs)
 
 
 def _wait_all(client, futs, on_result=None):
-    """Wait for futures as they finish; cancel them all on any error; KilledWorker -> WorkerError."""
+    """Wait for futures as they finish; cancel them all on any error; KilledWorker -> WorkerError.
+    Results are fetched only for ``on_result(i, value)``."""
     _, _, distributed = _dask()
     index = {f.key: i for i, f in enumerate(futs)}
     with _guard(client, futs):
-        for fut, value in distributed.as_completed(futs, with_results=True, loop=client.loop):
+        for item in distributed.as_completed(futs, with_results=on_result is not None, loop=client.loop):
+            fut, value = item if on_result is not None else (item, None)
             if fut.status == "cancelled":
                 # Cancelled on the cluster by someone else (client.cancel): as_completed hands
                 # such futures back without an error, but their band was never written.
                 raise JobCancelled("the job's Dask tasks were cancelled on the cluster; no result") from None
+            if fut.status == "error":
+                fut.result()  # raises the task's exception
             if on_result is not None:
                 on_result(index[fut.key], value)
             fut.release()

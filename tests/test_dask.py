@@ -7,6 +7,7 @@ up before the per-test leak check and closed after the module). The worker-kill 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -123,6 +124,73 @@ def test_cluster_bit_identical_to_engine(eng, client, transport, border):
 
 def test_auto_transport_is_shared_memory_on_a_local_cluster(client):
     assert _dask._shared_memory_hosts(client)
+
+
+def test_shared_memory_plan_is_the_engines_with_fewer_small_bands():
+    """Shared bands: the engine's band_count, but no band under SHARED_BAND_PIXELS unless
+    there would be fewer bands than threads; copied bands keep one per TARGET_BAND_PIXELS."""
+    k = engine.KERNELS["gaussian"]
+    for (h, w, threads), want in {(4096, 4096, 2): 2, (16384, 16384, 2): 4, (64, 64, 2): 2, (8192, 8192, 2): 4,
+                                  (4096, 4096, 8): 8, (10, 10, 4): 3}.items():
+        plan = _dask._plan(h, w, k, "wrap", threads=threads, shared=True)
+        assert plan == plan_bands(h, 5, want, wrap=True), (h, w, threads)
+    assert len(_dask._plan(16384, 16384, k, "replicate", threads=2)) == 64  # copied into blocks
+    assert len(_dask._plan(100, 10, k, "replicate", threads=2, band_rows=9, shared=True)) == 12
+
+
+def test_workers_keep_their_attachments_until_the_segment_goes(eng, client):
+    """Workers map the pooled segments once and reuse them; when the caller unlinks a segment
+    it tells them, and they close their mapping."""
+    img = rand((300, 200, 3), np.uint8, 3)
+    want = eng.filter_image(img, "gaussian", processes=2)
+
+    def mapped(until):  # the workers' mapped names, once ``until`` holds for them (the word is async)
+        deadline = time.monotonic() + 10
+        while True:
+            names = set().union(*client.run(lambda: sorted(_dask._MAPS)).values())
+            if until(names) or time.monotonic() > deadline:
+                return names
+
+    for _ in range(3):
+        assert np.array_equal(_dask.filter_image(img, "gaussian", scheduler=client, transport="shm"), want)
+    pooled = {seg.name for seg in _dask._POOL._free}
+    assert len(pooled) == 2
+    assert mapped(lambda names: names == pooled) == pooled  # older segments were evicted and forgotten
+    _dask._POOL.clear()
+    assert not mapped(lambda names: not names & pooled) & pooled
+
+
+def test_a_mapping_is_closed_at_the_next_attach_and_never_under_a_running_task():
+    """Without the caller's word (a closed client), the next new attachment sweeps a mapping
+    of an unlinked segment; a mapping a task still uses is closed when that task ends."""
+    from engine._shm import Segment
+
+    a, b, c = Segment(64), Segment(64), Segment(64)
+    try:
+        with _dask._mapped((a.name, (4, 4, 4), "|u1")):
+            pass
+        a.release()
+        with _dask._mapped((b.name, (4, 4, 4), "|u1")) as (arr,):
+            assert a.name not in _dask._MAPS and b.name in _dask._MAPS
+            b.release()
+            asyncio.run(_dask._release_maps([b.name]))  # the caller's word, while the task runs
+            with _dask._mapped((c.name, (4, 4, 4), "|u1")):  # and a sweep
+                pass
+            arr[...] = 7  # still mapped: closing it here would crash the worker
+            assert b.name in _dask._MAPS
+        assert b.name not in _dask._MAPS and not _dask._USERS and not _dask._DOOMED
+    finally:
+        for seg in (a, b, c):
+            seg.release()
+        asyncio.run(_dask._release_maps([c.name]))
+
+
+def test_a_failed_band_raises_its_error(client):
+    """The shared-memory transport never fetches results: errors must still surface."""
+    import operator
+
+    with pytest.raises(ZeroDivisionError):
+        _dask._wait_all(client, [client.submit(operator.truediv, 1, 0, pure=False)])
 
 
 def test_public_entry_and_out(eng, client):
