@@ -8,10 +8,10 @@ Two tables, each measured side by side in one run:
 
 1. **The band kernel alone**, in this process, one OpenCV thread: ``filter_band`` over the plan of
    1, 2, 4, 8 and 16 bands against one ``cv2.sepFilter2D`` / ``cv2.filter2D`` call on the whole
-   image (interleaved rounds, medians). What each inner band edge costs: the rows near it are
+   image (``engine._bench.interleave``: rotated rounds, medians). What each inner band edge costs: the rows near it are
    redone from a view that holds their halo.
 2. **One 2-process zero-copy job** on a warm ``Engine(max_workers=2)`` against OpenCV with 2
-   threads into a preallocated ``dst`` (alternating, medians over the rounds): the job's wall
+   threads into a preallocated ``dst`` (interleaved the same way, medians): the job's wall
    time cut at its timeline (submit to the first band's start, the workers' busy time, the gaps
    between a worker's bands, the last band's end to the caller holding the result).
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,38 +31,24 @@ import numpy as np  # noqa: E402
 
 from engine import KERNELS, Engine  # noqa: E402
 from engine._bands import plan_bands  # noqa: E402
-from engine._bench import bench_image, md_table, random_kernel  # noqa: E402
+from engine._bench import _CV, Candidate, bench_image, interleave, md_table, random_kernel  # noqa: E402
 from engine._compute import filter_band  # noqa: E402
 
 
-def _cv(img, kernel, dst):
-    if kernel.separable:
-        column, row = kernel.factors
-        return cv2.sepFilter2D(img, -1, row, column, dst=dst, borderType=cv2.BORDER_REPLICATE)
-    return cv2.filter2D(img, -1, kernel.weights, dst=dst, borderType=cv2.BORDER_REPLICATE)
-
-
 def band_kernel_table(img, kernels, rounds) -> str:
-    cv2.setNumThreads(1)
+    cv = _CV(cv2)
     dst = np.empty_like(img)
     rows = []
     for k in kernels:
-        runs = {"one OpenCV call": lambda k=k: _cv(img, k, dst)}
+        cands = {"one OpenCV call": Candidate(lambda k=k: cv.call(img, k, dst), cv.threads(1, img, k))}
         for n in (1, 2, 4, 8, 16):
             plan = plan_bands(img.shape[0], k.shape[0], n)
-            runs[f"{len(plan)} bands"] = lambda plan=plan, k=k: [
-                filter_band(img, dst, b, k, "replicate", "clip", "opencv") for b in plan]
-        times = {name: [] for name in runs}
-        for r in range(rounds + 1):
-            for name in list(runs)[r % len(runs):] + list(runs)[: r % len(runs)]:
-                t = time.perf_counter()
-                runs[name]()
-                if r:  # round 0 warms up
-                    times[name].append(time.perf_counter() - t)
-        base = statistics.median(times["one OpenCV call"])
-        one = statistics.median(times["1 bands"])
-        for name, ts in times.items():
-            m = statistics.median(ts)
+            cands[f"{len(plan)} bands"] = Candidate(
+                lambda plan=plan, k=k: [filter_band(img, dst, b, k, "replicate", "clip", "opencv") for b in plan],
+                cv.threads(1, img, k))
+        med = {name: v.median() for name, v in interleave(cands, rounds, f"band kernel {k.name}").items()}
+        base, one = med["one OpenCV call"], med["1 bands"]
+        for name, m in med.items():
             n = int(name.split()[0]) if name.endswith("bands") else None
             edge = f"{(m - one) / (n - 1) * 1e3:.2f}" if n and n > 1 else "–"
             rows.append([k.name, name, f"{m * 1e3:.1f}", f"{m / base:.3f}x", edge])
@@ -71,6 +56,7 @@ def band_kernel_table(img, kernels, rounds) -> str:
 
 
 def job_table(img, kernels, rounds) -> str:
+    cv = _CV(cv2)
     rows = []
     with Engine(max_workers=2) as eng:
         src = eng.shared_array(img.shape, img.dtype)
@@ -78,27 +64,23 @@ def job_table(img, kernels, rounds) -> str:
         out = eng.shared_array(img.shape, img.dtype)
         dst = np.empty_like(img)
         for k in kernels:
-            eng.filter_image(src, k, processes=2, out=out)  # warm: workers attach both arrays
-            cut = {key: [] for key in ("wall", "cv", "first", "busy", "gaps", "tail")}
-            for _ in range(rounds):
-                t = time.perf_counter()
-                res = eng.submit(src, [k], processes=2, out=(out,)).result()
-                cut["wall"].append(time.perf_counter() - t)
-                cv2.setNumThreads(2)
-                t = time.perf_counter()
-                _cv(img, k, dst)
-                cut["cv"].append(time.perf_counter() - t)
+            results = []
+            cands = {
+                "job": Candidate(lambda k=k: results.append(eng.submit(src, [k], processes=2, out=(out,)).result())),
+                "cv": Candidate(lambda k=k: cv.call(img, k, dst), cv.threads(2, img, k)),
+            }
+            walls = interleave(cands, rounds, f"2-process job {k.name}")  # its warm-up: workers attach
+            cut = {key: [] for key in ("first", "busy", "gaps", "tail")}
+            for res in results[1:]:
                 by_pid = {}
-                for b in res.timeline:
+                for b in sorted(res.timeline, key=lambda b: b.start):
                     by_pid.setdefault(b.pid, []).append(b)
-                busy = [sum(b.end - b.start for b in bs) for bs in by_pid.values()]
-                gaps = [sum(y.start - x.end for x, y in zip(bs, bs[1:]))
-                        for bs in (sorted(v, key=lambda b: b.start) for v in by_pid.values())]
                 cut["first"].append(min(b.start for b in res.timeline))
-                cut["busy"].append(max(busy))
-                cut["gaps"].append(max(gaps))
+                cut["busy"].append(max(sum(b.end - b.start for b in bs) for bs in by_pid.values()))
+                cut["gaps"].append(max(sum(y.start - x.end for x, y in zip(bs, bs[1:])) for bs in by_pid.values()))
                 cut["tail"].append(res.phases.wall - max(b.end for b in res.timeline))
             med = {key: statistics.median(v) * 1e3 for key, v in cut.items()}
+            med["wall"], med["cv"] = walls["job"].median() * 1e3, walls["cv"].median() * 1e3
             rows.append([k.name, f"{med['wall']:.1f}", f"{med['cv']:.1f}", f"{med['wall'] / med['cv']:.3f}x",
                          f"{med['first']:.2f}", f"{med['busy']:.1f}", f"{med['gaps']:.2f}", f"{med['tail']:.2f}",
                          f"{med['wall'] - med['first'] - med['busy'] - med['gaps'] - med['tail']:.2f}"])

@@ -159,6 +159,16 @@ def _scratch(shape, dtype) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
+def _cv_filter(view, ddepth, kernel, dst, mode, separable):
+    """One OpenCV call on ``view`` into ``dst``: ``sepFilter2D`` with the rank-1 factors when
+    ``separable``, else ``filter2D`` with the 2-D weights."""
+    cv2 = _cv2()
+    if separable:
+        column, row = kernel.factors
+        return cv2.sepFilter2D(view, ddepth, row, column, dst=dst, borderType=mode)
+    return cv2.filter2D(view, ddepth, kernel.weights, dst=dst, borderType=mode)
+
+
 def _opencv_band(src, band, kernel, border, ddepth, exact=False):
     """Correlate with OpenCV; returns the band's rows for all channels, dtype from ``ddepth``.
     ``exact``: the 2-D weights themselves, never the rank-1 factors (which differ from them by
@@ -182,11 +192,8 @@ def _opencv_band(src, band, kernel, border, ddepth, exact=False):
         view, off, left = src[band.read_start : band.read_stop], band.start - band.read_start, 0
     if view.shape[2] == 1:
         view = view[:, :, 0]
-    if separable:
-        column, row = kernel.factors
-        res = cv2.sepFilter2D(view, ddepth, row, column, dst=_scratch(view.shape, _DEPTH_DTYPE[ddepth]), borderType=mode)
-    elif not two_d:
-        res = cv2.filter2D(view, ddepth, w, dst=_scratch(view.shape, _DEPTH_DTYPE[ddepth]), borderType=mode)
+    if not two_d:
+        res = _cv_filter(view, ddepth, kernel, _scratch(view.shape, _DEPTH_DTYPE[ddepth]), mode, separable)
     else:
         # A sum of 1-D row filters: a fixed order of taps, never OpenCV's size-dependent DFT.
         res = None
@@ -284,7 +291,6 @@ def _cv_rows(src, dst, start, stop, kernel, border, *, halo_rows=True):
     """
     if start >= stop:
         return
-    cv2 = _cv2()
     top, bottom = halo(kernel.shape[0])
     lo, hi = (max(start - top, 0), min(stop + bottom, src.shape[0])) if halo_rows else (start, stop)
     view = src[lo:hi]
@@ -292,12 +298,7 @@ def _cv_rows(src, dst, start, stop, kernel, border, *, halo_rows=True):
     if view.shape[2] == 1:
         view, out = view[:, :, 0], out[:, :, 0]
     target = _scratch(view.shape, src.dtype) if halo_rows else out
-    mode = _cv_border(border)
-    if kernel.separable:
-        column, row = kernel.factors
-        res = cv2.sepFilter2D(view, -1, row, column, dst=target, borderType=mode)
-    else:
-        res = cv2.filter2D(view, -1, kernel.weights, dst=target, borderType=mode)
+    res = _cv_filter(view, -1, kernel, target, _cv_border(border), kernel.separable)
     if halo_rows or res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
         out[...] = res[start - lo : start - lo + stop - start]
 
