@@ -21,9 +21,9 @@ __all__ = ["Band", "halo", "plan_bands", "band_count"]
 
 #: Below this many pixels a band is not worth a round trip to a worker.
 MIN_BAND_PIXELS = 1 << 18
-#: Bands per worker process when the image is large enough: an idle worker takes the next band.
-#: Two, not more: every inner band edge costs the band kernel a few redone rows (two small OpenCV
-#: calls, ~0.45 ms at 4096 pixels wide, ~4% of a 512-row band; docs/benchmarks.md).
+#: Bands per worker process when the image is large enough: an idle worker takes the next band,
+#: so a worker that falls behind hands its second band to one that is free. A band edge costs
+#: only its halo rows (``_compute._cv_float_rows``); four a worker measured no faster.
 BANDS_PER_PROCESS = 2
 
 

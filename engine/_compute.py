@@ -148,14 +148,14 @@ def _padded(src: np.ndarray, band: Band, shape: tuple[int, int], border: str) ->
 _local = threading.local()
 
 
-def _scratch(shape, dtype) -> np.ndarray:
-    """A reusable output buffer for OpenCV, one per thread and dtype: no fresh pages per band."""
+def _scratch(shape, dtype, slot=0) -> np.ndarray:
+    """A reusable buffer, one per thread, dtype and ``slot``: no fresh pages per band."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
     bufs = _local.__dict__.setdefault("bufs", {})
-    buf = bufs.get(dtype)
+    buf = bufs.get((dtype, slot))
     if buf is None or buf.size < n:
-        buf = bufs[dtype] = np.empty(max(n, 1), dtype=dtype)
+        buf = bufs[dtype, slot] = np.empty(max(n, 1), dtype=dtype)
     return buf[:n].reshape(shape)
 
 
@@ -281,26 +281,47 @@ def band_range(src, band, kernel, border, implementation):
     return float(f.min()), float(f.max())
 
 
-def _cv_rows(src, dst, start, stop, kernel, border, *, halo_rows=True):
-    """Output rows ``[start, stop)`` of ``dst`` by OpenCV in the input dtype (the fast path).
+#: Rows of float32 per chunk of ``_cv_float_rows``: about this many bytes each for the input
+#: and the response, so that both stay in the CPU's cache between the three passes.
+FLOAT_CHUNK_BYTES = 3 << 20
 
-    ``halo_rows``: read the rows' halo from ``src`` (clamped to the image, where OpenCV's
-    border rule applies) and copy the rows out of a scratch buffer. Without it, OpenCV reads
-    only rows ``[start, stop)`` and writes straight into ``dst``; the border rule then also
-    applies at ``start`` and ``stop``.
+
+def _cv_float_rows(src, dst, start, stop, kernel, border):
+    """Output rows ``[start, stop)`` of ``dst`` by OpenCV through float32 (the fast path).
+
+    OpenCV's own uint8-to-uint8 filters are the slow way to call it: ``cv2.sepFilter2D`` into
+    float32 takes about half the time of the same filter into uint8, and ``cv2.filter2D`` on
+    float32 about 40% of it on uint8 (which converts every pixel for every tap;
+    docs/benchmarks.md). So the rows go through float32 a chunk at a time, small enough to stay
+    in the CPU's cache: the chunk and its halo rows are filtered into float32 (separable
+    kernels read the input dtype; 2-D kernels read an exact float32 copy), then the chunk's own
+    rows are rounded to nearest and saturated into ``dst`` (``cv2.addWeighted``, OpenCV's
+    rounding). Each chunk reads its real halo rows, or the image's edge where OpenCV's border
+    rule applies: no row depends on where a band or a chunk starts, so every process count
+    gives the same bits, and a band edge costs only its halo rows.
     """
-    if start >= stop:
-        return
+    cv2 = _cv2()
+    h, w, c = src.shape
     top, bottom = halo(kernel.shape[0])
-    lo, hi = (max(start - top, 0), min(stop + bottom, src.shape[0])) if halo_rows else (start, stop)
-    view = src[lo:hi]
-    out = dst[start:stop]
-    if view.shape[2] == 1:
-        view, out = view[:, :, 0], out[:, :, 0]
-    target = _scratch(view.shape, src.dtype) if halo_rows else out
-    res = _cv_filter(view, -1, kernel, target, _cv_border(border), kernel.separable)
-    if halo_rows or res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-        out[...] = res[start - lo : start - lo + stop - start]
+    step = max(8, FLOAT_CHUNK_BYTES // (w * c * 4))
+    mode = _cv_border(border)
+    depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
+    squeeze = (lambda a: a[:, :, 0]) if c == 1 else (lambda a: a)
+    for r in range(start, stop, step):
+        e = min(r + step, stop)
+        lo, hi = max(r - top, 0), min(e + bottom, h)
+        response = squeeze(_scratch((hi - lo, w, c), np.float32, 1))
+        if kernel.separable:
+            column, row = kernel.factors
+            cv2.sepFilter2D(squeeze(src[lo:hi]), cv2.CV_32F, row, column, dst=response, borderType=mode)
+        else:
+            copy = _scratch((hi - lo, w, c), np.float32, 2)
+            np.copyto(copy, src[lo:hi])
+            cv2.filter2D(squeeze(copy), -1, kernel.weights, dst=response, borderType=mode)
+        rows, out = response[r - lo : e - lo], squeeze(dst[r:e])
+        res = cv2.addWeighted(rows, 1.0, rows, 0.0, 0.0, dst=out, dtype=depth)
+        if res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+            out[...] = res.reshape(out.shape)
 
 
 def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None):
@@ -315,19 +336,7 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
     if implementation == "opencv" and output == "clip" and acc == np.float32 and border != "wrap" and (
         kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS
     ):
-        # Fast path: OpenCV rounds and saturates to the input dtype itself (float32 inside),
-        # writing the band's rows straight into dst. OpenCV takes the edge of the view it is
-        # given as the image's edge, so rows within a halo of an inner band edge come out
-        # wrong there; they are redone from a view that holds their halo (a few rows).
-        top, bottom = halo(kernel.shape[0])
-        if band.rows > top + bottom:
-            _cv_rows(src, dst, band.start, band.stop, kernel, border, halo_rows=False)
-            if band.start > 0:
-                _cv_rows(src, dst, band.start, band.start + top, kernel, border)
-            if band.stop < src.shape[0]:
-                _cv_rows(src, dst, band.stop - bottom, band.stop, kernel, border)
-        else:
-            _cv_rows(src, dst, band.start, band.stop, kernel, border)
+        _cv_float_rows(src, dst, band.start, band.stop, kernel, border)
     else:
         # normalize stretches the range to full scale, and any error with it: no rank-1 factors
         # (a response that is exactly constant must stay constant, see tests/test_fuzz.py)

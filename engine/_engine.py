@@ -8,23 +8,29 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              input segment  <- copy image      (skipped: shared_array input)
                              output segments A, B              (skipped: shared_array out=)
                              plan_bands(A), plan_bands(B)
-                             bands of A --------------------->  group A: slots 0..a-1
-                             bands of B --------------------->  group B: slots a..a+b-1
-                                   a slot holds one band; an    attach(input, output), run the
-                                   idle slot gets the next      band kernel, write rows
-                                   band of its own filter       [start, stop) straight into
-                             <--- (filter, band, pid, t0, t1)   the output segment
+                             pass of A: band i to slot i ---->  group A: slots 0..a-1
+                               bands a.. as tokens in a pipe    attach(input, output), run the
+                             pass of B: the same ----------->   band kernel, write rows
+                                                                [start, stop) straight into
+                                                                the output segment; then read
+                                                                the next band's token from the
+                                                                pass's pipe until it is empty
+                             <--- one answer per slot: [(band, t0, t1)]; progress() reads
+                                  each worker's shared bands_done counter meanwhile
                              copy outputs out                   (skipped: shared_array out=)
                              finally: unlink temp segments,
                                tell slots to unmap them,
                                return slots to the engine
     result() <-------------- PairResult(outputs, timeline, phases)
 
-Ownership: this process creates and unlinks every segment (``_shm.Segment``); workers only
+Ownership: this process creates and unlinks every segment (``_shm.Segment``) and every token
+pipe (the workers get a duplicate of its read end for one pass and close it); workers only
 attach. A slot is one worker process (spawn start method) and the parent's end of a pipe to it:
-each filter runs on its own group of processes, a band goes to a chosen process, and the job
-thread waits on every busy slot's pipe and process sentinel at once
-(``multiprocessing.connection.wait``), with no executor threads between it and the workers. A
+each filter runs on its own group of processes. A pass hands each worker of the group its first
+band; the rest wait in the token pipe, and a worker that finishes a band takes the next token
+itself, with no round trip to the parent (a read of a 2-byte token is atomic, so no band runs
+twice). Cancel empties the pipe: every worker stops after its band. The job thread waits on
+every busy slot's pipe and process sentinel at once (``multiprocessing.connection.wait``). A
 slot whose process dies (SIGKILL, OOM killer, crash) shows as EOF on its pipe: the job fails at
 once with ``WorkerError`` naming the exit signal; the job's other busy workers are killed rather
 than waited for (see ``_stop``), and fresh slots replace all of them for the next job.
@@ -45,7 +51,7 @@ import signal
 import threading
 import time
 import weakref
-from multiprocessing import connection, resource_tracker
+from multiprocessing import connection, reduction, resource_tracker
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +65,6 @@ from ._validate import check_choice, check_image, check_kernel, check_out, check
 
 __all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
 
-#: Bands sent to a worker before it answers. One: a cancelled job stops after the bands that are
-#: running, and a second one queued in the pipe measured no faster (the refill round trip is
-#: ~0.2 ms, once per band; docs/benchmarks.md).
-IN_FLIGHT_PER_SLOT = 1
 #: Upper bound of Engine(max_workers=...): enough to show oversubscription, not enough to let a
 #: typo start thousands of processes.
 MAX_WORKERS_PER_CPU = 8
@@ -155,14 +157,20 @@ class _Slot:
     """One worker process and the parent's end of its pipe.
 
     The protocol, in order on the pipe: the worker sends its pid once started; then the parent
-    sends ``("band", task)`` (the worker answers ``("ok", record)`` or ``("error", exception)``),
-    ``("release", names)`` (no answer) or ``None`` (exit). A worker that dies closes its end:
-    the parent sees the pipe at EOF and the process's sentinel ready.
+    sends ``("pass", spec, first band, piped)`` and, when ``piped``, the read end of the pass's
+    token pipe (the worker answers once, ``("ok", (filter, pid, bands))`` or ``("error",
+    exception)``), ``("release", names)`` (no answer) or ``None`` (exit). A worker that dies
+    closes its end: the parent sees the pipe at EOF and the process's sentinel ready.
+    ``bands_done`` counts the bands this worker has finished, ever: shared memory that only the
+    worker writes, read by ``Job.progress()``.
     """
 
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker.serve, args=(child, os.getpid()), name="pfl-worker", daemon=True)
+        self.bands_done = ctx.RawValue("q", 0)
+        self.process = ctx.Process(
+            target=_worker.serve, args=(child, os.getpid(), self.bands_done), name="pfl-worker", daemon=True
+        )
         # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
         # terminal's process group while the worker still imports would print a
         # KeyboardInterrupt traceback. _worker.serve ignores SIGINT, then unblocks it. The
@@ -175,7 +183,7 @@ class _Slot:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             child.close()
         self.pid = None
-        self.busy = 0  # bands sent and not yet answered
+        self.busy = 0  # 1 while a pass is running on it
         self.broken = False
         self.stale: list[str] = []  # segments unlinked since this worker last unmapped
 
@@ -193,13 +201,17 @@ class _Slot:
                 ) from None
         return self
 
-    def send(self, task) -> None:
+    def start(self, spec, first: int, tokens: int | None) -> None:
+        """Start a pass on this worker at band ``first``; ``tokens``: the read end of the
+        pass's token pipe, if it has more bands than workers."""
         try:
-            self.conn.send(("band", task))
+            self.conn.send(("pass", spec, first, tokens is not None))
+            if tokens is not None:
+                reduction.send_handle(self.conn, tokens, self.pid)
         except OSError:
             self.broken = True
             raise _Died(self) from None
-        self.busy += 1
+        self.busy = 1
 
     def receive(self):
         """The next answer; ``_Died`` if the worker died. Re-raises a band's exception."""
@@ -214,7 +226,7 @@ class _Slot:
         return value
 
     def release(self, names) -> None:
-        """Tell the worker to unmap segments (in order: before its next band)."""
+        """Tell the worker to unmap segments (in order: before its next pass)."""
         if names:
             try:
                 self.conn.send(("release", names))
@@ -304,7 +316,8 @@ class Job:
         self._cancel = threading.Event()
         self._abort = False  # Ctrl-C: kill the busy workers instead of waiting for their bands
         self._state = "waiting"
-        self._done_bands = 0
+        self._counters = ()  # (worker's bands_done, its value when the job leased it)
+        self._done_bands = None  # frozen when the job ends
         h, w = image.shape[:2]
         wrap = border == "wrap"
         self._plans = tuple(
@@ -330,7 +343,10 @@ class Job:
 
     def progress(self) -> tuple[int, int]:
         """``(bands done, bands total)``; ``normalize`` counts its two passes."""
-        return self._done_bands, self._total
+        done = self._done_bands
+        if done is None:
+            done = sum(c.value - base for c, base in self._counters)
+        return done, self._total
 
     def state(self) -> str:
         """``waiting`` (for free workers), ``running``, ``done``, ``failed`` or ``cancelled``."""
@@ -357,6 +373,7 @@ class Job:
             slots = eng._lease(sum(self._processes), self._cancel)
             if slots is None:
                 raise JobCancelled(f"job {self.id} was cancelled while waiting for workers")
+            self._counters = tuple((s.bands_done, s.bands_done.value) for s in slots)
             self._state = "running"
             outcome, ok = self._execute(slots, temps), True
         except BaseException as e:  # noqa: BLE001 - every failure must reach result()
@@ -364,6 +381,7 @@ class Job:
         finally:
             # Clean up *before* anyone waiting on result() wakes: no band is still running
             # (see _drain), so pooled segments can be reused and nothing is left in /dev/shm.
+            self._done_bands = self.progress()[0]
             for seg in temps:
                 eng._recycle(seg)
             eng._give_back(slots or [])
@@ -400,61 +418,62 @@ class Job:
 
         records, ranges = [], {}
         groups, start = [], 0
-        for fi, p in enumerate(self._processes):
+        for p in self._processes:
             groups.append(slots[start : start + p])
             start += p
-        pending = [collections.deque() for _ in groups]
-        first_pass = "range" if self._output == "normalize" else "filter"
-        for fi, plan in enumerate(self._plans):
-            for band in plan:
-                pending[fi].append(self._task(first_pass, fi, band, src_desc, dst_descs[fi], None))
-        remaining = [len(p) for p in pending]
         group_of = {id(slot): fi for fi, g in enumerate(groups) for slot in g}
+        pipes = {}  # filter index -> read end of its running pass's token pipe (parent's copy)
 
-        def feed(slot, fi, depth=IN_FLIGHT_PER_SLOT):
-            while pending[fi] and slot.busy < depth:
-                slot.send(pending[fi].popleft())
+        def start_pass(fi, kind, value_range=None):
+            plan = self._plans[fi]
+            spec = (kind, fi, plan, src_desc, dst_descs[fi], self._kernels[fi], self._border, self._output,
+                    self._impl, value_range)
+            workers = groups[fi][: len(plan)]
+            tokens = None
+            if len(plan) > len(workers):
+                tokens, w = os.pipe()
+                pipes[fi] = tokens
+                try:
+                    os.set_blocking(tokens, False)
+                    os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in range(len(workers), len(plan))))
+                finally:
+                    os.close(w)
+            for first, slot in enumerate(workers):
+                slot.start(spec, first, tokens)
 
-        def feed_group(fi):
-            # one band to every worker of the group before any gets a second: with as many
-            # bands as workers, each worker must get one
-            for depth in range(1, IN_FLIGHT_PER_SLOT + 1):
-                for slot in groups[fi]:
-                    feed(slot, fi, depth)
+        def stop_passes():
+            for fd in pipes.values():
+                _worker.empty(fd)
 
         def on_answer(slot, answer):
-            fi, bi, pid, t0, t1, rng = answer
-            self._done_bands += 1
-            band = self._plans[fi][bi]
-            if rng is not None:
-                ranges.setdefault(fi, []).append(rng)
-            else:
-                records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
-            remaining[fi] -= 1
-            if remaining[fi] == 0 and rng is not None and not self._cancel.is_set():
+            fi, pid, done = answer
+            for bi, t0, t1, rng in done:
+                band = self._plans[fi][bi]
+                if rng is not None:
+                    ranges.setdefault(fi, []).append(rng)
+                else:
+                    records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
+            if any(s.busy for s in groups[fi]):
+                return
+            if fi in pipes:
+                os.close(pipes.pop(fi))
+            if ranges.get(fi) and len(ranges[fi]) == len(self._plans[fi]) and not self._cancel.is_set():
                 # normalize: every band's range is in; the second pass maps with the global one
-                lo = min(r[0] for r in ranges[fi])
-                hi = max(r[1] for r in ranges[fi])
-                for b in self._plans[fi]:
-                    pending[fi].append(self._task("filter", fi, b, src_desc, dst_descs[fi], (lo, hi)))
-                remaining[fi] = len(pending[fi])
-                feed_group(fi)
-            else:
-                feed(slot, fi)
+                rs = ranges.pop(fi)
+                start_pass(fi, "filter", (min(r[0] for r in rs), max(r[1] for r in rs)))
 
         t_compute = time.perf_counter()
         try:
             for fi in range(len(groups)):
-                feed_group(fi)
+                start_pass(fi, "range" if self._output == "normalize" else "filter")
             while any(s.busy for s in slots):
                 if self._cancel.is_set():
-                    for p in pending:
-                        p.clear()
+                    stop_passes()
                     if self._abort:
                         self._stop(slots)
                         raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
                 for slot in _answering([s for s in slots if s.busy], timeout=0.05):
-                    while slot.busy and slot.conn.poll():
+                    if slot.busy and slot.conn.poll():
                         on_answer(slot, slot.receive())
         except _Died as e:
             self._stop(slots)
@@ -464,8 +483,12 @@ class Job:
                 "the engine replaces the worker, so the next job runs"
             ) from None
         except BaseException:
+            stop_passes()
             self._drain(slots)
             raise
+        finally:
+            for fd in pipes.values():
+                os.close(fd)
         if self._cancel.is_set():
             raise JobCancelled(f"job {self.id} was cancelled")
         t_out = time.perf_counter()
@@ -491,9 +514,6 @@ class Job:
             processes=tuple(self._processes),
             filter_walls=tuple(walls),
         )
-
-    def _task(self, kind, fi, band, src_desc, dst_desc, value_range):
-        return (kind, fi, band, src_desc, dst_desc, self._kernels[fi], self._border, self._output, self._impl, value_range)
 
     @staticmethod
     def _stop(slots):
