@@ -8,8 +8,9 @@ Two tables, each measured side by side in one run:
 
 1. **The band kernel alone**, in this process, one OpenCV thread: ``filter_band`` over the plan of
    1, 2, 4, 8 and 16 bands against one ``cv2.sepFilter2D`` / ``cv2.filter2D`` call on the whole
-   image (``engine._bench.interleave``: rotated rounds, medians). What each inner band edge costs: the rows near it are
-   redone from a view that holds their halo.
+   image, uint8 to uint8 as the targets call it, and against OpenCV on the band kernel's own
+   float32 route over the whole image (``engine._bench.interleave``: rotated rounds, medians).
+   What the float32 route gains, and what each inner band edge costs (its halo rows).
 2. **One 2-process zero-copy job** on a warm ``Engine(max_workers=2)`` against OpenCV with 2
    threads into a preallocated ``dst`` (interleaved the same way, medians): the job's wall
    time cut at its timeline (submit to the first band's start, the workers' busy time, the gaps
@@ -40,7 +41,13 @@ def band_kernel_table(img, kernels, rounds) -> str:
     dst = np.empty_like(img)
     rows = []
     for k in kernels:
-        cands = {"one OpenCV call": Candidate(lambda k=k: cv.call(img, k, dst), cv.threads(1, img, k))}
+        response = np.empty(img.shape, np.float32)
+        copy = None if k.separable else np.empty(img.shape, np.float32)
+        cands = {
+            "one OpenCV call": Candidate(lambda k=k: cv.call(img, k, dst), cv.threads(1, img, k)),
+            "OpenCV, float32 route": Candidate(lambda k=k, r=response, c=copy: cv.call_float(img, k, dst, r, c),
+                                               cv.threads(1, img, k)),
+        }
         for n in (1, 2, 4, 8, 16):
             plan = plan_bands(img.shape[0], k.shape[0], n)
             cands[f"{len(plan)} bands"] = Candidate(

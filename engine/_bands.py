@@ -14,7 +14,6 @@ A band that writes output rows ``[start, stop)`` therefore reads input rows
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 __all__ = ["Band", "halo", "plan_bands", "band_count"]

@@ -762,7 +762,7 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
                 nb_rows.append([k.name, f"{m['notebook'] * 1e6:.1f}", f"{m['notebook'] * full:,.1f}",
                                 f"{m['python'] * 1e6:.2f}", f"{m['python'] * full:,.1f}", *engine_cols])
             crop = nb["gaussian"]["crop"]
-            emit(f"### The notebook's algorithm\n\n"
+            emit("### The notebook's algorithm\n\n"
                  + md_table(["kernel", "notebook's algorithm µs per pixel", f"scaled to {NOTEBOOK_SIZE}² s",
                              "`implementation=\"python\"` µs per pixel", f"scaled to {NOTEBOOK_SIZE}² s",
                              f"engine at {NOTEBOOK_SIZE}² ms ({cpus} processes, numpy arrays)",

@@ -12,8 +12,6 @@ import os
 import sys
 import warnings
 
-import numpy as np
-
 USAGE_ERROR, FAILURE = 2, 1
 
 

@@ -24,7 +24,7 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 import engine
-from pages._ui import charts, explain, images, jobs, kernels, state
+from pages._ui import charts, explain, images, jobs, kernels
 
 pytestmark = pytest.mark.usefixtures("app_engine")  # tests/conftest.py
 

@@ -1,0 +1,109 @@
+"""A worker's pass, run in this process: bands claimed from the token pipe, one answer, errors.
+
+The engine hands each worker of a group its first band and puts the other bands, as tokens, in a
+pipe that the group's workers read themselves (``engine._worker``). Here one "worker" runs a pass
+over a real segment with the same socket pair and file-descriptor passing the engine uses.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from multiprocessing import reduction
+
+import numpy as np
+import pytest
+
+from engine import KERNELS, _shm, _worker
+from engine._bands import plan_bands
+from engine._compute import filter_band
+
+IMG = np.random.default_rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def segments():
+    made = []
+
+    def make(array):
+        seg = _shm.Segment(array.nbytes)
+        np.ndarray(array.shape, array.dtype, buffer=seg.buf)[...] = array
+        made.append(seg)
+        return seg, (seg.name, 0, array.shape, array.dtype.str)
+
+    yield make
+    _worker.release([seg.name for seg in made])
+    for seg in made:
+        seg.release()
+
+
+def run_pass(spec, first, tokens):
+    """``_worker.run_pass`` as the engine drives it; returns (answer, bands counted, the pipe's
+    leftover token or None, whether the socket still holds unread data)."""
+    parent, child = mp.Pipe(duplex=True)
+    counter = mp.RawValue("q", 0)
+    r = None
+    try:
+        if tokens:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in tokens))
+            os.close(w)
+            reduction.send_handle(parent, r, os.getpid())
+        answer = _worker.run_pass(child, spec, first, bool(tokens), counter)
+        return answer, counter.value, _worker.claim(r) if r is not None else None, child.poll(0)
+    finally:
+        if r is not None:
+            os.close(r)
+        parent.close()
+        child.close()
+
+
+def test_a_pass_runs_its_first_band_then_every_token_once(segments):
+    k = KERNELS["gaussian"]
+    _, src = segments(IMG)
+    out_seg, dst = segments(np.zeros_like(IMG))
+    plan = plan_bands(IMG.shape[0], k.shape[0], 5)
+    spec = ("filter", 1, plan, src, dst, k, "replicate", "clip", "opencv", None)
+    (kind, (fi, pid, done)), counted, left, unread = run_pass(spec, 2, [0, 1, 3, 4])
+    assert (kind, fi, pid) == ("ok", 1, os.getpid())
+    assert [d[0] for d in done] == [2, 0, 1, 3, 4]  # the first band, then the tokens in order
+    assert all(t0 <= t1 for _, t0, t1, _ in done) and all(rng is None for *_, rng in done)
+    assert counted == 5 and left is None and not unread
+    want = np.zeros_like(IMG)
+    filter_band(IMG, want, plan_bands(IMG.shape[0], k.shape[0], 1)[0], k, "replicate", "clip", "opencv")
+    assert np.array_equal(np.ndarray(IMG.shape, IMG.dtype, buffer=out_seg.buf), want)
+
+
+def test_a_range_pass_answers_each_bands_range(segments):
+    _, src = segments(IMG)
+    plan = plan_bands(IMG.shape[0], 3, 2)
+    spec = ("range", 0, plan, src, None, KERNELS["sobel"], "mirror", "normalize", "numpy", None)
+    (kind, (_, _, done)), counted, _, _ = run_pass(spec, 0, [1])
+    assert kind == "ok" and counted == 2 and [d[0] for d in done] == [0, 1]
+    assert all(lo <= hi for *_, (lo, hi) in done)
+
+
+def test_a_failed_pass_empties_the_pipe_and_answers_the_error(segments):
+    _, dst = segments(np.zeros_like(IMG))
+    missing = ("pfl_0_missing", 0, IMG.shape, IMG.dtype.str)  # no such segment
+    plan = plan_bands(IMG.shape[0], 5, 4)
+    spec = ("filter", 0, plan, missing, dst, KERNELS["gaussian"], "replicate", "clip", "opencv", None)
+    (kind, err), counted, left, unread = run_pass(spec, 0, [1, 2, 3])
+    assert kind == "error" and isinstance(err, FileNotFoundError)
+    # the group's other workers find the pipe empty; the pipe's fd was read off the socket
+    assert counted == 0 and left is None and not unread
+
+
+def test_claim_reads_whole_tokens_and_none_when_empty():
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        os.write(w, (7).to_bytes(2, "little") + (300).to_bytes(2, "little"))
+        assert [_worker.claim(r), _worker.claim(r), _worker.claim(r)] == [7, 300, None]
+        os.write(w, (1).to_bytes(2, "little") * 3)
+        _worker.empty(r)
+        assert _worker.claim(r) is None
+    finally:
+        os.close(r)
+        os.close(w)
