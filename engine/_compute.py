@@ -282,8 +282,10 @@ def band_range(src, band, kernel, border, implementation):
 
 
 #: Rows of float32 per chunk of ``_cv_float_rows``: about this many bytes each for the input
-#: and the response, so that both stay in the CPU's cache between the three passes.
+#: and the response, so that both stay in the CPU's cache between the three passes; and at
+#: least ``CHUNK_HALOS`` times the kernel's halo rows, which every chunk filters again.
 FLOAT_CHUNK_BYTES = 3 << 20
+CHUNK_HALOS = 8
 
 
 def _cv_float_rows(src, dst, start, stop, kernel, border):
@@ -303,7 +305,7 @@ def _cv_float_rows(src, dst, start, stop, kernel, border):
     cv2 = _cv2()
     h, w, c = src.shape
     top, bottom = halo(kernel.shape[0])
-    step = max(8, FLOAT_CHUNK_BYTES // (w * c * 4))
+    step = max(8, CHUNK_HALOS * (top + bottom), FLOAT_CHUNK_BYTES // (w * c * 4))
     mode = _cv_border(border)
     depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
     squeeze = (lambda a: a[:, :, 0]) if c == 1 else (lambda a: a)
