@@ -531,7 +531,9 @@ plain numpy arrays (its time split into copy-in, compute on the workers, copy-ou
 validation, the job thread, waking the caller); OpenCV called directly with 1 and 2 threads
 (`cv2.sepFilter2D` with the kernel's factors for the separable `gaussian`, `cv2.filter2D` for a
 random non-separable 5x5; `BORDER_REPLICATE`), both returning a new array and writing into a
-preallocated `dst`; `scipy.ndimage.correlate` per channel (mode nearest); Pillow's
+preallocated `dst`, and on the engine's own float32 route over the whole image (the response
+into float32, then `cv2.addWeighted` rounds it into `dst`); `scipy.ndimage.correlate` per
+channel (mode nearest); Pillow's
 `ImageFilter.Kernel` (5x5, 8-bit only; it divides by `scale` and adds `offset`, reads kernel rows
 bottom-up, and leaves a 2-pixel frame unfiltered); and the notebook's algorithm (its per-pixel
 loops, see its table), timed on a crop and scaled by pixel count."""
