@@ -288,19 +288,21 @@ FLOAT_CHUNK_BYTES = 3 << 20
 CHUNK_HALOS = 8
 
 
-def _cv_float_rows(src, dst, start, stop, kernel, border):
-    """Output rows ``[start, stop)`` of ``dst`` by OpenCV through float32 (the fast path).
+def _cv_float_rows(src, dst, start, stop, kernel, border, output="clip"):
+    """Output rows ``[start, stop)`` of ``dst`` by OpenCV through float32 (the fast path, for
+    the outputs ``clip``, ``abs`` and ``offset``).
 
     OpenCV's own uint8-to-uint8 filters are the slow way to call it: ``cv2.sepFilter2D`` into
     float32 takes about half the time of the same filter into uint8, and ``cv2.filter2D`` on
     float32 about 40% of it on uint8 (which converts every pixel for every tap;
     docs/benchmarks.md). So the rows go through float32 a chunk at a time, small enough to stay
     in the CPU's cache: the chunk and its halo rows are filtered into float32 (separable
-    kernels read the input dtype; 2-D kernels read an exact float32 copy), then the chunk's own
-    rows are rounded to nearest and saturated into ``dst`` (``cv2.addWeighted``, OpenCV's
-    rounding). Each chunk reads its real halo rows, or the image's edge where OpenCV's border
-    rule applies: no row depends on where a band or a chunk starts, so every process count
-    gives the same bits, and a band edge costs only its halo rows.
+    kernels read the input dtype; 2-D kernels read an exact float32 copy). Then the chunk's own
+    rows are mapped as ``map_output`` maps them: ``abs`` in place, and ``cv2.addWeighted`` adds
+    the ``offset`` (or 0), rounds to nearest and saturates into ``dst``. Each chunk reads its
+    real halo rows, or the image's edge where OpenCV's border rule applies: no row depends on
+    where a band or a chunk starts, so every process count gives the same bits, and a band edge
+    costs only its halo rows.
     """
     cv2 = _cv2()
     h, w, c = src.shape
@@ -308,6 +310,7 @@ def _cv_float_rows(src, dst, start, stop, kernel, border):
     step = max(8, CHUNK_HALOS * (top + bottom), FLOAT_CHUNK_BYTES // (w * c * 4))
     mode = _cv_border(border)
     depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
+    shift = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
     squeeze = (lambda a: a[:, :, 0]) if c == 1 else (lambda a: a)
     for r in range(start, stop, step):
         e = min(r + step, stop)
@@ -321,7 +324,9 @@ def _cv_float_rows(src, dst, start, stop, kernel, border):
             np.copyto(copy, src[lo:hi])
             cv2.filter2D(squeeze(copy), -1, kernel.weights, dst=response, borderType=mode)
         rows, out = response[r - lo : e - lo], squeeze(dst[r:e])
-        res = cv2.addWeighted(rows, 1.0, rows, 0.0, 0.0, dst=out, dtype=depth)
+        if output == "abs":
+            np.abs(rows, out=rows)
+        res = cv2.addWeighted(rows, 1.0, rows, 0.0, shift, dst=out, dtype=depth)
         if res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
             out[...] = res.reshape(out.shape)
 
@@ -335,10 +340,10 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
     # normalize stretches the response's range to the full scale, and float32 rounding with it
     acc = np.float64 if output == "normalize" else work_dtype(kernel, src.dtype)
     rows = slice(band.start, band.stop)
-    if implementation == "opencv" and output == "clip" and acc == np.float32 and border != "wrap" and (
+    if implementation == "opencv" and output != "normalize" and acc == np.float32 and border != "wrap" and (
         kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS
     ):
-        _cv_float_rows(src, dst, band.start, band.stop, kernel, border)
+        _cv_float_rows(src, dst, band.start, band.stop, kernel, border, output)
     else:
         # normalize stretches the range to full scale, and any error with it: no rank-1 factors
         # (a response that is exactly constant must stay constant, see tests/test_fuzz.py)

@@ -107,8 +107,8 @@ def test_parse_kernel_reads_what_it_is_given(text_rows, row_sep, num_sep):
 
 @SETTINGS
 @given(img=images(), w=kernels(), border=st.sampled_from(["replicate", "reflect", "mirror", "constant"]),
-       bands=st.integers(1, 6), chunk_rows=st.integers(1, 12))
-def test_float_chunks_never_show_in_the_result(img, w, border, bands, chunk_rows):
+       output=st.sampled_from(["clip", "abs", "offset"]), bands=st.integers(1, 6), chunk_rows=st.integers(1, 12))
+def test_float_chunks_never_show_in_the_result(img, w, border, output, bands, chunk_rows):
     """The band kernel's float32 route filters a few rows at a time (``FLOAT_CHUNK_BYTES``). The
     images above fit in one chunk, so here chunks are cut down to 8-12 rows (or the kernel's
     halo, if taller): any band plan with any chunk size gives the bits of one band in one
@@ -122,12 +122,13 @@ def test_float_chunks_never_show_in_the_result(img, w, border, bands, chunk_rows
     k = engine.Kernel("k", w)
     h, width, c = img3.shape
     whole = np.zeros_like(img3)
-    filter_band(img3, whole, plan_bands(h, w.shape[0], 1)[0], k, border, "clip", "opencv")
+    filter_band(img3, whole, plan_bands(h, w.shape[0], 1)[0], k, border, output, "opencv")
     cut = np.zeros_like(img3)
     with mock.patch("engine._compute.FLOAT_CHUNK_BYTES", chunk_rows * width * c * 4), \
             mock.patch("engine._compute.CHUNK_HALOS", 1):
         for band in plan_bands(h, w.shape[0], bands):
-            filter_band(img3, cut, band, k, border, "clip", "opencv")
-    note(f"shape {img3.shape} {img3.dtype}, kernel {w.shape}, {border}, {bands} bands, chunks of {chunk_rows} rows")
+            filter_band(img3, cut, band, k, border, output, "opencv")
+    note(f"shape {img3.shape} {img3.dtype}, kernel {w.shape}, {border}, {output}, {bands} bands, "
+         f"chunks of {chunk_rows} rows")
     assert np.array_equal(cut, whole)
-    assert_close(whole, img3, w, border, "clip", "one band vs oracle")
+    assert_close(whole, img3, w, border, output, "one band vs oracle")
