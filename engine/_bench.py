@@ -316,6 +316,11 @@ def _engine_names(eng: Engine):
         yield p, f"zc{p}", f"np{p}"
 
 
+def _max_difference(a, b, step=512) -> int:
+    """The largest gray-level difference between two uint8 images, a strip at a time."""
+    return max(int(np.abs(a[y : y + step].astype(np.int16) - b[y : y + step]).max()) for y in range(0, len(a), step))
+
+
 def measure_size(eng, cv, size, kernel, repeats, notebook, libs) -> SizeResult:
     """Every candidate on one ``size``² image and one kernel, interleaved."""
     img = bench_image(size)
@@ -367,11 +372,7 @@ def measure_size(eng, cv, size, kernel, repeats, notebook, libs) -> SizeResult:
     samples = interleave(cands, repeats, f"{size}x{size} {kernel.name}")
     load = (load0, os.getloadavg()[0])
     # engine and OpenCV must agree, or the race is meaningless (dst / cv_dst hold the last run)
-    worst = worst_f = 0
-    step = 512
-    for y in range(0, size, step):
-        worst = max(worst, int(np.abs(dst[y : y + step].astype(np.int16) - cv_dst[y : y + step]).max()))
-        worst_f = max(worst_f, int(np.abs(dst[y : y + step].astype(np.int16) - cvf_dst[y : y + step]).max()))
+    worst, worst_f = _max_difference(dst, cv_dst), _max_difference(dst, cvf_dst)
     check = (f"engine output vs OpenCV's uint8 call: max difference {worst} gray level{'s' * (worst != 1)} "
              f"(rounding ties: both round to nearest), vs its float32 route: {worst_f}; "
              f"load average {load[0]:.2f} -> {load[1]:.2f} while it ran")

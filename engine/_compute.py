@@ -316,13 +316,11 @@ def _cv_float_rows(src, dst, start, stop, kernel, border, output="clip"):
         e = min(r + step, stop)
         lo, hi = max(r - top, 0), min(e + bottom, h)
         response = squeeze(_scratch((hi - lo, w, c), np.float32, 1))
-        if kernel.separable:
-            column, row = kernel.factors
-            cv2.sepFilter2D(squeeze(src[lo:hi]), cv2.CV_32F, row, column, dst=response, borderType=mode)
-        else:
-            copy = _scratch((hi - lo, w, c), np.float32, 2)
-            np.copyto(copy, src[lo:hi])
-            cv2.filter2D(squeeze(copy), -1, kernel.weights, dst=response, borderType=mode)
+        view = src[lo:hi]
+        if not kernel.separable:
+            view = _scratch((hi - lo, w, c), np.float32, 2)
+            np.copyto(view, src[lo:hi])
+        _cv_filter(squeeze(view), cv2.CV_32F, kernel, response, mode, kernel.separable)
         rows, out = response[r - lo : e - lo], squeeze(dst[r:e])
         if output == "abs":
             np.abs(rows, out=rows)

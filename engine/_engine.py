@@ -445,7 +445,7 @@ class Job:
             for fd in pipes.values():
                 _worker.empty(fd)
 
-        def on_answer(slot, answer):
+        def on_answer(answer):
             fi, pid, done = answer
             for bi, t0, t1, rng in done:
                 band = self._plans[fi][bi]
@@ -474,7 +474,7 @@ class Job:
                         raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
                 for slot in _answering([s for s in slots if s.busy], timeout=0.05):
                     if slot.busy and slot.conn.poll():
-                        on_answer(slot, slot.receive())
+                        on_answer(slot.receive())
         except _Died as e:
             self._stop(slots)
             which = f" of filter {'AB'[group_of[id(e.slot)]]}" if len(groups) > 1 else ""
