@@ -199,8 +199,9 @@ def test_python_implementation(eng, case):
     opts = dict(border=case["border"], output=case["output"])
     got = run_all_counts(eng, img, w, implementation="python", **opts)
     assert_close(got, img, w, case["border"], case["output"], _id(case))
-    # the teaching loops and the vectorized numpy path compute the same float64 sums
-    assert np.abs(got.astype(int) - eng.filter_image(img, w, processes=2, implementation="numpy", **opts)).max() <= 1
+    # the teaching loops and the vectorized numpy path: the same float64 sums, the same rule
+    assert_close(eng.filter_image(img, w, processes=2, implementation="numpy", **opts), img, w, case["border"],
+                 case["output"], _id(case) + " numpy")
 
 
 LARGE_CASES = [  # (kernel, implementation, dtype, channels, border, output)
@@ -357,3 +358,45 @@ def test_module_filter_image_writes_into_out(default_engine):
     assert res is out
     assert_close(out, img, engine.KERNELS["box_3x3"].weights, "mirror", "clip")
     assert math.isclose(engine.KERNELS["box_3x3"].weights.sum(), 1.0)
+
+
+# -- exactness probes (issue 11): values that a wrong rounding or mapping cannot hit ----------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("implementation", ["opencv", "numpy"])
+def test_exact_probes(eng, dtype, implementation):
+    """Hand-computed outputs: round to nearest (0.6 -> 1, 0.4 -> 0, 1.4 -> 1, 1.6 -> 2), offset
+    adds exactly half the range (+1 -> 129, -1 -> 127), abs flips signs, normalize stretches the
+    exact min..max to the full range. (Exact .5 ties may round either way: see assert_close.)"""
+    top, half = int(np.iinfo(dtype).max), (int(np.iinfo(dtype).max) + 1) // 2
+    ones = np.ones((9, 11, 3), dtype)
+
+    def run(w, output, img=ones):
+        return eng.filter_image(img, np.array(w, float), processes=2, output=output, implementation=implementation)
+
+    assert np.all(run([[0.6]], "clip") == 1)
+    assert np.all(run([[0.4]], "clip") == 0)
+    assert np.all(run([[1, 0.2, 0.2]], "clip") == 1)
+    assert np.all(run([[1, 0.3, 0.3]], "clip") == 2)
+    assert np.all(run([[1]], "offset") == half + 1)
+    assert np.all(run([[-1]], "offset") == half - 1)
+    assert np.all(run([[-0.6]], "offset") == half - 1)
+    assert np.all(run([[-3]], "abs") == 3)
+    assert np.all(run([[-3]], "clip") == 0)
+    ramp = np.broadcast_to(np.arange(11, dtype=dtype)[None, :, None] * 3, (9, 11, 3)).copy()  # 0..30
+    got = run([[1]], "normalize", ramp)[0, :, 0].astype(np.int64)
+    assert got.tolist() == np.rint(np.arange(11) * top / 10).astype(np.int64).tolist()
+
+
+@pytest.mark.parametrize("implementation", ["opencv", "numpy"])
+def test_sixteen_bit_big_kernel_is_summed_in_float64(eng, implementation):
+    """A 16-bit image and a 15x15 kernel: float32 sums err by up to
+    65535 * sum|w| * 225 * 2^-24, far past a quarter level, so the engine must sum in float64.
+    Weights of both signs and sizes make the float32 error show up in many pixels."""
+    rng = np.random.default_rng(11)
+    img = rng.integers(0, 65536, (48, 40, 3), dtype=np.uint16)
+    w = rng.normal(size=(15, 15)) * rng.choice([1e-3, 1.0, 40.0], size=(15, 15))
+    w *= 1.5 / w.sum()
+    got = run_all_counts(eng, img, w, output="offset", implementation=implementation)
+    assert_close(got, img, w, "replicate", "offset", "16-bit 15x15")
