@@ -38,7 +38,8 @@ __all__ = [
     "map_output",
     "filter_band",
     "band_range",
-    "work_dtype",
+    "ROUTES",
+    "route",
 ]
 
 BORDERS = {
@@ -59,7 +60,19 @@ IMPLEMENTATIONS = {
     "numpy": "numpy only: one vectorized multiply-add per kernel weight",
     "python": "the notebook's per-pixel Python loops, for teaching (images up to 256x256 pixels)",
 }
-SCIPY_MODES = {"replicate": "nearest", "reflect": "reflect", "mirror": "mirror", "wrap": "wrap", "constant": "constant"}
+#: How ``implementation="opencv"`` computes a band: ``route()`` picks one from the request alone
+#: (kernel, dtype, border, output), never from timing, so that a request gives the same bits on
+#: every run, engine and process count (routes may differ at rounding ties: see ``route``).
+ROUTES = {
+    "direct": "OpenCV's own 8-bit call straight into the output rows (float32 weights, exactly "
+              "symmetric factors); rows within a halo of an inner band edge redone from their real neighbours",
+    "float32": "OpenCV into float32 a cache-sized chunk at a time (each with its real halo rows), "
+               "then rounded into the output rows",
+    "general": "OpenCV on the band with its halo rows built here by the border rule (wrap, normalize, "
+               "2-D kernels over 49 taps, sums that need float64)",
+    "numpy": IMPLEMENTATIONS["numpy"],
+    "python": IMPLEMENTATIONS["python"],
+}
 PYTHON_MAX_PIXELS = 256 * 256
 #: Above this many taps a 2-D OpenCV filter may switch to a DFT, whose rounding depends on the
 #: band's size; such kernels run as a sum of 1-D row filters so every process count agrees.
@@ -115,14 +128,6 @@ def color_channels(c: int) -> int:
     return c if c in (1, 3) else c - 1
 
 
-def work_dtype(kernel: Kernel, dtype: np.dtype) -> type:
-    """float32 when its rounding error provably stays under 1/4 gray level, else float64."""
-    maxval = float(np.iinfo(dtype).max)
-    w = kernel.weights
-    bound = maxval * float(np.abs(w).sum()) * w.size * 2.0**-24
-    return np.float32 if bound <= 0.25 else np.float64
-
-
 def _take(src: np.ndarray, rows: np.ndarray, cols: np.ndarray | None, border: str) -> np.ndarray:
     """Rows (and columns) of ``src`` by mapped index; ``-1`` gives zeros."""
     r = border_index(rows, src.shape[0], border)
@@ -159,28 +164,29 @@ def _scratch(shape, dtype, slot=0) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
-def _cv_filter(view, ddepth, kernel, dst, mode, separable):
-    """One OpenCV call on ``view`` into ``dst``: ``sepFilter2D`` with the rank-1 factors when
-    ``separable``, else ``filter2D`` with the 2-D weights."""
+def _cv_filter(view, ddepth, weights, dst, mode, delta=0.0):
+    """One OpenCV call on ``view`` into ``dst``: ``sepFilter2D`` with ``weights = (column, row)``,
+    ``filter2D`` with ``weights = (2-D weights,)``; ``delta`` is added before rounding. Returns
+    ``dst`` (or OpenCV's own array if it could not write into ``dst``)."""
     cv2 = _cv2()
-    if separable:
-        column, row = kernel.factors
-        return cv2.sepFilter2D(view, ddepth, row, column, dst=dst, borderType=mode)
-    return cv2.filter2D(view, ddepth, kernel.weights, dst=dst, borderType=mode)
+    if len(weights) == 2:
+        column, row = weights
+        return cv2.sepFilter2D(view, ddepth, row, column, dst=dst, delta=delta, borderType=mode)
+    return cv2.filter2D(view, ddepth, weights[0], dst=dst, delta=delta, borderType=mode)
 
 
 def _opencv_band(src, band, kernel, border, ddepth, exact=False):
     """Correlate with OpenCV; returns the band's rows for all channels, dtype from ``ddepth``.
-    ``exact``: the 2-D weights themselves, never the rank-1 factors (which differ from them by
-    up to ``SEPARABLE_ATOL``)."""
+    ``exact``: the 2-D weights themselves in float64, never the rank-1 factors (which differ
+    from them by up to ``SEPARABLE_RTOL``)."""
     cv2 = _cv2()
     kh, kw = kernel.shape
     top = halo(kh)[0]
     rows, width = band.rows, src.shape[1]
     mode = _cv_border(border)
     w = kernel.weights
-    separable = kernel.separable and not exact
-    two_d = not separable and w.size > _DFT_SAFE_TAPS
+    weights = (w,) if exact else kernel.opencv_weights(src.dtype)
+    two_d = len(weights) == 1 and w.size > _DFT_SAFE_TAPS
     if border == "wrap" or two_d:
         # OpenCV has no wrap border for filters, and big 2-D kernels need exact padded rows:
         # materialize the halo rows (and, for wrap, the halo columns) by the border rule.
@@ -193,7 +199,7 @@ def _opencv_band(src, band, kernel, border, ddepth, exact=False):
     if view.shape[2] == 1:
         view = view[:, :, 0]
     if not two_d:
-        res = _cv_filter(view, ddepth, kernel, _scratch(view.shape, _DEPTH_DTYPE[ddepth]), mode, separable)
+        res = _cv_filter(view, ddepth, weights, _scratch(view.shape, _DEPTH_DTYPE[ddepth]), mode)
     else:
         # A sum of 1-D row filters: a fixed order of taps, never OpenCV's size-dependent DFT.
         res = None
@@ -281,71 +287,155 @@ def band_range(src, band, kernel, border, implementation):
     return float(f.min()), float(f.max())
 
 
-#: Rows of float32 per chunk of ``_cv_float_rows``: about this many bytes each for the input
-#: and the response, so that both stay in the CPU's cache between the three passes; and at
-#: least ``CHUNK_HALOS`` times the kernel's halo rows, which every chunk filters again.
-FLOAT_CHUNK_BYTES = 3 << 20
+#: 2-D kernels up to this many taps take the ``direct`` route on 8-bit images: OpenCV's 8-bit
+#: ``filter2D`` beats its float32 route for 3x3 (31 against 52 ms at 2048x4096 RGB, one thread)
+#: and loses from 5x5 on (75 against 61 ms); ``benchmarks/routes.py`` measures every route.
+DIRECT_2D_TAPS = 9
+
+
+def route(kernel: Kernel, dtype, border: str, output: str, implementation: str = "opencv") -> str:
+    """The ``ROUTES`` key that computes this request: a function of the request alone.
+
+    ``direct`` for 8-bit images with outputs ``clip``, ``offset`` (OpenCV adds it as ``delta``)
+    and ``abs`` (through int16, then ``cv2.convertScaleAbs``), for separable kernels and 2-D ones
+    up to ``DIRECT_2D_TAPS``; ``float32`` for 16-bit images and other 2-D kernels up to 49 taps;
+    ``general`` for ``normalize`` (float64 from the exact weights), ``wrap``, bigger 2-D kernels
+    (never OpenCV's size-dependent DFT) and kernels whose float32 sums could err by more than
+    ``F32_MAX_ERROR``. Every route meets the same exactness rule; two routes may round a value
+    within float32's error of a .5 tie differently, which is why timing never picks the route.
+
+    >>> from engine import KERNELS
+    >>> [route(KERNELS[k], np.uint8, "replicate", "clip") for k in ("gaussian", "laplacian", "motion_blur")]
+    ['direct', 'direct', 'general']
+    >>> route(KERNELS["gaussian"], np.uint16, "replicate", "clip"), route(KERNELS["gaussian"], np.uint8, "wrap", "clip")
+    ('float32', 'general')
+    """
+    if implementation != "opencv":
+        return implementation
+    if (output == "normalize" or border == "wrap" or kernel.precision(dtype) is np.float64
+            or (not kernel.separable and kernel.weights.size > _DFT_SAFE_TAPS)):
+        return "general"
+    if np.dtype(dtype) == np.uint8 and (kernel.separable or kernel.weights.size <= DIRECT_2D_TAPS):
+        return "direct"
+    return "float32"
+
+
+def _squeeze(a: np.ndarray) -> np.ndarray:
+    """OpenCV reads a trailing axis of 1 as width: give it (H, W) for one channel."""
+    return a[:, :, 0] if a.shape[2] == 1 else a
+
+
+def _into(res, out) -> None:
+    """OpenCV writes into ``dst`` when it can; if it made its own array, copy that in."""
+    if res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+        out[...] = res.reshape(out.shape)
+
+
+def _direct_rows(src, dst, start, stop, kernel, border, output):
+    """Output rows ``[start, stop)`` by the ``direct`` route (8-bit ``src``, outputs ``clip`` and
+    ``offset``; ``abs`` goes through ``_chunked_rows`` in int16).
+
+    One OpenCV call from ``src[start:stop]`` straight into ``dst[start:stop]``, with the float32
+    weights of ``Kernel.opencv_weights`` (exactly symmetric factors: OpenCV's vectorized 8-bit
+    code) and the offset as ``delta``. OpenCV takes that view's first and last rows for the
+    image's edges, so the rows whose window crosses an inner band edge (``top`` rows after
+    ``start``, ``bottom`` rows before ``stop``) are computed again from a slab that holds their
+    real neighbour rows: each output row then depends only on its own window, never on where a
+    band starts, and every process count gives the same bits.
+    """
+    h = src.shape[0]
+    top, bottom = halo(kernel.shape[0])
+    weights = kernel.opencv_weights(src.dtype)
+    mode = _cv_border(border)
+    delta = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
+    out = _squeeze(dst[start:stop])
+    _into(_cv_filter(_squeeze(src[start:stop]), -1, weights, out, mode, delta), out)
+    redo = []
+    if start > 0 and top:
+        redo.append([start, min(start + top, stop)])
+    if stop < h and bottom:
+        a = max(stop - bottom, start)
+        if redo and a <= redo[-1][1]:
+            redo[-1][1] = stop
+        else:
+            redo.append([a, stop])
+    for a, b in redo:
+        lo, hi = max(a - top, 0), min(b + bottom, h)
+        slab = _squeeze(_scratch((hi - lo,) + src.shape[1:], src.dtype, 3))
+        slab = _cv_filter(_squeeze(src[lo:hi]), -1, weights, slab, mode, delta)
+        dst[a:b] = slab[a - lo : b - lo].reshape(dst[a:b].shape)
+
+
+#: Bytes of scratch per chunk of ``_chunked_rows``: the chunk's response (and, for 2-D kernels
+#: on the float32 route, its float32 input) stays in the CPU's cache until it is rounded; and a
+#: chunk holds at least ``CHUNK_HALOS`` times the kernel's halo rows, which it filters again.
+CHUNK_BYTES = 3 << 20
 CHUNK_HALOS = 8
 
 
-def _cv_float_rows(src, dst, start, stop, kernel, border, output="clip"):
-    """Output rows ``[start, stop)`` of ``dst`` by OpenCV through float32 (the fast path, for
-    the outputs ``clip``, ``abs`` and ``offset``).
+def _chunked_rows(src, dst, start, stop, kernel, border, output, scratch=np.float32):
+    """Output rows ``[start, stop)`` of ``dst``, a chunk of rows at a time through ``scratch``:
+    the ``float32`` route (outputs ``clip``, ``abs``, ``offset``), or int16 for the ``direct``
+    route's ``abs`` on 8-bit images.
 
-    OpenCV's own uint8-to-uint8 filters are the slow way to call it: ``cv2.sepFilter2D`` into
-    float32 takes about half the time of the same filter into uint8, and ``cv2.filter2D`` on
-    float32 about 40% of it on uint8 (which converts every pixel for every tap;
-    docs/benchmarks.md). So the rows go through float32 a chunk at a time, small enough to stay
-    in the CPU's cache: the chunk and its halo rows are filtered into float32 (separable
-    kernels read the input dtype; 2-D kernels read an exact float32 copy). Then the chunk's own
-    rows are mapped as ``map_output`` maps them: ``abs`` in place, and ``cv2.addWeighted`` adds
-    the ``offset`` (or 0), rounds to nearest and saturates into ``dst``. Each chunk reads its
-    real halo rows, or the image's edge where OpenCV's border rule applies: no row depends on
-    where a band or a chunk starts, so every process count gives the same bits, and a band edge
-    costs only its halo rows.
+    Each chunk and its real halo rows (or the image's edge, where OpenCV's border rule applies)
+    is filtered into the scratch dtype: separable kernels read the input dtype, 2-D kernels on
+    float32 an exact float32 copy (OpenCV's 8-bit ``filter2D`` converts every pixel for every
+    tap). Then the chunk's own rows are mapped as ``map_output`` maps them: int16 by
+    ``cv2.convertScaleAbs`` (|x|, saturated); float32 by ``abs`` in place and ``cv2.addWeighted``,
+    which adds the offset (or 0), rounds to nearest and saturates into ``dst``. No row depends
+    on where a band or a chunk starts, so every process count gives the same bits.
     """
     cv2 = _cv2()
     h, w, c = src.shape
     top, bottom = halo(kernel.shape[0])
-    step = max(8, CHUNK_HALOS * (top + bottom), FLOAT_CHUNK_BYTES // (w * c * 4))
+    scratch = np.dtype(scratch)
+    step = max(8, CHUNK_HALOS * (top + bottom), CHUNK_BYTES // (w * c * scratch.itemsize))
+    weights = kernel.opencv_weights(src.dtype)
     mode = _cv_border(border)
     depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
+    ddepth = cv2.CV_16S if scratch == np.int16 else cv2.CV_32F
+    copy = len(weights) == 1 and scratch == np.float32
     shift = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
-    squeeze = (lambda a: a[:, :, 0]) if c == 1 else (lambda a: a)
     for r in range(start, stop, step):
         e = min(r + step, stop)
         lo, hi = max(r - top, 0), min(e + bottom, h)
-        response = squeeze(_scratch((hi - lo, w, c), np.float32, 1))
+        response = _squeeze(_scratch((hi - lo, w, c), scratch, 1))
         view = src[lo:hi]
-        if not kernel.separable:
+        if copy:
             view = _scratch((hi - lo, w, c), np.float32, 2)
             np.copyto(view, src[lo:hi])
-        _cv_filter(squeeze(view), cv2.CV_32F, kernel, response, mode, kernel.separable)
-        rows, out = response[r - lo : e - lo], squeeze(dst[r:e])
+        _into(_cv_filter(_squeeze(view), ddepth, weights, response, mode), response)
+        rows, out = response[r - lo : e - lo], _squeeze(dst[r:e])
+        if scratch == np.int16:
+            _into(cv2.convertScaleAbs(rows, dst=out), out)
+            continue
         if output == "abs":
             np.abs(rows, out=rows)
-        res = cv2.addWeighted(rows, 1.0, rows, 0.0, shift, dst=out, dtype=depth)
-        if res.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-            out[...] = res.reshape(out.shape)
+        _into(cv2.addWeighted(rows, 1.0, rows, 0.0, shift, dst=out, dtype=depth), out)
 
 
-def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None):
-    """Filter one band of ``src`` (H, W, C) into rows ``[band.start, band.stop)`` of ``dst``.
+def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None) -> str:
+    """Filter one band of ``src`` (H, W, C) into rows ``[band.start, band.stop)`` of ``dst``;
+    returns the route (``route``) that computed it.
 
     This is the whole computation; backends only decide where it runs.
     """
     nc = color_channels(src.shape[2])
-    # normalize stretches the response's range to the full scale, and float32 rounding with it
-    acc = np.float64 if output == "normalize" else work_dtype(kernel, src.dtype)
     rows = slice(band.start, band.stop)
-    if implementation == "opencv" and output != "normalize" and acc == np.float32 and border != "wrap" and (
-        kernel.separable or kernel.weights.size <= _DFT_SAFE_TAPS
-    ):
-        _cv_float_rows(src, dst, band.start, band.stop, kernel, border, output)
+    how = route(kernel, src.dtype, border, output, implementation)
+    if how == "direct" and output == "abs":
+        _chunked_rows(src, dst, band.start, band.stop, kernel, border, output, np.int16)
+    elif how == "direct":
+        _direct_rows(src, dst, band.start, band.stop, kernel, border, output)
+    elif how == "float32":
+        _chunked_rows(src, dst, band.start, band.stop, kernel, border, output)
     else:
-        # normalize stretches the range to full scale, and any error with it: no rank-1 factors
-        # (a response that is exactly constant must stay constant, see tests/test_fuzz.py)
+        # normalize stretches the range to full scale, and any error with it: float64 from the
+        # exact weights (a response that is exactly constant must stay constant, tests/test_fuzz.py)
+        acc = np.float64 if output == "normalize" else kernel.precision(src.dtype)
         f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=output == "normalize")
         dst[rows, :, :nc] = map_output(np.ascontiguousarray(f[:, :, :nc]), output, src.dtype, value_range)
     if nc < src.shape[2]:
         dst[rows, :, nc:] = src[rows, :, nc:]
+    return how

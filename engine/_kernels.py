@@ -10,35 +10,80 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Kernel", "KERNELS", "parse_kernel", "MAX_KERNEL_SIDE", "SEPARABLE_ATOL"]
+__all__ = ["Kernel", "KERNELS", "parse_kernel", "MAX_KERNEL_SIDE", "SEPARABLE_RTOL", "F32_MAX_ERROR"]
 
 MAX_KERNEL_SIDE = 31
-#: A kernel is treated as separable (rank 1) when its best rank-1 approximation
-#: ``outer(column, row)`` differs from it by at most this much in total (sum of absolute
-#: differences of the weights). That bounds the change of any output by 1e-6 of the input's
-#: range: under 0.07 of a gray level even at 16 bits. (The notebook's Gaussian, printed to 8
-#: decimals, is rank 1 to about 1e-7.)
-SEPARABLE_ATOL = 1e-6
+#: A kernel is run as two 1-D passes (rank 1) when its best rank-1 approximation
+#: ``outer(column, row)`` differs from it by at most this fraction of ``sum |w|`` (sum of absolute
+#: differences of the weights): any output moves by at most 1e-7 of the largest possible response,
+#: 0.013 of a level at 16 bits with ``sum |w| = 2``. The notebook's Gaussian, printed to 8
+#: decimals, is rank 1 to 5e-8.
+SEPARABLE_RTOL = 1e-7
+#: The sums run in float32 only where their worst-case rounding error,
+#: ``maxval * sum |w| * taps * 2**-24`` gray levels, is at most this; in float64 elsewhere.
+F32_MAX_ERROR = 0.25
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=np.float64, copy=True)
+def _readonly(a: np.ndarray, dtype=np.float64) -> np.ndarray:
+    a = np.array(a, dtype=dtype, copy=True)
     a.setflags(write=False)
     return a
 
 
+def _mirror_exact(v: np.ndarray, even: bool) -> np.ndarray:
+    """``v`` made exactly symmetric (``even``) or antisymmetric, averaging mirrored pairs."""
+    return (v + v[::-1]) / 2 if even else (v - v[::-1]) / 2
+
+
+def _mirror_kind(a: np.ndarray, axis: int) -> bool | None:
+    """True if ``a`` is symmetric along ``axis`` within ``SEPARABLE_RTOL``, False if antisymmetric,
+    None if neither."""
+    scale = SEPARABLE_RTOL * float(np.abs(a).sum())
+    flipped = np.flip(a, axis)
+    if np.abs(a - flipped).sum() <= scale:
+        return True
+    if np.abs(a + flipped).sum() <= scale:
+        return False
+    return None
+
+
 def separable_factors(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(column, row)`` with ``outer(column, row) ~= weights`` within ``SEPARABLE_ATOL``,
-    or ``None`` when the kernel is not rank 1 (or is all zeros)."""
+    """``(column, row)`` with ``outer(column, row) ~= weights`` within ``SEPARABLE_RTOL``, or
+    ``None`` when the kernel is not rank 1 (or is all zeros).
+
+    The factors are what OpenCV runs fast: each exactly symmetric or antisymmetric when the
+    kernel is so along that axis (OpenCV's 8-bit ``sepFilter2D`` takes its vectorized code only
+    then, or for float32 factors), oriented so that each sums to >= 0 (for a zero sum: its first
+    nonzero weight is positive), with equal largest magnitudes.
+
+    >>> column, row = separable_factors(np.outer([1, 2, 1], [1, 0, -1]))
+    >>> bool((column == column[::-1]).all()), bool((row == -row[::-1]).all()), row[0] > 0
+    (True, True, np.True_)
+    """
     w = np.asarray(weights, dtype=np.float64)
-    peak = np.abs(w).max()
-    if peak == 0:
+    total = float(np.abs(w).sum())
+    if not total or not math.isfinite(total):
         return None
     u, s, vt = np.linalg.svd(w)
     column, row = u[:, 0] * math.sqrt(s[0]), vt[0] * math.sqrt(s[0])
-    if np.abs(np.outer(column, row) - w).sum() > SEPARABLE_ATOL:
+    if np.abs(np.outer(column, row) - w).sum() > SEPARABLE_RTOL * total:
         return None
-    return _readonly(column), _readonly(row)
+    for kind, axis in ((_mirror_kind(w, 0), "column"), (_mirror_kind(w, 1), "row")):
+        if kind is not None:
+            if axis == "column":
+                column = _mirror_exact(column, kind)
+            else:
+                row = _mirror_exact(row, kind)
+
+    def sign(v):
+        total = v.sum()
+        if abs(total) > 1e-12 * np.abs(v).sum():
+            return 1.0 if total > 0 else -1.0
+        return 1.0 if v[np.flatnonzero(v)[0]] > 0 else -1.0
+
+    if sign(column) < 0:  # flip both: the product stays; then the row sums to >= 0 too if it can
+        column, row = -column, -row
+    return _readonly(column + 0.0), _readonly(row + 0.0)  # + 0.0: no -0.0 at an antisymmetric centre
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +93,8 @@ class Kernel:
     ``weights`` is a read-only float64 2-D array. It is correlated with the image (not flipped),
     anchored at ``(kh // 2, kw // 2)`` like ``scipy.ndimage.correlate`` with ``origin=0``.
     ``separable`` says whether the ``opencv`` implementation runs it as a row and a column pass
-    (``cv2.sepFilter2D``) instead of a 2-D pass (``cv2.filter2D``).
+    (``cv2.sepFilter2D``) instead of a 2-D pass (``cv2.filter2D``); ``factors`` are then the
+    ``(column, row)`` passes (see ``separable_factors``).
     """
 
     name: str
@@ -64,10 +110,34 @@ class Kernel:
         f = separable_factors(w) if w.ndim == 2 and w.size and np.isfinite(w).all() else None
         object.__setattr__(self, "factors", f)
         object.__setattr__(self, "separable", f is not None)
+        object.__setattr__(self, "_cv", {})
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.weights.shape
+
+    def precision(self, dtype) -> type:
+        """``np.float32`` when float32 sums stay within ``F32_MAX_ERROR`` gray levels of the
+        exact response for images of ``dtype`` (worst case ``maxval * sum |w| * taps * 2**-24``),
+        else ``np.float64``.
+
+        >>> KERNELS["gaussian"].precision(np.uint16).__name__, Kernel("big", np.ones((9, 9))).precision(np.uint16).__name__
+        ('float32', 'float64')
+        """
+        maxval = float(np.iinfo(dtype).max)
+        bound = maxval * float(np.abs(self.weights).sum()) * self.weights.size * 2.0**-24
+        return np.float32 if bound <= F32_MAX_ERROR else np.float64
+
+    def opencv_weights(self, dtype) -> tuple[np.ndarray, ...]:
+        """What OpenCV is called with for images of ``dtype``, in ``precision(dtype)``: the
+        ``(column, row)`` factors when separable, else ``(weights,)``. float32 factors of a
+        symmetric kernel stay exactly symmetric (rounding is the same for mirrored values)."""
+        dt = np.dtype(dtype)
+        got = self._cv.get(dt)
+        if got is None:
+            p = self.precision(dt)
+            got = self._cv[dt] = tuple(_readonly(a, p) for a in (self.factors if self.separable else (self.weights,)))
+        return got
 
     def __eq__(self, other):
         return isinstance(other, Kernel) and self.name == other.name and np.array_equal(self.weights, other.weights)
@@ -184,6 +254,12 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
         counts = ", ".join(f"row {i}: {len(r)}" for i, r in enumerate(parsed, start=1))
         raise ValueError(f"kernel text: every row needs the same number of weights, got {counts}")
     weights = np.array(parsed, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.abs(weights).sum()):
+            raise ValueError(
+                f"kernel text: weights are too large: their absolute sum overflows float64 (largest |weight| "
+                f"{float(np.abs(weights).max()):.3g}); scale them down so that sum |w| stays below 1e308"
+            )
     if max(weights.shape) > MAX_KERNEL_SIDE:
         raise ValueError(
             f"kernel text: sides must be 1..{MAX_KERNEL_SIDE}, got shape {weights.shape}"

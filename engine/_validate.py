@@ -63,6 +63,13 @@ def check_kernel(kernel, name: str = "kernel") -> Kernel:
     if not np.isfinite(w).all():
         bad = w[~np.isfinite(w)][0]
         raise ValueError(f"{name} weights must be finite numbers, got {bad}")
+    with np.errstate(over="ignore"):
+        total = float(np.abs(w).sum())
+    if not np.isfinite(total):
+        raise ValueError(
+            f"{name} weights are too large: their absolute sum overflows float64 (largest |weight| "
+            f"{float(np.abs(w).max()):.3g}); scale them down so that sum |w| stays below 1e308"
+        )
     return kernel if isinstance(kernel, Kernel) else Kernel(label, w, f"custom {w.shape[0]}x{w.shape[1]} kernel", "user")
 
 

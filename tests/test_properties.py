@@ -124,7 +124,7 @@ def test_float_chunks_never_show_in_the_result(img, w, border, output, bands, ch
     whole = np.zeros_like(img3)
     filter_band(img3, whole, plan_bands(h, w.shape[0], 1)[0], k, border, output, "opencv")
     cut = np.zeros_like(img3)
-    with mock.patch("engine._compute.FLOAT_CHUNK_BYTES", chunk_rows * width * c * 4), \
+    with mock.patch("engine._compute.CHUNK_BYTES", chunk_rows * width * c * 4), \
             mock.patch("engine._compute.CHUNK_HALOS", 1):
         for band in plan_bands(h, w.shape[0], bands):
             filter_band(img3, cut, band, k, border, output, "opencv")

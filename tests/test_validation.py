@@ -346,3 +346,60 @@ def test_parse_kernel_errors(text, message):
 def test_parse_kernel_needs_text():
     with pytest.raises(TypeError, match=r"^kernel text must be a str, got list$"):
         engine.parse_kernel([[1, 2]])
+
+
+def test_weights_whose_sum_overflows_are_refused(eng):
+    w = np.full((3, 3), 1e308)
+    msg = r"^kernel weights are too large: their absolute sum overflows float64 \(largest \|weight\| 1e\+308\); scale"
+    with pytest.raises(ValueError, match=msg):
+        eng.filter_image(IMG, w)
+    with pytest.raises(ValueError, match=r"^kernel text: weights are too large: their absolute sum overflows"):
+        engine.parse_kernel("1e308 1e308; 1e308 1e308")
+    # huge but summable: accepted, every response saturates
+    out = eng.filter_image(np.ones((5, 6, 3), np.uint8), np.full((3, 3), 1e300), processes=1)
+    assert (out == 255).all()
+
+
+# -- separable factors: what OpenCV runs fast (issue 11) -------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n, k in engine.KERNELS.items() if k.separable])
+def test_factors_are_exactly_symmetric_and_positive_oriented(name):
+    k = engine.KERNELS[name]
+    column, row = k.factors
+    np.testing.assert_allclose(np.outer(column, row), k.weights, rtol=0, atol=1e-7 * np.abs(k.weights).sum())
+    for f, axis in ((column, 0), (row, 1)):
+        if np.array_equal(k.weights, np.flip(k.weights, axis)):
+            assert np.array_equal(f, f[::-1]), (name, f)
+        if np.array_equal(k.weights, -np.flip(k.weights, axis)):
+            assert np.array_equal(f, -f[::-1]) and not np.signbit(f).all(), (name, f)
+    assert column.sum() > 0 or (column.sum() == 0 and column[np.flatnonzero(column)[0]] > 0)
+    if k.weights.sum() > 0:
+        assert row.sum() > 0
+    for dtype in (np.uint8, np.uint16):  # float32 keeps the symmetry: mirrored values round alike
+        for f64, f in zip((column, row), k.opencv_weights(dtype)):
+            assert f.dtype == k.precision(dtype)
+            assert np.array_equal(f, f[::-1]) == np.array_equal(f64, f64[::-1])
+            assert np.array_equal(f, -f[::-1]) == np.array_equal(f64, -f64[::-1])
+
+
+def test_rank_one_tolerance_is_relative():
+    """Nine equal weights are rank 1 at any scale; a kernel 1e-6 (relative) off rank 1 is not."""
+    assert engine.Kernel("big", np.full((3, 3), 1e300)).separable
+    assert engine.Kernel("tiny", np.full((3, 3), 1e-300)).separable
+    w = np.outer([1, 2, 1], [1, 2, 1]) * 1e6
+    w[0, 0] += 1e6 * 16 * 1e-6
+    assert not engine.Kernel("off", w).separable
+    w = np.outer([1, 2, 1], [1, 2, 1]) * 1e6
+    w[0, 0] += 1e6 * 16 * 5e-8
+    assert engine.Kernel("near", w).separable
+
+
+def test_float64_where_float32_sums_would_err():
+    """float32 only where maxval * sum|w| * taps * 2^-24 <= 1/4 level."""
+    gauss = engine.KERNELS["gaussian"]
+    assert gauss.precision(np.uint8) is np.float32 and gauss.precision(np.uint16) is np.float32
+    big = engine.Kernel("big", np.ones((15, 15)) / 225 * 20)  # 65535 * 20 * 225 * 2^-24 = 17.6
+    assert big.precision(np.uint8) is np.float32 and big.precision(np.uint16) is np.float64
+    assert all(a.dtype == np.float64 for a in big.opencv_weights(np.uint16))
+    assert all(a.dtype == np.float32 for a in big.opencv_weights(np.uint8))
