@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._bands import Band, plan_bands
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS
+from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, ROUTES
 from ._dask import dask_available, filter_dask, filter_zarr  # imports Dask only when called
 from ._engine import (
     BandRecord,
@@ -34,6 +34,7 @@ __all__ = [
     "BORDERS",
     "OUTPUTS",
     "IMPLEMENTATIONS",
+    "ROUTES",
     "filter_image",
     "filter_pair",
     "Engine",
@@ -85,7 +86,9 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     Returns
     -------
     numpy.ndarray
-        Same shape and dtype as ``image`` (``out`` itself when given).
+        Same shape and dtype as ``image``: ``out`` itself when given, else a new array whose
+        memory is the engine's shared segment that the workers wrote (no copy-out; passed to
+        another call it is read in place, like an ``Engine.shared_array``).
 
     Raises
     ------
@@ -99,8 +102,12 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     Notes
     -----
     Correlation, not convolution: ``out[y, x] = sum_ij w[i, j] * in[y + i - kh//2, x + j - kw//2]``,
-    exactly ``scipy.ndimage.correlate(..., origin=0)``; within one gray level of it computed in
-    float64, and bit-identical for every process count.
+    exactly ``scipy.ndimage.correlate(..., origin=0)``. Every output equals that response,
+    computed in float64, rounded to nearest, except where the response lies within the
+    arithmetic's error of a .5 tie (float32 sums are used only where that error is at most a
+    quarter level: ``Kernel.precision``); there it may round either way. How a request is
+    computed (``PairResult.routes``, see ``ROUTES``) depends on the request alone, so results are
+    bit-identical for every process count and run.
 
     Examples
     --------

@@ -5,7 +5,8 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
     caller thread            job thread (parent)                worker slots (processes)
     -------------            -------------------                ------------------------
     submit() -- validate --> lease slots (wait if busy)
-                             input segment  <- copy image      (skipped: shared_array input)
+                             input segment  <- copy image, in  (skipped: shared_array input)
+                               row blocks on one thread per CPU
                              output segments A, B              (skipped: shared_array out=)
                              plan_bands(A), plan_bands(B)
                              pass of A: band i to slot i ---->  group A: slots 0..a-1
@@ -17,11 +18,15 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                                                                 pass's pipe until it is empty
                              <--- one answer per slot: [(band, t0, t1)]; progress() reads
                                   each worker's shared bands_done counter meanwhile
-                             copy outputs out                   (skipped: shared_array out=)
-                             finally: unlink temp segments,
-                               tell slots to unmap them,
+                             outputs: a new array IS its output
+                               segment (owned like a
+                               shared_array, pooled again when
+                               the caller drops it); a numpy
+                               out= is copied into, in row blocks
+                             finally: pool the input segment,
+                               tell slots to unmap retired ones,
                                return slots to the engine
-    result() <-------------- PairResult(outputs, timeline, phases)
+    result() <-------------- PairResult(outputs, timeline, phases, routes)
 
 Ownership: this process creates and unlinks every segment (``_shm.Segment``) and every token
 pipe (the workers get a duplicate of its read end for one pass and close it); workers only
@@ -58,7 +63,7 @@ import numpy as np
 
 from . import _worker
 from ._bands import band_count, plan_bands
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS
+from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, route
 from ._kernels import Kernel
 from ._shm import Segment, sweep_stale
 from ._validate import check_choice, check_image, check_kernel, check_out, check_processes, check_python_size
@@ -132,6 +137,7 @@ class PairResult:
     kernels: tuple
     processes: tuple
     filter_walls: tuple = ()  # per filter: first band start .. last band end, seconds
+    routes: tuple = ()  # per filter: how its bands were computed (``engine.ROUTES``)
 
     def __iter__(self):  # a, b = engine.filter_pair(...)
         return iter(self.outputs)
@@ -306,7 +312,7 @@ class Job:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine, image, kernels, processes, border, output, implementation, outs, user):
+    def __init__(self, engine, image, kernels, processes, border, output, implementation, outs, user, bands=None):
         self.id = next(Job._ids)
         self._user_image, self._user_outs = user  # what the caller passed: returned as given
         self._engine = engine
@@ -321,10 +327,11 @@ class Job:
         h, w = image.shape[:2]
         wrap = border == "wrap"
         self._plans = tuple(
-            plan_bands(h, k.shape[0], band_count(h, w, p), wrap=wrap) for k, p in zip(kernels, processes)
+            plan_bands(h, k.shape[0], bands or band_count(h, w, p), wrap=wrap) for k, p in zip(kernels, processes)
         )
         passes = 2 if output == "normalize" else 1
         self._total = passes * sum(len(p) for p in self._plans)
+        self.routes = tuple(route(k, image.dtype, border, output, implementation) for k in kernels)
 
     # -- the handle ---------------------------------------------------------------------------
     def cancel(self) -> bool:
@@ -401,15 +408,17 @@ class Job:
         if src_desc is None:
             seg = eng._segment(image.nbytes)
             temps.append(seg)
-            np.ndarray(image.shape, image.dtype, buffer=seg.buf)[...] = image
+            eng._copy(np.ndarray(image.shape, image.dtype, buffer=seg.buf), image)
             src_desc = (seg.name, 0, image.shape, image.dtype.str)
         t_in = time.perf_counter()
-        dst_descs, views = [], []
-        for o in self._outs:
+        dst_descs, views, results = [], [], {}
+        for fi, o in enumerate(self._outs):
             d = eng._descriptor(o) if o is not None else None
             if d is None:
                 seg = eng._segment(image.nbytes)
                 temps.append(seg)
+                if o is None:
+                    results[fi] = seg  # the workers' output becomes the caller's array: no copy-out
                 d = (seg.name, 0, image.shape, image.dtype.str)
                 views.append(np.ndarray(image.shape, image.dtype, buffer=seg.buf))
             else:
@@ -494,13 +503,15 @@ class Job:
         t_out = time.perf_counter()
         outputs = []
         for fi, o in enumerate(self._outs):
-            if views[fi] is None:  # workers wrote straight into the caller's shared array
-                outputs.append(self._user_outs[fi])
-                continue
-            target = o if o is not None else np.empty(self._image.shape, self._image.dtype)
-            np.copyto(target, views[fi])
             user = self._user_outs[fi]
-            outputs.append(user if user is not None else target.reshape(self._user_image.shape))
+            if fi in results:  # a new array: the output segment itself, owned like a shared_array
+                temps.remove(results[fi])
+                outputs.append(eng._adopt(results[fi], views[fi]).reshape(self._user_image.shape))
+            elif views[fi] is None:  # workers wrote straight into the caller's shared array
+                outputs.append(user)
+            else:  # the caller's own numpy array
+                eng._copy(o, views[fi])
+                outputs.append(user)
         t_end = time.perf_counter()
         walls = []
         for fi in range(len(groups)):
@@ -513,6 +524,7 @@ class Job:
             kernels=tuple(self._kernels),
             processes=tuple(self._processes),
             filter_walls=tuple(walls),
+            routes=self.routes,
         )
 
     @staticmethod
@@ -579,6 +591,8 @@ class Engine:
         self._pool: collections.OrderedDict = collections.OrderedDict()  # name -> free Segment
         self._all_slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
         self._threads = _JobThreads()
+        self._copiers: cf.ThreadPoolExecutor | None = None  # made on the first big copy
+        self._returned: collections.deque = collections.deque()  # (key, reuse) of put-off _forget calls
         self._closed = False
         sweep_stale()
 
@@ -607,8 +621,25 @@ class Engine:
                           implementation=implementation, out=out)
         return _wait(job)
 
+    def serial_time(self, image, kernel, *, border="replicate", output="clip", implementation="opencv",
+                    repeats: int = 3) -> float:
+        """Seconds of the best serial code for this filter: the band kernel on the whole image as
+        one band, on one worker process (one OpenCV thread), best of ``repeats`` runs. On the
+        ``direct`` route that is one OpenCV call (``engine.ROUTES``); it is the reference that
+        parallel speedup is read against (the Filter lab and Scaling pages draw it)."""
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+            raise ValueError(f"repeats must be an integer from 1 to 100, got {repeats!r}")
+        best = None
+        for _ in range(repeats):
+            job = self.submit(image, [kernel], processes=1, border=border, output=output,
+                              implementation=implementation, _bands=1)
+            res = _wait(job)
+            band = sum(r.end - r.start for r in res.timeline)
+            best = band if best is None else min(best, band)
+        return best
+
     def submit(self, image, kernels, *, processes=None, border="replicate", output="clip",
-               implementation="opencv", out=None) -> Job:
+               implementation="opencv", out=None, _bands=None) -> Job:
         """Start one or two filters in the background and return a ``Job`` at once.
 
         ``kernels`` is a list of one or two kernels; ``processes`` an int (one kernel) or a pair.
@@ -636,7 +667,7 @@ class Engine:
         if self._closed:
             raise RuntimeError("this Engine is closed; create a new one")
         user = (image, tuple(out) if out is not None else outs)
-        job = Job(self, img3, ks, procs, border, output, implementation, outs, user)
+        job = Job(self, img3, ks, procs, border, output, implementation, outs, user, bands=_bands)
         self._jobs.add(job)
         self._threads.run(job._run)
         return job
@@ -701,11 +732,15 @@ class Engine:
             sh.segment.unlink()  # the name goes now; unmapping under a live array would crash it
         for seg in pool:
             seg.release()
+        self._take_returned()
+        if self._copiers is not None:
+            self._copiers.shutdown()
 
     # -- internals ----------------------------------------------------------------------------
     def _segment(self, nbytes: int) -> Segment:
         """A scratch segment of exactly ``nbytes``: a pooled one (its pages already mapped in
         this process and in the workers) or a new one."""
+        self._take_returned()
         with self._cond:
             for name, seg in self._pool.items():
                 if seg.nbytes == nbytes:
@@ -715,6 +750,10 @@ class Engine:
 
     def _recycle(self, seg: Segment) -> None:
         """Keep a job's scratch segment for the next job (at most POOL_SEGMENTS, POOL_BYTES)."""
+        self._take_returned()
+        self._pool_segment(seg)
+
+    def _pool_segment(self, seg: Segment) -> None:
         with self._cond:
             if not self._closed:
                 self._pool[seg.name] = seg
@@ -738,11 +777,59 @@ class Engine:
             for slot in self._all_slots:
                 slot.stale.extend(names)
 
-    def _forget(self, key):
+    def _forget(self, key, reuse=False):
+        """An array from ``shared_array`` (or a job's result, ``reuse``) was garbage-collected:
+        unlink its segment (a result's goes back to the pool). Runs wherever the garbage
+        collector does; if that is inside this engine's own bookkeeping (this thread holds the
+        lock, maybe mid-iteration over the pool), it is finished later by ``_take_returned``."""
+        if self._cond._is_owned():  # noqa: SLF001 - Condition's own "held by this thread" test
+            self._returned.append((key, reuse))
+            return
         with self._cond:
             sh = self._shared.pop(key, None)
-        if sh is not None:
+        if sh is None:
+            return
+        if reuse and not self._closed:
+            self._pool_segment(sh.segment)
+        else:
             sh.segment.release()
+
+    def _adopt(self, seg: Segment, arr: np.ndarray) -> np.ndarray:
+        """Hand a job's output segment to the caller as ``arr``: owned like a ``shared_array``
+        (zero-copy as the input of a later job), and back in the pool when ``arr`` is collected."""
+        key = id(seg)
+        with self._cond:
+            self._shared[key] = _Shared(seg, arr)
+        weakref.finalize(arr, self._forget, key, True)
+        return arr
+
+    def _take_returned(self) -> None:
+        """Finish the collections that ``_forget`` had to put off."""
+        while True:
+            try:
+                key, reuse = self._returned.popleft()
+            except IndexError:
+                return
+            self._forget(key, reuse)
+
+    #: Copies smaller than this run on the calling thread: a thread hand-off costs ~50 us.
+    PARALLEL_COPY_BYTES = 4 << 20
+
+    def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """``dst[...] = src`` in row blocks on one thread per CPU: numpy releases the GIL, and one
+        thread copies 48 MB in ~11 ms where two take ~6.5 (the workers are idle meanwhile)."""
+        n = min(self.cpus, 8)
+        if src.nbytes < self.PARALLEL_COPY_BYTES or n < 2 or len(src) < n:
+            np.copyto(dst, src)
+            return
+        with self._cond:
+            if self._copiers is None:
+                self._copiers = cf.ThreadPoolExecutor(n, thread_name_prefix="pfl-copy")
+            pool = self._copiers
+        edges = np.linspace(0, len(src), n + 1).astype(int)
+        parts = [pool.submit(np.copyto, dst[a:b], src[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+        for f in parts:
+            f.result()
 
     def _descriptor(self, a):
         """``(segment, offset, shape, dtype)`` if ``a`` lies in one of our segments (C-contiguous)."""

@@ -194,7 +194,9 @@ def scenario(sessions: int = 8, runs: int = 2, waves: int = 2, timeout: float = 
                             processes=(state.PROCESS_MAX, state.PROCESS_MAX))
             original = engine.load_image(images.SAMPLES_DIR / images.DEFAULT_SAMPLE)
             img = images.resample(original, images.preset_shape(*original.shape[:2], images.PRESETS["4 MP"]))
-            want = {name: eng.filter_image(img, name, processes=1) for c in CHOICES for name in c[:2]}
+            # plain copies: a result of filter_image lives in the engine's shared memory, and these
+            # references must not count among the sessions' shared arrays below
+            want = {name: np.array(eng.filter_image(img, name, processes=1)) for c in CHOICES for name in c[:2]}
             figures["shape"] = img.shape
             figures["setup"] = time.perf_counter() - t_setup  # workers started, references computed
             monitor.start()
@@ -203,7 +205,9 @@ def scenario(sessions: int = 8, runs: int = 2, waves: int = 2, timeout: float = 
                 # what a server does when a session ends (AppSession.shutdown)
                 runtime.media_file_mgr.clear_session_refs(SESSION_ID)
                 runtime.media_file_mgr.remove_orphaned_files()
-                # the engine's scratch pool: kept mapped between jobs by design (POOL_SEGMENTS, POOL_BYTES)
+                # the engine's scratch pool: kept mapped between jobs by design (POOL_SEGMENTS, POOL_BYTES);
+                # results the sessions dropped join it at the next job, or here
+                eng._take_returned()  # noqa: SLF001
                 pooled = list(eng._pool.values())  # noqa: SLF001
                 return dict(_memory(), pool_bytes=sum(x.nbytes for x in pooled), pool_segments=len(pooled))
 

@@ -79,7 +79,7 @@ def count_segments(eng, monkeypatch):
 def test_shared_arrays_in_and_out_match_plain_arrays(eng, count_segments):
     img = rgb(120, 70, 4, np.uint16)
     plain = eng.filter_image(img, "sobel", processes=3, output="abs")
-    assert len(count_segments) == 2  # a plain array is copied in, and the result copied out
+    assert len(count_segments) == 2  # a plain array is copied in; the result is the output segment
     src = eng.shared_array(img.shape, img.dtype)
     assert src.shape == img.shape and src.dtype == img.dtype and not src.any()  # zeroed
     src[...] = img
@@ -442,3 +442,68 @@ def test_the_engine_keeps_no_result_alive(eng):
         gc.collect()
         time.sleep(0.01)
     assert all(r() is None for r in refs), "a result outlived every reference of the caller"
+
+
+# -- results in shared memory (issue 11: no copy-out) ---------------------------------------------
+def test_a_new_result_is_the_output_segment_and_returns_to_the_pool(eng, count_segments):
+    """filter_image without ``out=`` hands back the segment the workers wrote (no copy-out):
+    read in place by a later call, and pooled again, not leaked, once the caller drops it."""
+    img = rgb(96, 80, 3)
+    first = eng.filter_image(img, "gaussian", processes=2)
+    name = eng._descriptor(first)[0]  # noqa: SLF001 - the engine owns the result's memory
+    assert name in _shm.live_segments()
+    count_segments.clear()
+    again = eng.filter_image(first, "sobel", processes=2, output="abs")  # zero-copy input
+    assert len(count_segments) == 1  # only the new result: the input is read in place
+    assert np.array_equal(again, eng.filter_image(np.array(first), "sobel", processes=2, output="abs"))
+    view = first[10:20]
+    del first
+    gc.collect()
+    assert name in _shm.live_segments() and view.sum() >= 0  # a view keeps the memory alive
+    del view, again
+    gc.collect()
+    eng.filter_image(np.zeros((2, 2), np.uint8), "identity", processes=1)  # takes returned segments
+    assert name in _shm.live_segments()  # back in the engine's pool, not unlinked and not leaked
+    count_segments.clear()
+    eng.filter_image(img, "gaussian", processes=2)
+    assert len(count_segments) == 2
+
+
+def test_numpy_out_is_written_and_two_d_results_keep_their_shape(eng):
+    img = rgb(300, 64, 1)[:, :, 0]
+    out = np.empty_like(img)
+    assert eng.filter_image(img, "sobel", processes=2, out=out) is out
+    res = eng.filter_image(img, "sobel", processes=2)
+    assert res.shape == img.shape and np.array_equal(res, out)
+
+
+def test_copies_in_row_blocks_on_several_threads(eng, monkeypatch):
+    """Big copies (input in, a numpy ``out=`` out) are split over threads, bit for bit."""
+    monkeypatch.setattr(type(eng), "PARALLEL_COPY_BYTES", 1)
+    img = rgb(257, 33, 3)
+    out = np.empty_like(img)
+    assert np.array_equal(eng.filter_image(img, "box_3x3", processes=2, out=out),
+                          eng.filter_image(img.copy(), "box_3x3", processes=1))
+    src, dst = rgb(5, 7, 3), np.zeros((5, 7, 3), np.uint8)
+    eng._copy(dst, src)  # noqa: SLF001
+    assert np.array_equal(dst, src)
+
+
+def test_routes_are_reported_and_depend_on_the_request_alone(eng):
+    img8, img16 = rgb(40, 30, 3), rgb(40, 30, 3, np.uint16)
+    res = eng.filter_pair(img8, "gaussian", "laplacian", processes=(1, 2), output="abs")
+    assert res.routes == ("direct", "direct")
+    assert eng.filter_pair(img16, "gaussian", "motion_blur", processes=(2, 1)).routes == ("float32", "general")
+    assert eng.filter_pair(img8, "gaussian", "sobel", output="normalize", processes=(1, 1)).routes == ("general",) * 2
+    assert eng.filter_pair(img8, "gaussian", "sobel", implementation="numpy", processes=(1, 1)).routes == ("numpy",) * 2
+    assert set(engine.ROUTES) == {"direct", "float32", "general", "numpy", "python"}
+
+
+def test_serial_time_is_one_band_on_one_worker(eng):
+    img = rgb(200, 300, 3)
+    t = eng.serial_time(img, "gaussian", repeats=2)
+    assert 0 < t < 5
+    with pytest.raises(ValueError, match=r"^repeats must be an integer from 1 to 100, got 0$"):
+        eng.serial_time(img, "gaussian", repeats=0)
+    with pytest.raises(ValueError, match=r"^kernel 'nope' is not a known kernel"):
+        eng.serial_time(img, "nope")
