@@ -21,13 +21,14 @@ from ._engine import (
     available_cpus,
     default_engine,
 )
-from ._image import ImageError, load_image, save_image
+from ._image import MAX_PIXELS, ImageError, load_image, save_image
 from ._kernels import KERNELS, Kernel, parse_kernel
 
 __all__ = [
     "load_image",
     "save_image",
     "ImageError",
+    "MAX_PIXELS",
     "Kernel",
     "KERNELS",
     "parse_kernel",

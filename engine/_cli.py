@@ -50,7 +50,7 @@ def _positive_int(text: str) -> int:
 
 
 def _build() -> argparse.ArgumentParser:
-    from . import BORDERS, IMPLEMENTATIONS, OUTPUTS
+    from . import BORDERS, IMPLEMENTATIONS, MAX_PIXELS, OUTPUTS
 
     p = _Parser(prog="python -m engine", description="Parallel Filter Lab engine: filter images on worker processes.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -59,7 +59,8 @@ def _build() -> argparse.ArgumentParser:
         sp.add_argument("--border", default="replicate", choices=list(BORDERS), help="what lies past the edge")
         sp.add_argument("--output", default="clip", choices=list(OUTPUTS), help="float -> integer mapping")
         sp.add_argument("--implementation", default="opencv", choices=list(IMPLEMENTATIONS))
-        sp.add_argument("--max-pixels", type=_positive_int, default=None, help="refuse larger images")
+        sp.add_argument("--max-pixels", type=_positive_int, default=None,
+                        help=f"refuse images with more pixels (default: {MAX_PIXELS:,}, the engine's limit)")
 
     f = sub.add_parser("filter", help="filter one image")
     f.add_argument("input")

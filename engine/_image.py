@@ -1,184 +1,214 @@
-"""Decoding and encoding images: Pillow in, numpy ``(H, W, C)`` uint8/uint16 out."""
+"""Decoding and encoding images: a file in, a numpy ``(H, W, C)`` uint8/uint16 array out.
+
+Decoding policy
+---------------
+``_POLICY`` is the one table that says how each kind of image becomes an array: one row per
+Pillow mode, plus two rows for 16-bit color, which Pillow would squeeze to 8 bits. Every row
+names its decoder; ``engine/README.md`` shows the same table for people. In short:
+
+* 8 bits: Pillow, which shows the image it opens (frame 0 of an animation, a PNG's default
+  image, a PSD's merged composite); palette, 1-bit, CMYK, YCbCr and HSV become gray or RGB.
+* 16-bit gray (any format): Pillow. 16-bit color PNG: OpenCV (libpng), given the file without
+  its APNG chunks, so that it decodes the default image as Pillow does. 16-bit color TIFF:
+  tifffile (strips, tiles, planar; associated alpha un-premultiplied, CMYK to RGB as Pillow
+  does at 8 bits). Other formats' 16-bit color (SGI, PPM, JPEG 2000) is Pillow's 8-bit image.
+* Transparency (a PNG ``tRNS`` chunk, a GIF's transparent index) is an alpha channel at every
+  bit depth: gray -> gray + alpha, RGB and palette -> RGBA.
+* EXIF orientation is applied to every route, after decoding.
+* Floating-point and L*a*b* images are refused, with what to convert them to.
+* ``MAX_PIXELS`` is checked against the size in the header before a pixel is decoded, and the
+  same limit is handed to Pillow's checks of frames and layers found while decoding.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
+import re
 import struct
 import threading
 import warnings
 import zlib
-from typing import BinaryIO, Union
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "save_image", "DEFAULT_MAX_PIXELS"]
+__all__ = ["ImageError", "load_image", "save_image", "MAX_PIXELS"]
 
-#: Pillow's decompression-bomb limit (about 89 megapixels).
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-_PILLOW_LIMIT_LOCK = threading.Lock()
+#: The one pixel limit: ``load_image`` refuses larger images by default, and the CLI and the
+#: dashboard quote it. A decoded 40 MP RGB image is 120 MB, and a job holds it three times
+#: (input and two outputs); the size presets go up to 16 MP.
+MAX_PIXELS = 40_000_000
+
+#: Pillow's pixel limit is a process-wide global: ``load_image`` sets it (and turns Pillow's
+#: decompression-bomb warning into an error) for the time of one decode, under this lock.
+_PILLOW_LOCK = threading.Lock()
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
-
-# Pillow mode -> (mode to convert to, dtype). Anything missing is refused with the list below.
-_MODES = {
-    "1": ("L", np.uint8),
-    "L": ("L", np.uint8),
-    "LA": ("LA", np.uint8),
-    "La": ("LA", np.uint8),
-    "P": (None, np.uint8),  # RGB or RGBA, decided by transparency
-    "PA": ("RGBA", np.uint8),
-    "RGB": ("RGB", np.uint8),
-    "RGBA": ("RGBA", np.uint8),
-    "RGBa": ("RGBA", np.uint8),
-    "RGBX": ("RGB", np.uint8),
-    "CMYK": ("RGB", np.uint8),
-    "YCbCr": ("RGB", np.uint8),
-    "HSV": ("RGB", np.uint8),
-    "I;16": (None, np.uint16),
-    "I;16L": (None, np.uint16),
-    "I;16B": (None, np.uint16),
-    "I;16N": (None, np.uint16),
-    "I": (None, np.uint16),  # 32-bit int: accepted when the values fit in 16 bits (16-bit PNGs)
-}
 
 
 class ImageError(ValueError):
     """The input is not an image this engine can represent: undecodable, truncated, too large,
-    or of an unsupported mode. The message says which, and what is allowed."""
+    or of an unsupported mode. The one-line message says which, and what is allowed."""
 
 
-def _describe(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return "image data"
+# -- decoders: (opened image, its policy row, the path or bytes) -> (H, W, C) array ----------------
+def _pillow(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
+    """8 bits through Pillow: convert to the row's mode, or its mode with alpha when the file
+    declares transparency (tRNS, a transparent palette index, a palette with alpha)."""
+    bits = {"L;2": 2, "L;4": 4}.get(_rawmode(im)[:3]) if im.format == "PNG" else None  # before load clears it
+    im.load()  # decode now so that truncation raises here
+    if bits and isinstance(im.info.get("transparency"), int):
+        # Pillow scales 2- and 4-bit gray to 0..255 but keeps tRNS at the file's depth
+        im.info["transparency"] = im.info["transparency"] * 255 // (2**bits - 1)
+    alpha = "transparency" in im.info or (im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA")
+    target = row.with_alpha if alpha else row.mode
+    a = np.asarray(im if im.mode == target else im.convert(target), dtype=np.uint8)
+    return a[:, :, None] if a.ndim == 2 else a
 
 
-def _open(source: Source) -> Image.Image:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ImageError("image data is empty (0 bytes): upload a PNG, JPEG, TIFF, BMP, GIF or WebP file")
-        return Image.open(io.BytesIO(bytes(source)))
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise ImageError(f"image file {path!r} does not exist")
-        if os.path.isdir(path):
-            raise ImageError(f"image path {path!r} is a folder, not a file")
-        if os.path.getsize(path) == 0:
-            raise ImageError(f"image file {path!r} is empty (0 bytes)")
-        return Image.open(path)
-    raise TypeError(
-        f"source must be a path, bytes or a binary file object, got {type(source).__name__}"
-    )
+def _pillow_gray16(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
+    """16-bit gray through Pillow (``I;16*``, or ``I`` when the values fit in 16 bits); a tRNS
+    gray value becomes a second, alpha channel (0 where the value is transparent, else 65535)."""
+    im.load()
+    a = np.asarray(im)
+    if a.dtype != np.uint16:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise _mode_error(f"32-bit integer values from {lo} to {hi}, beyond the 16-bit range", im.mode)
+        a = a.astype(np.uint16)
+    a = a[:, :, None]
+    trns = im.info.get("transparency")
+    if isinstance(trns, int):
+        a = np.dstack([a, np.where(a == trns, 0, 65535).astype(np.uint16)])
+    return a
 
 
-def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image with Pillow into a ``(H, W, C)`` array.
+def _png16(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
+    """16-bit color PNG (RGB, RGBA, gray + alpha) through OpenCV's libpng."""
+    import cv2
 
-    Parameters
-    ----------
-    source : path, bytes or binary file object
-    max_pixels : int, optional
-        Refuse images with more pixels than this, judged from the header before any pixel is
-        decoded. Default: Pillow's decompression-bomb limit (89,478,485).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``uint8`` or ``uint16`` (16-bit gray and 16-bit RGB(A) PNG/TIFF stay 16-bit: Pillow has
-        no 16-bit color mode, so OpenCV decodes those), shape ``(H, W, C)`` with C = 1
-        (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA). EXIF orientation is applied; palette
-        images become RGB or RGBA, CMYK becomes RGB, 1-bit becomes 0/255, and animations give
-        their first frame.
-
-    Raises
-    ------
-    ImageError
-        Empty, undecodable or truncated data, more than ``max_pixels`` pixels, or a mode with no
-        uint8/uint16 representation (32-bit float, for example).
-    """
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
-    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and hasattr(source, "read"):
-        data = source.read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
-        source = bytes(data)
-    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):  # before the try below
-        raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
-    what = _describe(source)
-    try:
-        with _PILLOW_LIMIT_LOCK if limit > DEFAULT_MAX_PIXELS else contextlib.nullcontext():
-            saved = Image.MAX_IMAGE_PIXELS
-            if limit > DEFAULT_MAX_PIXELS:
-                Image.MAX_IMAGE_PIXELS = limit
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    im = _open(source)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
-            w, h = im.size
-            if w * h > limit:
-                raise ImageError(
-                    f"{what} is {w}x{h} = {w * h:,} pixels, more than the limit of {limit:,} pixels"
-                )
-            if w == 0 or h == 0:
-                raise ImageError(f"{what} has no pixels ({w}x{h})")
-            im.seek(0)
-            return _to_array(im, what, source)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{what} looks like a decompression bomb: {e}") from None
-    except UnidentifiedImageError:
-        raise _unidentified(source, what) from None
-    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as e:
-        raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {e}") from None
-    except (TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError) as e:
-        # Pillow's plugins raise these too on corrupt headers (found by fuzzing: a TIFF strip
-        # offset stored as a fraction gives TypeError)
-        raise ImageError(f"{what} could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}") from None
+    data = _bytes(source)
+    # OpenCV's PNG reader allocates whatever a chunk header claims (4 GB from a 43-byte file,
+    # found by fuzzing); Pillow's verify reads every chunk in small blocks and checks its CRC.
+    with Image.open(io.BytesIO(data)) as probe:
+        probe.verify()
+    # Without its APNG chunks the file is the plain PNG of its default image (IDAT), which is
+    # what Pillow shows; OpenCV would decode the first animation frame.
+    still = data[:8] + b"".join(data[s:e] for kind, s, e in _png_chunks(data) if kind not in _APNG_CHUNKS)
+    a = cv2.imdecode(np.frombuffer(still, np.uint8), cv2.IMREAD_UNCHANGED)
+    if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[:2] != im.size[::-1]:
+        raise OSError("libpng could not decode its 16-bit pixels")
+    if _rawmode(im).startswith("LA"):
+        return a[:, :, [0, 3]]  # gray + alpha: OpenCV widened the gray to BGR
+    # a tRNS color became alpha (libpng's tRNS-to-alpha), as the transparency rule wants
+    return a[:, :, [2, 1, 0]] if a.shape[2] == 3 else a[:, :, [2, 1, 0, 3]]
 
 
-# Signatures of formats whose Pillow plugin may refuse a file's layout: Pillow then reports
-# only "cannot identify image file", which would call a real TIFF "not an image".
-_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-               b"GIF87a": "GIF", b"GIF89a": "GIF"}
+def _tiff16(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
+    """16-bit color TIFF through tifffile (strips or tiles, contiguous or planar, any of its
+    codecs); Pillow's reading of the header decides the channels, as it does at 8 bits."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
+        page = tif.pages[0]
+        a = page.asarray()
+        axes = page.axes
+    a = np.moveaxis(a, axes.index("S"), -1) if "S" in axes else a[..., None]
+    if a.dtype != np.uint16 or a.shape[:2] != im.size[::-1]:
+        raise OSError(f"its first page is {a.shape} {a.dtype}, not {im.size[1]}x{im.size[0]} 16-bit samples")
+    if im.mode == "CMYK":
+        return _cmyk_to_rgb16(a[:, :, :4])
+    if im.mode == "RGBA":
+        a = a[:, :, :4]
+        return _unpremultiply16(a) if _rawmode(im).startswith("RGBa") else a
+    return a[:, :, :3]  # RGB, RGBX
 
 
-def _unidentified(source, what: str) -> ImageError:
-    """The error for data Pillow could not identify: names the format and its plugin's reason
-    when the data carries a known signature."""
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            head = f.read(8)
-    else:
-        head = bytes(source[:8])
-    fmt = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
-    if fmt is None:
-        return ImageError(f"{what} is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP")
-    try:  # Pillow drops the plugin's reason; ask the plugin again to get it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its warnings were shown by the first attempt
-            Image.OPEN[fmt][0](source if isinstance(source, (str, os.PathLike)) else io.BytesIO(bytes(source))).close()
-        reason = "unsupported layout"
-    except Exception as e:  # noqa: BLE001 - only its message is wanted
-        reason = str(e) or type(e).__name__
-    return ImageError(f"{what} is a {fmt} file that cannot be decoded ({reason}): unsupported layout or corrupt header")
+def _cmyk_to_rgb16(a: np.ndarray) -> np.ndarray:
+    """Pillow's CMYK -> RGB at 16 bits: ``R = (1 - K) - C (1 - K)``, rounded (``cmyk2rgb``)."""
+    nk = 65535 - a[:, :, 3:4].astype(np.uint64)
+    return (nk - (a[:, :, :3] * nk + 32767) // 65535).astype(np.uint16)
 
 
-def _rawmode(tile):
-    args = tile.args if hasattr(tile, "args") else tile[3]
-    return args[0] if isinstance(args, tuple) else args
+def _unpremultiply16(a: np.ndarray) -> np.ndarray:
+    """Associated (premultiplied) alpha -> straight alpha as Pillow's ``RGBa`` unpacker does:
+    ``min(65535, c * 65535 // alpha)``, and 0 where alpha is 0."""
+    alpha = a[:, :, 3:4].astype(np.uint64)
+    rgb = np.minimum(65535, a[:, :, :3] * np.uint64(65535) // np.maximum(alpha, 1))
+    rgb[np.broadcast_to(alpha == 0, rgb.shape)] = 0
+    return np.dstack([rgb.astype(np.uint16), a[:, :, 3:4]])
 
 
-# EXIF orientation (tag 0x0112) -> the numpy form of Pillow's exif_transpose.
+def _refuse(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
+    raise _mode_error(row.holds, im.mode)
+
+
+def _mode_error(holds: str, mode: str) -> ImageError:
+    """Completed with the file's name by ``load_image``."""
+    return ImageError(f"holds {holds} (Pillow mode {mode!r}), which this engine does not take: "
+                      f"convert it to 8- or 16-bit integer gray or RGB (PNG or TIFF)")
+
+
+# -- the policy ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    """How one kind of image becomes an array."""
+
+    decoder: Callable[[Image.Image, "_Row", Union[str, bytes]], np.ndarray]
+    mode: str = ""  # Pillow's decoder: the mode converted to
+    with_alpha: str = ""  # ... and when the file declares transparency
+    holds: str = ""  # refused kinds: what the file holds, for the message
+
+
+_POLICY: dict[str, _Row] = {
+    # key: Pillow's mode as opened (or the 16-bit color rows) -> decoder, mode out, with tRNS
+    "1": _Row(_pillow, "L", "LA"),  # 1-bit -> 0/255 gray
+    "L": _Row(_pillow, "L", "LA"),
+    "LA": _Row(_pillow, "LA", "LA"),
+    "La": _Row(_pillow, "LA", "LA"),  # premultiplied -> straight alpha
+    "P": _Row(_pillow, "RGB", "RGBA"),
+    "PA": _Row(_pillow, "RGBA", "RGBA"),
+    "RGB": _Row(_pillow, "RGB", "RGBA"),
+    "RGBA": _Row(_pillow, "RGBA", "RGBA"),
+    "RGBa": _Row(_pillow, "RGBA", "RGBA"),  # premultiplied -> straight alpha
+    "RGBX": _Row(_pillow, "RGB", "RGB"),
+    "CMYK": _Row(_pillow, "RGB", "RGB"),
+    "YCbCr": _Row(_pillow, "RGB", "RGB"),
+    "HSV": _Row(_pillow, "RGB", "RGB"),
+    "I;16": _Row(_pillow_gray16),
+    "I;16L": _Row(_pillow_gray16),
+    "I;16B": _Row(_pillow_gray16),
+    "I;16N": _Row(_pillow_gray16),
+    "I": _Row(_pillow_gray16),  # 32-bit integer: accepted when the values fit in 16 bits
+    "PNG 16-bit color": _Row(_png16),
+    "TIFF 16-bit color": _Row(_tiff16),
+    "F": _Row(_refuse, holds="32-bit floating-point samples"),
+    "LAB": _Row(_refuse, holds="CIE L*a*b* color"),
+}
+
+
+def _policy_key(im: Image.Image) -> str:
+    """The row of ``_POLICY`` for an opened image: its mode, unless it is 16-bit color in a
+    format whose 16 bits are kept (Pillow would decode it to 8 bits)."""
+    if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _rawmode(im).endswith(";16B"):
+        return "PNG 16-bit color"
+    if im.format == "TIFF" and im.mode in ("RGB", "RGBA", "RGBX", "CMYK") and 16 in (im.tag_v2.get(258) or ()):
+        return "TIFF 16-bit color"
+    return im.mode
+
+
+def _rawmode(im: Image.Image) -> str:
+    """How the first tile's bytes are laid out (``'RGB;16B'``, ``'RGBa;16N'``...), or ''."""
+    if not im.tile:
+        return ""
+    args = im.tile[0].args
+    return str(args[0] if isinstance(args, tuple) else args)
+
+
+# EXIF orientation (tag 0x0112) -> the numpy form of Pillow's ImageOps.exif_transpose.
 _ORIENT = {
     2: lambda a: a[:, ::-1],
     3: lambda a: a[::-1, ::-1],
@@ -189,60 +219,247 @@ _ORIENT = {
     8: lambda a: np.rot90(a, 1),
 }
 
+_APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
 
-def _sixteen_bit_color(im: Image.Image, source, what: str) -> np.ndarray:
-    """16-bit RGB(A) PNG or TIFF: Pillow has no 16-bit color mode, OpenCV decodes it."""
-    import cv2
 
+def _png_chunks(data: bytes):
+    """``(type, start, end)`` of each chunk of a PNG, up to IEND (lengths checked by verify)."""
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, end = data[pos + 4 : pos + 8], pos + 12 + length
+        yield kind, pos, end
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+def _orientation(im: Image.Image, key: str, source: Union[str, bytes]) -> int:
+    """The EXIF orientation Pillow's ``exif_transpose`` would apply."""
+    if key == "PNG 16-bit color":  # Pillow's getexif would decode the PNG at 8 bits to find it
+        data = _bytes(source)
+        exif = next((data[s + 8 : e - 4] for kind, s, e in _png_chunks(data) if kind == b"eXIf"), None)
+        if exif is None:
+            return 1
+        tags = Image.Exif()
+        tags.load(exif if exif.startswith(b"Exif\0\0") else b"Exif\0\0" + exif)
+        return tags.get(0x0112, 1)
+    return im.getexif().get(0x0112, 1)
+
+
+# -- the source ------------------------------------------------------------------------------------
+def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            data = f.read()
-    else:
-        data = bytes(source)
-    if data.startswith(b"\x89PNG"):
-        # OpenCV's PNG reader allocates whatever a chunk header claims (4 GB from a 43-byte file,
-        # found by fuzzing); Pillow's verify reads every chunk in small blocks and checks its CRC.
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ImageError(f"{what} is 16-bit color that could not be decoded (truncated or corrupt?)")
-    a = a[:, :, [2, 1, 0]] if a.shape[2] == 3 else a[:, :, [2, 1, 0, 3]]
-    if any(str(_rawmode(t)).startswith("LA") for t in im.tile):
-        a = a[:, :, [0, 3]]  # 16-bit gray+alpha PNG: OpenCV widened the gray to BGR
-    orientation = im.getexif().get(0x0112, 1)
-    return _writable(_ORIENT.get(orientation, lambda x: x)(a))
+        return os.fspath(source)
+    return "image data"
 
 
-def _to_array(im: Image.Image, what: str, source=None) -> np.ndarray:
-    mode = im.mode
-    if mode not in _MODES:
-        raise ImageError(
-            f"{what} has mode {mode!r}, which has no 8- or 16-bit integer form here; "
-            f"supported modes: {', '.join(sorted(_MODES))}"
-        )
-    if mode in ("RGB", "RGBA") and any(";16" in str(_rawmode(t)) for t in im.tile):
-        return _sixteen_bit_color(im, source, what)  # Pillow would squeeze it to 8 bits
-    im.load()  # decode now so that truncation raises here
-    im = ImageOps.exif_transpose(im)
-    target, dtype = _MODES[mode]
-    if mode == "P":
-        target = "RGBA" if ("transparency" in im.info or im.palette.mode == "RGBA") else "RGB"
-    if dtype is np.uint16:
-        a = np.asarray(im)
-        if a.dtype != np.uint16:
-            if a.size and (a.min() < 0 or a.max() > 65535):
-                raise ImageError(
-                    f"{what} holds 32-bit values from {a.min()} to {a.max()}; only 8- and 16-bit images are supported"
-                )
-            a = a.astype(np.uint16)
-        return _writable(a.reshape(a.shape[0], a.shape[1], 1))
-    if im.mode != target:
-        im = im.convert(target)
-    a = np.asarray(im, dtype=np.uint8)
-    if a.ndim == 2:
-        a = a[:, :, None]
+def _checked(source: Source) -> Union[str, bytes]:
+    """A path or the bytes, after the checks that give their own messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("image data is empty (0 bytes): upload a PNG, JPEG, TIFF, BMP, GIF or WebP file")
+        return bytes(source)
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise ImageError(f"image file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ImageError(f"image path {path!r} is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"image file {path!r} is empty (0 bytes)")
+    return path
+
+
+def _bytes(source: Union[str, bytes], size: int = -1) -> bytes:
+    """The file's bytes (the first ``size`` of them); paths are opened by path, as Pillow
+    does, and read whole only by the decoders that need the bytes (16-bit color)."""
+    if isinstance(source, bytes):
+        return source if size < 0 else source[:size]
+    with open(source, "rb") as f:
+        return f.read(size)
+
+
+def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file into a ``(H, W, C)`` array, by the decoding policy of this module.
+
+    Parameters
+    ----------
+    source : path, bytes or binary file object
+    max_pixels : int, optional
+        Refuse images with more pixels than this, judged from the header before any pixel is
+        decoded (and applied to frames and layers found while decoding). Default:
+        ``MAX_PIXELS`` (40,000,000).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8``, or ``uint16`` for 16-bit gray (any format) and 16-bit color PNG and TIFF;
+        shape ``(H, W, C)`` with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA), contiguous
+        and writable. EXIF orientation is applied; palette images become RGB, 1-bit becomes
+        0/255, CMYK becomes RGB; transparency (tRNS, a transparent palette index) becomes an
+        alpha channel at every bit depth; premultiplied alpha is un-premultiplied; an
+        animation gives the image Pillow shows when it opens the file (its first frame, a
+        PNG's default image, a PSD's merged composite). The table is in ``engine/README.md``.
+
+    Raises
+    ------
+    ImageError
+        With a one-line message naming the cause: empty, not an image, truncated or corrupt,
+        more than ``max_pixels`` pixels, a mode with no uint8/uint16 form (floating point,
+        L*a*b*), a layout or compression the decoder does not support, or a format that needs
+        a program that is not installed (EPS: Ghostscript).
+
+    Examples
+    --------
+    >>> load_image(save_image(np.full((2, 3, 1), 7, np.uint8))).shape
+    (2, 3, 1)
+    """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"source file object must be opened in binary mode, it returned {type(data).__name__}")
+        source = bytes(data)
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
+    what = _describe(source)
+    source = _checked(source)
+    try:
+        return _decode(source, limit)
+    except ImageError as e:
+        raise ImageError(f"{what} {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # met while decoding
+        raise ImageError(f"{what} holds a frame or layer of {_pixels(e)}, more than the limit of {limit:,} pixels") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{what} {_unidentified(source)}") from None
+    except Exception as e:  # noqa: BLE001 - every decoder's complaint becomes one clear line
+        # Pillow's plugins raise OSError, SyntaxError, EOFError, ValueError, struct.error, and
+        # on corrupt headers TypeError, IndexError, KeyError... (found by fuzzing: a TIFF strip
+        # offset stored as a fraction gives TypeError); NotImplementedError for known layouts
+        # they cannot read (DDS); tifffile and OpenCV raise ValueError or OSError.
+        raise ImageError(f"{what} {_explain(e, _format_of(source))}") from None
+
+
+def _decode(source: Union[str, bytes], limit: int) -> np.ndarray:
+    """Open (the header, for most formats), check the size, decode by the policy, orient."""
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        # Pillow then checks every size it meets against our limit: the header's when it opens
+        # the file, and frames, layers and tiles while decoding (some plugins decode in open:
+        # an icon's embedded PNG).
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            try:
+                im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise ImageError(f"is {_pixels(e)}, more than the limit of {limit:,} pixels") from None
+            with im:
+                w, h = im.size
+                if w == 0 or h == 0:
+                    raise ImageError(f"has no pixels ({w}x{h})")
+                if w * h > limit:  # Pillow checked it; this says so where it is needed
+                    raise ImageError(f"is {w}x{h} = {w * h:,} pixels, more than the limit of {limit:,} pixels")
+                key = _policy_key(im)
+                row = _POLICY.get(key, _Row(_refuse, holds="pixels of a kind this engine does not know"))
+                a = row.decoder(im, row, source)
+                a = _ORIENT.get(_orientation(im, key, source), lambda x: x)(a)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     return _writable(a)
+
+
+def _pixels(e: Exception) -> str:
+    """The pixel count in Pillow's decompression-bomb message (without Pillow's limit)."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+
+
+# -- what went wrong, in plain words ----------------------------------------------------------------
+#: What decoders say -> what the user reads, first match wins: (pattern in the decoder's message,
+#: message after the file's name). ``{format}`` is the file's format, ``{reason}`` the decoder's
+#: words on one line. Other messages: "truncated or corrupt", with the decoder's words.
+_CAUSES = [
+    (r"Ghostscript", "is an EPS (PostScript) file, which needs Ghostscript to draw it, and Ghostscript is not "
+                     "installed: convert it to PNG"),
+    (r"cannot find loader for this WMF", "is a Windows metafile (WMF/EMF), a drawing that needs Windows to "
+                                         "render it, which is not installed here: convert it to PNG"),
+    (r"not identified by this driver", "is {a} {format} file whose header declares no pixels, or a color type "
+                                       "or bit depth that does not exist: it is corrupt"),
+    (r"^(Unsupported|Unknown|Unimplemented|unknown|cannot handle)|not supported",
+     "is {a} {format} file that cannot be decoded ({reason}): unsupported layout or corrupt header"),
+]
+
+
+def _explain(e: BaseException, fmt: str | None, *, layout: bool = False) -> str:
+    """The message for a decoder's exception, after the file's name, on one line. ``layout``:
+    the file's header was refused (rather than its pixels)."""
+    reason = " ".join(str(e).split()) or type(e).__name__
+    fmt = fmt or "known"
+    a = _article(fmt)
+    if isinstance(e, NotImplementedError):  # a layout the plugin knows of but cannot read (DDS)
+        found = re.fullmatch(r"Unimplemented DXGI format (\d+)", reason)
+        if found:
+            from PIL.DdsImagePlugin import DXGI_FORMAT
+
+            n = int(found.group(1))
+            reason = f"DXGI_FORMAT_{DXGI_FORMAT(n).name}" if n in set(DXGI_FORMAT) else reason
+        return f"is {a} {fmt} file that uses a feature the decoder does not support ({reason}): convert it to PNG"
+    for pattern, message in _CAUSES:
+        if re.search(pattern, reason):
+            return message.format(a=a, format=fmt, reason=reason)
+    if layout:
+        return f"is {a} {fmt} file that cannot be decoded ({reason}): unsupported layout or corrupt header"
+    if not isinstance(e, (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)):
+        reason = f"{type(e).__name__}: {reason}"
+    return f"could not be decoded (truncated or corrupt?): {reason}"
+
+
+def _article(fmt: str) -> str:
+    """'a PNG', 'an EPS', 'an SGI': formats read as words or letter by letter."""
+    spelled = {"FLI", "FTEX", "HDF5", "MPO", "MSP", "SGI", "XBM", "XPM", "XVTHUMB"}
+    return "an" if fmt[0] in "AEIOU" or fmt in spelled else "a"
+
+
+def _claim(head: bytes) -> tuple[str, bool | str] | None:
+    """The format whose plugin claims a file by its first 16 bytes (its signature), with the
+    plugin's verdict (True, or why it cannot read it: "... AVIF support not installed"), or None."""
+    Image.init()
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:  # as in Image.open: a signature check may fail on a short file
+            verdict = accept is not None and accept(head)
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+        if verdict:
+            return fmt, verdict
+    return None
+
+
+def _format_of(source: Union[str, bytes]) -> str | None:
+    claim = _claim(_bytes(source, 16))
+    return claim[0] if claim else None
+
+
+def _unidentified(source: Union[str, bytes]) -> str:
+    """The message for a file Pillow could not identify. Pillow drops its plugins' reasons, so
+    the plugin whose signature matches is asked again; no match: not an image."""
+    claim = _claim(_bytes(source, 16))
+    if claim is None:
+        return "is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP"
+    fmt, verdict = claim
+    if isinstance(verdict, str):
+        return f"is {_article(fmt)} {fmt} file that cannot be decoded here ({verdict}): convert it to PNG"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its warnings were shown by the first attempt
+            Image.OPEN[fmt][0](io.BytesIO(source) if isinstance(source, bytes) else source, "").close()
+        e: BaseException = SyntaxError("unsupported layout")
+    except Exception as err:  # noqa: BLE001 - only its message is wanted
+        e = err
+    return _explain(e, fmt, layout=True)
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -120,9 +120,9 @@ def test_second_run_with_other_process_counts_draws_a_speedup_line(at):
         ("notes.png", b"this is not an image at all", "not a recognized image"),
         ("half.png", None, "truncated or corrupt"),
         ("huge.png", (8000, 8000), "more than the limit of 40,000,000 pixels"),
-        ("bomb.png", (20000, 20000), "decompression bomb"),
+        ("bomb.png", (20000, 20000), "is 400,000,000 pixels, more than the limit of 40,000,000 pixels"),
         ("empty.png", b"", "empty"),
-        ("float.tif", "float32", "has mode 'F'"),
+        ("float.tif", "float32", "holds 32-bit floating-point samples (Pillow mode 'F')"),
     ],
 )
 def test_bad_upload_shows_the_error_and_the_app_keeps_working(at, eng, name, data, message):

@@ -134,7 +134,9 @@ def test_thirty_two_bit_integer_tiff_with_sixteen_bit_values():
 
 def test_thirty_two_bit_integer_out_of_range_is_refused():
     g = np.full((4, 5), 70000, np.int32)
-    with pytest.raises(ImageError, match=r"holds 32-bit values from 70000 to 70000; only 8- and 16-bit images are supported"):
+    with pytest.raises(ImageError, match=r"^image data holds 32-bit integer values from 70000 to 70000, beyond the 16-bit range "
+                                         r"\(Pillow mode 'I'\), which this engine does not take: convert it to 8- or 16-bit "
+                                         r"integer gray or RGB \(PNG or TIFF\)$"):
         load_image(encode(Image.fromarray(g, mode="I"), "TIFF"))
 
 
@@ -264,7 +266,8 @@ def test_text_file_is_not_an_image(tmp_path):
 def test_float_tiff_is_refused():
     f = Image.fromarray(RNG.random((5, 5)).astype(np.float32))
     assert f.mode == "F"
-    with pytest.raises(ImageError, match=r"^image data has mode 'F', which has no 8- or 16-bit integer form here; supported modes: "):
+    with pytest.raises(ImageError, match=r"^image data holds 32-bit floating-point samples \(Pillow mode 'F'\), which this "
+                                         r"engine does not take: convert it to 8- or 16-bit integer gray or RGB"):
         load_image(encode(f, "TIFF"))
 
 
@@ -272,23 +275,57 @@ def test_decompression_bomb_is_refused_from_the_header():
     data = png_header_only(30000, 30000)
     assert len(data) < 100
     t = time.perf_counter()
-    with pytest.raises(ImageError, match=r"^image data looks like a decompression bomb: .*900000000 pixels"):
+    with pytest.raises(ImageError, match=r"^image data is 900,000,000 pixels, more than the limit of 40,000,000 pixels$"):
         load_image(data)
     assert time.perf_counter() - t < 1.0  # no pixel was decoded
+    # between the limit and Pillow's own (89M): refused with the engine's limit, not Pillow's
+    with pytest.raises(ImageError, match=r"^image data is 64,000,000 pixels, more than the limit of 40,000,000 pixels$"):
+        load_image(png_header_only(8000, 8000))
     # between Pillow's warning and error limits (89M..179M pixels): refused too, not a warning
-    with pytest.raises(ImageError, match=r"decompression bomb"):
+    with pytest.raises(ImageError, match=r"^image data is 100,000,000 pixels, more than the limit of 40,000,000 pixels$"):
         load_image(png_header_only(10000, 10000))
 
 
 def test_max_pixels():
+    pillows = Image.MAX_IMAGE_PIXELS
+    assert engine.MAX_PIXELS == 40_000_000 and "MAX_PIXELS" in engine.__all__
     data = encode(Image.new("RGB", (100, 50)), "PNG")
-    with pytest.raises(ImageError, match=r"^image data is 100x50 = 5,000 pixels, more than the limit of 4,999 pixels$"):
+    with pytest.raises(ImageError, match=r"^image data is 5,000 pixels, more than the limit of 4,999 pixels$"):
         load_image(data, max_pixels=4999)
     assert load_image(data, max_pixels=5000).shape == (50, 100, 3)
-    # a limit above Pillow's lets a big header through to the (truncated) data
+    # a limit above the default lets a big header through to the (truncated) data
     with pytest.raises(ImageError, match=r"could not be decoded"):
         load_image(png_header_only(10000, 10000), max_pixels=10**8)
-    assert Image.MAX_IMAGE_PIXELS == engine._image.DEFAULT_MAX_PIXELS  # noqa: SLF001 - restored
+    assert Image.MAX_IMAGE_PIXELS == pillows  # Pillow's own limit, restored after each call
+
+
+def test_transparency_is_an_alpha_channel_at_8_and_16_bits():
+    """tRNS of gray and RGB PNGs becomes alpha (0 where the color is the tRNS color), as for
+    palette images, whatever the bit depth."""
+    g8 = RNG.integers(0, 256, (6, 7), dtype=np.uint8)
+    g8[0, 0] = 9
+    got = load_image(encode(Image.fromarray(g8), "PNG", transparency=9))
+    assert got.shape == (6, 7, 2) and np.array_equal(got[:, :, 0], g8)
+    assert np.array_equal(got[:, :, 1], np.where(g8 == 9, 0, 255))
+    rgb = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    rgb[1, 1] = (1, 2, 3)
+    got = load_image(encode(Image.fromarray(rgb), "PNG", transparency=(1, 2, 3)))
+    assert got.shape == (6, 7, 4) and np.array_equal(got[:, :, :3], rgb)
+    assert np.array_equal(got[:, :, 3], np.where((rgb == (1, 2, 3)).all(axis=2), 0, 255))
+    g16 = RNG.integers(0, 65536, (6, 7), dtype=np.uint16)
+    g16[2, 2] = 40000
+    got = load_image(encode(Image.fromarray(g16), "PNG", transparency=40000))
+    assert got.dtype == np.uint16 and got.shape == (6, 7, 2) and np.array_equal(got[:, :, 0], g16)
+    assert np.array_equal(got[:, :, 1], np.where(g16 == 40000, 0, 65535))
+
+
+def test_messages_are_one_line_without_library_jargon():
+    cases = [b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 7, 0, 0, 0)),  # color type 7
+             b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n" + b"\n" * 40]
+    for data in cases:
+        with pytest.raises(ImageError) as e:
+            load_image(data)
+        assert "\n" not in str(e.value) and "driver" not in str(e.value), str(e.value)
 
 
 # -- save_image -----------------------------------------------------------------------------------

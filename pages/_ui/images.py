@@ -33,9 +33,6 @@ SAMPLE_TITLES = {
 }
 DEFAULT_SAMPLE = "astronaut.png"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
-#: Refuse uploads with more pixels than this (a decoded 40 MP RGB image is 120 MB, and a job
-#: holds it three times: input and two outputs). Judged from the header, before decoding.
-UPLOAD_MAX_PIXELS = 40_000_000
 #: Size presets for timing demos: target pixel counts (None keeps the original).
 PRESETS = {"original": None, "1 MP": 1 << 20, "4 MP": 1 << 22, "16 MP": 1 << 24}
 #: Longest side of the pictures sent to the browser (the engine always works at full size).

@@ -79,7 +79,7 @@ def _read_upload() -> None:
     st.session_state["lab_upload_seen"] = up.file_id
     data = up.getvalue()
     try:
-        a = engine.load_image(data, max_pixels=images.UPLOAD_MAX_PIXELS)
+        a = engine.load_image(data)  # refuses more than engine.MAX_PIXELS, quoting it
     except (engine.ImageError, ValueError, TypeError) as e:
         st.session_state["lab_upload_error"] = f"{up.name}: {e}"
         return
@@ -98,7 +98,7 @@ def upload_box() -> None:
         "Or upload an image",
         type=images.UPLOAD_TYPES,
         key="lab_upload",
-        help=f"PNG, JPEG, TIFF (16-bit too), BMP, GIF or WebP, up to {images.UPLOAD_MAX_PIXELS / 1e6:.0f} megapixels.",
+        help=f"PNG, JPEG, TIFF (16-bit too), BMP, GIF or WebP, up to {engine.MAX_PIXELS:,} pixels.",
     )
     _read_upload()
     if err := st.session_state.get("lab_upload_error"):
