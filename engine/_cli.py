@@ -141,10 +141,8 @@ def _run(args) -> int:
 
         return run_batch_cli(args)
 
-    outs = {"filter": lambda: [args.output_path], "pair": lambda: [args.output_a, args.output_b],
-            "scaling": lambda: []}[args.command]()
-    outs += [p for p in (getattr(args, "csv", None), getattr(args, "figure", None)) if p]
-    for path in outs:
+    outs = [getattr(args, name, None) for name in ("output_path", "output_a", "output_b", "csv", "figure")]
+    for path in filter(None, outs):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise UsageError(f"output folder {folder!r} does not exist")
