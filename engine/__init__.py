@@ -1,6 +1,8 @@
 """Parallel Filter Lab's engine: correlate images with small kernels over shared-memory row bands.
 
-The public surface is what ``__all__`` lists; see ``engine/README.md`` for a tour.
+The public surface is what ``__all__`` lists, plus the submodule ``engine.plot`` (matplotlib
+figures), imported on first use so that ``import engine`` never imports matplotlib; see
+``engine/README.md`` for a tour.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ._engine import (
 )
 from ._image import MAX_PIXELS, ImageError, load_image, save_image
 from ._kernels import KERNELS, Kernel, parse_kernel
+from ._scaling import Scaling, ScalingRun, amdahl_fit, amdahl_speedup, measure_scaling
+from ._timeline import TIMELINE_STYLE
 
 __all__ = [
     "load_image",
@@ -51,7 +55,22 @@ __all__ = [
     "filter_zarr",
     "filter_dask",
     "dask_available",
+    "measure_scaling",
+    "Scaling",
+    "ScalingRun",
+    "amdahl_fit",
+    "amdahl_speedup",
+    "TIMELINE_STYLE",
 ]
+
+
+def __getattr__(name: str):
+    # ``engine.plot`` imports matplotlib: only when someone asks for it.
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, border: str = "replicate",

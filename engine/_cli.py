@@ -1,4 +1,4 @@
-"""Command line: filter, pair, kernels, bench (and batch, with the Dask extras).
+"""Command line: filter, pair, scaling, kernels, bench (and batch, with the Dask extras).
 
 Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
 1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly).
@@ -75,7 +75,20 @@ def _build() -> argparse.ArgumentParser:
     pr.add_argument("output_b")
     pr.add_argument("--kernels", nargs=2, required=True, metavar=("A", "B"))
     pr.add_argument("--processes", nargs=2, type=_positive_int, default=None, metavar=("N", "M"))
+    pr.add_argument("--figure", default=None, metavar="PATH",
+                    help="also write the results and the band timeline as one figure (.png, .svg or .pdf)")
     options(pr)
+
+    sc = sub.add_parser("scaling", help="time one filter at several process counts: speedup, efficiency, Amdahl")
+    sc.add_argument("input")
+    sc.add_argument("--kernel", required=True, help="a name (see `kernels`) or weights like '1 2 1; 2 4 2; 1 2 1'")
+    sc.add_argument("--processes", nargs="+", type=_positive_int, default=None, metavar="N",
+                    help="process counts to time (default 1 up to twice the CPUs)")
+    sc.add_argument("--repeats", type=_positive_int, default=3, help="runs per process count (the median is kept)")
+    sc.add_argument("--csv", default=None, metavar="PATH", help="write every run as CSV")
+    sc.add_argument("--figure", default=None, metavar="PATH",
+                    help="write time, speedup and efficiency as a figure (.png, .svg or .pdf)")
+    options(sc)
 
     bt = sub.add_parser("batch", help="filter every image in a folder (resumable; on Dask with --scheduler)")
     bt.add_argument("input_dir")
@@ -129,14 +142,18 @@ def _run(args) -> int:
 
         return run_batch_cli(args)
 
-    with _quiet_fd2():
-        image = engine.load_image(args.input, max_pixels=args.max_pixels)
-    common = dict(border=args.border, output=args.output, implementation=args.implementation)
-    outs = [args.output_path] if args.command == "filter" else [args.output_a, args.output_b]
-    for path in outs:
+    outs = [getattr(args, name, None) for name in ("output_path", "output_a", "output_b", "csv", "figure")]
+    for path in filter(None, outs):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise UsageError(f"output folder {folder!r} does not exist")
+    if getattr(args, "figure", None):
+        _figure_format(args.figure)
+    with _quiet_fd2():
+        image = engine.load_image(args.input, max_pixels=args.max_pixels)
+    common = dict(border=args.border, output=args.output, implementation=args.implementation)
+    if args.command == "scaling":
+        return _scaling(image, args, common)
     with engine.Engine() as eng:
         if args.command == "filter":
             result = eng.filter_image(image, _kernel(args.kernel), processes=args.processes, **common)
@@ -151,6 +168,51 @@ def _run(args) -> int:
                 f"{res.phases.compute * 1e3:.1f}, copy-out {res.phases.copy_out * 1e3:.1f}), "
                 f"{len(res.timeline)} bands"
             )
+            if args.figure:
+                _write_figure(engine.plot.pair(image, res), args.figure)
+    return 0
+
+
+def _figure_format(path: str) -> str:
+    from . import plot
+
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in plot.FORMATS:
+        *most, last = ("." + f for f in plot.FORMATS)
+        raise UsageError(f"--figure must end in {', '.join(most)} or {last}, got {path!r}")
+    return ext
+
+
+def _write_figure(fig, path: str) -> None:
+    from . import plot
+
+    with open(path, "wb") as f:
+        f.write(plot.render(fig, _figure_format(path)))
+    print(f"figure written to {path}")
+
+
+def _scaling(image, args, common) -> int:
+    """The scaling sweep: the table on stdout, the runs as CSV and the figure on request."""
+    import csv
+    import dataclasses
+
+    import engine
+
+    with engine.Engine() as eng:
+        sc = engine.measure_scaling(image, _kernel(args.kernel), processes=args.processes, repeats=args.repeats,
+                                    engine=eng, **common)
+    h, w = image.shape[:2]
+    print(f"{sc.kernel} on {w}x{h}, {args.implementation}, median of {args.repeats} run(s) per count, "
+          f"{sc.cpus} CPUs")
+    print(sc)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(engine.ScalingRun)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in sc.runs)
+        print(f"runs written to {args.csv}")
+    if args.figure:
+        _write_figure(engine.plot.scaling(sc), args.figure)
     return 0
 
 

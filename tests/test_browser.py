@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import engine
 from pages._ui import images
@@ -142,8 +143,6 @@ def wait_for_results(page, run_id: int, timeout: float = 60_000) -> None:
 
 def _trim_bottom(path: Path, margin: int = 24) -> None:
     """Cut the blank band below the last element (the viewport was made taller than the page)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))
     rows = np.nonzero((rgb < 250).any(axis=(1, 2)))[0]
@@ -185,6 +184,13 @@ def test_upload_filter_download_and_screenshot(server, browser, eng, tmp_path):
     resized = images.resample(original, images.preset_shape(*original.shape[:2], images.PRESETS["1 MP"]))
     expected = eng.filter_image(resized, "sobel", processes=2, output="abs")
     assert got.shape == expected.shape and np.array_equal(got, expected)
+    # the figure for a report: engine.plot draws it in the server when the button is clicked
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_role("button", name="Results row as PNG").click()
+    path = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(path)
+    assert path.name.startswith("coffee_results_run") and path.suffix == ".png"
+    assert Image.open(path).size[0] >= 1000  # 200 dpi
 
     # the picture for the README: the lab with results, at 1280 px
     page.wait_for_timeout(800)  # charts settle

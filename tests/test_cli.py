@@ -84,6 +84,39 @@ def test_pair(inputs, eng, tmp_path):
     assert np.array_equal(engine.load_image(b), eng.filter_image(rgb, "gaussian", processes=2, border="mirror"))
 
 
+def test_pair_figure_has_the_results_and_the_timeline(inputs, tmp_path):
+    from PIL import Image
+
+    d = inputs[0]
+    for fmt, magic in [("png", b"\x89PNG\r\n\x1a\n"), ("pdf", b"%PDF-")]:
+        fig = tmp_path / f"run.{fmt}"
+        res = run("pair", d / "rgb.png", tmp_path / "a.png", tmp_path / "b.png", "--kernels", "sobel", "gaussian",
+                  "--processes", "1", "2", "--figure", fig)
+        assert res.returncode == 0, res.stderr
+        assert f"figure written to {fig}" in res.stdout
+        assert fig.read_bytes().startswith(magic)
+    assert Image.open(tmp_path / "run.png").size[0] >= 1500  # three images wide at 200 dpi
+
+
+def test_scaling_prints_the_table_and_writes_csv_and_figure(inputs, tmp_path):
+    import csv
+
+    d = inputs[0]
+    out_csv, fig = tmp_path / "runs.csv", tmp_path / "scaling.svg"
+    res = run("scaling", d / "rgb.png", "--kernel", "gaussian", "--processes", "1", "2", "--repeats", "2",
+              "--csv", out_csv, "--figure", fig)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("gaussian on 30x40, opencv, median of 2 run(s) per count")
+    assert lines[1].split() == ["processes", "median", "ms", "speedup", "efficiency"]
+    assert [ln.split()[0] for ln in lines[2:4]] == ["1", "2"] and lines[2].split()[2:] == ["1.00x", "100%"]
+    assert lines[4].startswith("Amdahl serial fraction")
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [(r["processes"], r["repeat"]) for r in rows] == [("1", "1"), ("2", "1"), ("1", "2"), ("2", "2")]
+    assert all(float(r["seconds"]) > 0 and int(r["bands"]) >= 1 for r in rows)
+    assert fig.read_bytes().lstrip().startswith(b"<?xml") and b"</svg>" in fig.read_bytes()[-100:]
+
+
 def test_kernels_lists_the_registry():
     res = run("kernels")
     assert res.returncode == 0, res.stderr
@@ -96,7 +129,8 @@ def test_kernels_lists_the_registry():
 @pytest.mark.parametrize("case", [
     "unknown kernel", "ragged kernel text", "missing input", "non-image input", "processes 0", "processes x",
     "processes 1.5", "processes over max_workers", "unknown border", "unknown output", "missing output folder",
-    "pair processes 0", "kernel nan",
+    "pair processes 0", "kernel nan", "pair figure jpg", "scaling processes twice", "scaling processes 0",
+    "scaling unknown kernel", "scaling missing figure folder",
 ])
 def test_usage_errors(inputs, tmp_path, case):
     d = inputs[0]
@@ -118,6 +152,14 @@ def test_usage_errors(inputs, tmp_path, case):
         "pair processes 0": (["pair", src, out, tmp_path / "b.png", "--kernels", "sobel", "sobel", "--processes", "1", "0"],
                              ["--processes"]),
         "kernel nan": (["filter", src, out, "--kernel", "1 nan 1"], ["finite"]),
+        "pair figure jpg": (["pair", src, out, tmp_path / "b.png", "--kernels", "sobel", "sobel", "--figure",
+                             tmp_path / "run.jpg"], ["--figure must end in .png, .svg or .pdf", "run.jpg"]),
+        "scaling processes twice": (["scaling", src, "--kernel", "sobel", "--processes", "1", "1"],
+                                    ["processes must be distinct integers", "got [1, 1]"]),
+        "scaling processes 0": (["scaling", src, "--kernel", "sobel", "--processes", "0"], ["--processes", "got 0"]),
+        "scaling unknown kernel": (["scaling", src, "--kernel", "blurry"], ["'blurry' is neither a known kernel"]),
+        "scaling missing figure folder": (["scaling", src, "--kernel", "sobel", "--figure", tmp_path / "no" / "f.png"],
+                                          ["output folder", "does not exist"]),
     }[case]
     res = run(*args)
     assert_usage_error(res, *needles)

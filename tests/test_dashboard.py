@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from PIL import Image
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 import engine
-from pages._ui import charts, explain, images, jobs, kernels
+from pages._ui import charts, explain, images, jobs, kernels, lab, sweep
 
 pytestmark = pytest.mark.usefixtures("app_engine")  # tests/conftest.py
 
@@ -45,6 +46,37 @@ def at():
         pending.job.cancel()
     del app, pending
     gc.collect()
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    """Downloads whose data Streamlit makes on click, as registered: file name -> (mime, callable)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    seen = {}
+    real = MediaFileManager.add_deferred
+
+    def spy(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        seen[file_name] = (mimetype, data_callable)
+        return real(self, data_callable, mimetype, coordinates, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    return seen
+
+
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<?xml", "pdf": b"%PDF-"}
+
+
+def _valid_figure(data: bytes, fmt: str) -> None:
+    assert data.startswith(MAGIC[fmt]), data[:20]
+    if fmt == "png":
+        w, h = Image.open(io.BytesIO(data)).size  # decodes
+        assert w >= 1000 and h >= 300  # 200 dpi
+        Image.open(io.BytesIO(data)).load()
+    elif fmt == "svg":
+        assert data.rstrip().endswith(b"</svg>")
+    else:
+        assert data.rstrip().endswith(b"%%EOF")
 
 
 def _no_errors(app: AppTest) -> None:
@@ -100,7 +132,29 @@ def test_lab_pair_is_the_engines_output_and_the_timeline_has_one_bar_per_band(at
     assert bars[bars["filter"] == "A"]["pid"].nunique() <= 2
     # the downloads and the views are there
     labels = [b.label for b in at.get("download_button")]
-    assert labels == ["A as PNG", "B as PNG", "Timeline as CSV"]
+    assert labels == ["A as PNG", "B as PNG", "Timeline as CSV", "Results row as PNG", "Timing chart as PNG"]
+
+
+def test_lab_figures_for_a_report_download_as_png_svg_and_pdf(at, deferred):
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = at.session_state["lab_result"]
+    stem = Path(r.image.name).stem
+    for fmt in ("png", "svg", "pdf"):
+        at.session_state["lab_fig_format"] = fmt
+        at.run()
+        _no_errors(at)
+        labels = [b.label for b in at.get("download_button")]
+        assert labels[-2:] == [f"Results row as {fmt.upper()}", f"Timing chart as {fmt.upper()}"]
+        for what in ("results", "timing"):
+            mime, make = deferred.pop(f"{stem}_{what}_run{r.run_id}.{fmt}")
+            assert mime == engine.plot.FORMATS[fmt]
+            _valid_figure(make(), fmt)
+    # what the results figure shows: the page's captions over the page's images
+    fig = engine.plot.results(r.image.array, r.result, titles=lab.results_titles(r))
+    captions = [c for im in at.image for c in im.captions]
+    assert [ax.get_title() for ax in fig.axes] == lab.results_titles(r)
+    assert all(t in captions for t in lab.results_titles(r)), captions
 
 
 def test_second_run_with_other_process_counts_draws_a_speedup_line(at):
@@ -234,7 +288,7 @@ def test_python_implementation_on_a_big_image_explains_itself(at):
 
 
 # -- Scaling ------------------------------------------------------------------------------------
-def test_scaling_sweep_plots_time_speedup_and_efficiency(at):
+def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
     at.switch_page("pages/scaling.py").run()
     _no_errors(at)
     at.select_slider(key="sc_side").set_value(128)
@@ -253,7 +307,18 @@ def test_scaling_sweep_plots_time_speedup_and_efficiency(at):
     text = " ".join(c.value for c in at.caption)
     assert "Amdahl" in text and "Efficiency" in text and "**numpy**" in text and " ms" in text
     assert len(at.get("vega_lite_chart")) == 3
-    assert [b.label for b in at.get("download_button")] == ["Runs as CSV"]
+    assert [b.label for b in at.get("download_button")] == ["Runs as CSV", "Scaling charts as PNG"]
+    # the report figure: the same series as the page's charts, in their colours
+    mime, make = deferred["scaling_gaussian.png"]
+    assert mime == "image/png"
+    _valid_figure(make(), "png")
+    fig = sweep.figure(sw)
+    assert [ax.get_title() for ax in fig.axes] == ["Time", "Speedup", "Efficiency"]
+    measured = [ln for ln in fig.axes[1].lines if ln.get_marker() == "o"]
+    summary = charts.sweep_summary(runs, sweep.CPUS)
+    assert [ln.get_ydata().tolist() for ln in measured] == [
+        g.sort_values("processes")["speedup"].tolist() for _, g in summary.groupby("series", sort=False)]
+    assert [to_hex(ln.get_color()) for ln in measured] == [charts.IMPL_COLORS[i] for i in ("opencv", "numpy", "python")]
 
 
 def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
@@ -416,14 +481,6 @@ def test_frequency_response_reads_blur_edge_and_identity():
     assert kernels.frequency_sentence(engine.KERNELS["gaussian"]).startswith("Low-pass")
     assert kernels.frequency_sentence(engine.KERNELS["laplacian"]).startswith("High-pass")
     assert "vertical edges" in kernels.frequency_sentence(engine.KERNELS["sobel"])
-
-
-def test_amdahl_fit_recovers_the_serial_fraction():
-    p = np.array([1, 2, 3, 4])
-    t = 10 * (0.2 + 0.8 / np.minimum(p, 4))
-    t1, s = charts.amdahl_fit(p, t, cpus=4)
-    assert t1 == pytest.approx(10) and s == pytest.approx(0.2)
-    assert charts.amdahl_fit([1, 1], [1.0, 1.1], cpus=2) is None
 
 
 def test_min_band_pixels_mirror_matches_the_engine():

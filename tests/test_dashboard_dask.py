@@ -91,7 +91,10 @@ def test_scaling_sweep_runs_on_dask_beside_the_process_pool(at, dask_cluster, ap
     assert any("Dask took" in c and "the process pool's time for opencv at 2" in c for c in captions), captions
     assert any("reached" in c and "2 workers" in c and "Each backend" in c for c in captions), captions
     assert len(at.get("vega_lite_chart")) == 3
-    assert [b.label for b in at.get("download_button")] == ["Runs as CSV"]
+    assert [b.label for b in at.get("download_button")] == ["Runs as CSV", "Scaling charts as PNG"]
+    fig = sweep.figure(sw)  # the report figure has both backends too
+    assert [t.get_text().split(",")[0] for t in fig.legends[0].get_texts()][:2] == [
+        "opencv · process pool", "opencv · dask"]
 
     # the sweep only times, but what it timed is the engine's output, on both backends
     expected = app_engine.filter_image(sw.image, sw.kernel, processes=1)

@@ -12,14 +12,16 @@ import pandas as pd
 
 import engine
 
-#: Filter A and filter B keep these colours everywhere (Streamlit's blue and orange).
-FILTER_COLORS = {"A": "#1c83e1", "B": "#ff8700"}
+#: Filter A and filter B keep these colours everywhere (Streamlit's blue and orange): the engine's
+#: timeline style, which ``engine.plot.timeline`` draws with too.
+STYLE = engine.TIMELINE_STYLE
+FILTER_COLORS = dict(STYLE.colors)
 IMPL_COLORS = {"opencv": "#1c83e1", "numpy": "#21a366", "python": "#9a5cf0"}
 #: The same implementations on the Dask backend: warm hues, so the two backends never share a colour.
 DASK_COLORS = {"opencv": "#e8384f", "numpy": "#ff8700", "python": "#a16207"}
 #: The Scaling page's backends, as they appear in the sweep's ``backend`` column.
 POOL, DASK = "process pool", "dask"
-_SLOTS = "AB"
+_SLOTS = "".join(STYLE.slots)
 #: Streamlit counts a spec's height as the whole chart (axes, legend, title) unless it is told to
 #: pad: with this, ``height`` is the plot area, as in plain Vega-Lite.
 PAD = alt.AutoSizeParams(type="pad")
@@ -42,7 +44,7 @@ def timeline_frame(result: engine.PairResult, kernel_names: tuple[str, ...]) -> 
                 "last_row": r.last_row,
                 "rows": r.last_row - r.first_row + 1,
                 "pid": r.pid,
-                "worker": f"{slot} · pid {r.pid}",
+                "worker": STYLE.worker(r.filter, r.pid),
                 "start_ms": r.start * 1e3,
                 "end_ms": r.end * 1e3,
                 "ms": (r.end - r.start) * 1e3,
@@ -59,11 +61,11 @@ def gantt_chart(df: pd.DataFrame, wall_ms: float | None = None) -> alt.Chart:
     color = alt.Color(
         "filter:N",
         scale=alt.Scale(domain=present, range=[FILTER_COLORS[s] for s in present]),
-        legend=alt.Legend(title=None, orient="top", labelExpr="'filter ' + datum.label"),
+        legend=alt.Legend(title=None, orient="top", labelExpr=f"'{STYLE.legend_prefix}' + datum.label"),
     )
     base = alt.Chart(df)
-    bars = base.mark_bar(cornerRadius=2, height={"band": 0.72}).encode(
-        x=alt.X("start_ms:Q", title="milliseconds since the job started"),
+    bars = base.mark_bar(cornerRadius=2, height={"band": STYLE.bar_height}).encode(
+        x=alt.X("start_ms:Q", title=STYLE.x_title),
         x2="end_ms:Q",
         y=alt.Y("worker:N", sort=order, title=None),
         color=color,
@@ -79,7 +81,7 @@ def gantt_chart(df: pd.DataFrame, wall_ms: float | None = None) -> alt.Chart:
         ],
     )
     labels = base.transform_calculate(mid="(datum.start_ms + datum.end_ms) / 2").mark_text(
-        fontSize=9, color="white"
+        fontSize=9, color=STYLE.label_color
     ).encode(x="mid:Q", y=alt.Y("worker:N", sort=order), text="band:Q")
     chart = bars + labels
     height = 30 * len(order) + 10
@@ -124,30 +126,6 @@ def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int) -> alt.Chart:
 
 
 # -- scaling sweeps ---------------------------------------------------------------------------
-def amdahl_fit(processes, seconds, cpus: int) -> tuple[float, float] | None:
-    """Fit ``T(p) = T1 * (s + (1 - s) / min(p, cpus))`` by least squares; ``(T1, s)``.
-
-    Amdahl's law with the number of cores that can actually work at once: beyond the CPUs,
-    extra processes share cores and add no parallelism. None with fewer than two distinct
-    effective process counts.
-    """
-    p = np.minimum(np.asarray(processes, dtype=float), cpus)
-    t = np.asarray(seconds, dtype=float)
-    if len(np.unique(p)) < 2:
-        return None
-    a_mat = np.column_stack([np.ones_like(p), 1.0 / p])
-    (a, b), *_ = np.linalg.lstsq(a_mat, t, rcond=None)
-    a, b = max(float(a), 0.0), max(float(b), 0.0)
-    t1 = a + b
-    if t1 <= 0:
-        return None
-    return t1, min(max(a / t1, 0.0), 1.0)
-
-
-def amdahl_speedup(p, s: float, cpus: int):
-    return 1.0 / (s + (1.0 - s) / np.minimum(np.asarray(p, dtype=float), cpus))
-
-
 def with_series(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with a ``backend`` column (the process pool when missing) and a ``series``
     label per (backend, implementation): the implementation alone when only the process pool
@@ -158,48 +136,45 @@ def with_series(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(series=series)
 
 
+def scalings(runs: pd.DataFrame, cpus: int, **labels) -> dict[tuple[str, str, str], engine.Scaling]:
+    """One ``engine.Scaling`` per (backend, implementation) of a sweep's runs, keyed by
+    (backend, implementation, series); ``labels`` (kernel, shape) go into each."""
+    out = {}
+    for (backend, impl, series), g in with_series(runs).groupby(["backend", "implementation", "series"], sort=False):
+        recs = [engine.ScalingRun(int(p), int(rep), float(t))
+                for p, rep, t in zip(g["processes"], g["repeat"], g["seconds"])]
+        out[(backend, impl, series)] = engine.Scaling(tuple(recs), cpus, implementation=impl, **labels)
+    return out
+
+
 def sweep_summary(runs: pd.DataFrame, cpus: int) -> pd.DataFrame:
     """Median time per (backend, implementation, processes), speedup vs the same backend's 1
-    process, efficiency, and an Amdahl fit per backend and implementation."""
+    process, efficiency, and an Amdahl fit per backend and implementation (``engine.Scaling``)."""
     cols = ["backend", "implementation", "series", "processes", "ms", "speedup", "efficiency", "amdahl",
             "serial_fraction"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    keys = ["backend", "implementation", "series"]
-    med = with_series(runs).groupby(keys + ["processes"], as_index=False, sort=False)["seconds"].median()
     out = []
-    for (backend, impl, series), g in med.groupby(keys, sort=False):
-        g = g.sort_values("processes")
-        base = g.loc[g["processes"] == g["processes"].min(), "seconds"].iloc[0] * g["processes"].min()
-        if 1 in set(g["processes"]):
-            base = float(g.loc[g["processes"] == 1, "seconds"].iloc[0])
-        fit = amdahl_fit(g["processes"], g["seconds"], cpus)
-        for _, r in g.iterrows():
-            sp = base / r["seconds"]
-            out.append(
-                {
-                    "backend": backend,
-                    "implementation": impl,
-                    "series": series,
-                    "processes": int(r["processes"]),
-                    "ms": r["seconds"] * 1e3,
-                    "speedup": sp,
-                    "efficiency": sp / r["processes"],
-                    "amdahl": float(amdahl_speedup(r["processes"], fit[1], cpus)) if fit else np.nan,
-                    "serial_fraction": fit[1] if fit else np.nan,
-                }
-            )
+    for (backend, impl, series), sc in scalings(runs, cpus).items():
+        s = sc.serial_fraction
+        out += [{"backend": backend, "implementation": impl, "series": series, **row, "serial_fraction": s}
+                for row in sc.table()]
     return pd.DataFrame(out, columns=cols)
+
+
+def series_colors(keys) -> dict[str, str]:
+    """Colour per series from ``(backend, implementation, series)`` keys: the implementation's,
+    warmer on Dask."""
+    return {series: (DASK_COLORS if b == DASK else IMPL_COLORS).get(i, "#555") for b, i, series in keys}
 
 
 def _series_color(summary: pd.DataFrame) -> alt.Color:
     """One colour per (backend, implementation): the implementation's, warmer on Dask."""
-    pairs = summary[["series", "backend", "implementation"]].drop_duplicates("series")
-    rng = [(DASK_COLORS if b == DASK else IMPL_COLORS).get(i, "#555")
-           for b, i in zip(pairs["backend"], pairs["implementation"])]
+    keys = summary[["backend", "implementation", "series"]].drop_duplicates("series")
+    colors = series_colors(keys.itertuples(index=False))
     return alt.Color(
         "series:N",
-        scale=alt.Scale(domain=list(pairs["series"]), range=rng),
+        scale=alt.Scale(domain=list(colors), range=list(colors.values())),
         legend=alt.Legend(title=None, orient="top"),
     )
 
@@ -261,7 +236,7 @@ def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
         for series, g in fit.groupby("series", sort=False):
             s = float(g["serial_fraction"].iloc[0])
             ps = np.linspace(1, n_max, 60)
-            grid.append(pd.DataFrame({"series": series, "processes": ps, "amdahl": amdahl_speedup(ps, s, cpus)}))
+            grid.append(pd.DataFrame({"series": series, "processes": ps, "amdahl": engine.amdahl_speedup(ps, s, cpus)}))
         layers.append(
             alt.Chart(pd.concat(grid)).mark_line(strokeDash=[2, 3], strokeWidth=1.5, opacity=0.9).encode(
                 x=x, y="amdahl:Q", color=color

@@ -14,7 +14,7 @@ import streamlit as st
 
 import engine
 
-from . import charts, images, jobs, kernels
+from . import charts, images, jobs, kernels, report
 from .state import CPUS, PROCESS_MAX, WORKER_CAP, CurrentImage, get_engine, shared_image, shared_outputs
 
 THEME_RGB = (11, 114, 133)  # .streamlit/config.toml primaryColor
@@ -297,15 +297,23 @@ def result_caption(r: LabResult, i: int) -> str:
     return f"{slot} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall:.1f} ms (run #{r.run_id})"
 
 
-def results_row(r: LabResult, stale: bool) -> None:
+def original_caption(r: LabResult) -> str:
     h, w, c = r.image.shape
+    return f"Original · {r.image.name} · {w}x{h}, {c} channel{'s' if c > 1 else ''}"
+
+
+def results_titles(r: LabResult) -> list[str]:
+    """The results row's captions, for the report figure."""
+    return [original_caption(r)] + [result_caption(r, i) for i in range(2)]
+
+
+def results_row(r: LabResult, stale: bool) -> None:
     note = images.display_note(r.image.array.dtype)
     if stale:
         st.info("These results are from earlier settings: press **Run A and B** to update them.",
                 icon=":material/history:")
     cols = st.columns(3, gap="small")
-    cols[0].image(r.image.preview, caption=f"Original · {r.image.name} · {w}x{h}, {c} channel{'s' if c > 1 else ''}",
-                  width="stretch", output_format="PNG")
+    cols[0].image(r.image.preview, caption=original_caption(r), width="stretch", output_format="PNG")
     for i in range(2):
         cols[i + 1].image(r.png[i], caption=result_caption(r, i), width="stretch", output_format="PNG")
     if note:
@@ -452,3 +460,9 @@ def downloads(r: LabResult) -> None:
         key="lab_dl_csv",
         width="stretch",
     )
+    report.downloads("lab_fig_format", [
+        report.ReportFigure("lab_fig_results", "Results row", f"{stem}_results_run{r.run_id}",
+                            lambda: engine.plot.results(r.image.array, r.result, titles=results_titles(r))),
+        report.ReportFigure("lab_fig_timing", "Timing chart", f"{stem}_timing_run{r.run_id}",
+                            lambda: engine.plot.timeline(r.result)),
+    ])

@@ -24,7 +24,7 @@ import streamlit as st
 
 import engine
 
-from . import charts, cluster, jobs
+from . import charts, cluster, jobs, report
 from .charts import DASK, POOL
 from .state import CPUS, WORKER_CAP, get_engine
 
@@ -327,3 +327,12 @@ def charts_row(sw: Sweep) -> None:
                                     "serial fraction": st.column_config.NumberColumn(format="percent")})
     st.download_button("Runs as CSV", runs.to_csv(index=False), file_name=f"scaling_{sw.kernel}.csv",
                        mime="text/csv", icon=":material/download:", on_click="ignore", key="sc_csv")
+    report.downloads("sc_fig_format", [report.ReportFigure("sc_fig", "Scaling charts", f"scaling_{sw.kernel}",
+                                                           lambda: figure(sw))])
+
+
+def figure(sw: Sweep):
+    """The three charts above as one ``engine.plot.scaling`` figure, in the page's colours."""
+    scs = charts.scalings(sw.frame(), CPUS, kernel=sw.kernel, shape=sw.image.shape)
+    colors = charts.series_colors(scs)
+    return engine.plot.scaling({series: sc for (_, _, series), sc in scs.items()}, colors=colors)
