@@ -40,6 +40,7 @@ __all__ = [
     "band_range",
     "ROUTES",
     "route",
+    "routes",
 ]
 
 BORDERS = {
@@ -293,16 +294,41 @@ def band_range(src, band, kernel, border, implementation):
 DIRECT_2D_TAPS = 9
 
 
+def routes(kernel: Kernel, dtype, border: str, output: str, implementation: str = "opencv") -> tuple[str, ...]:
+    """Every ``ROUTES`` key that computes this request within the exactness rule, the one that
+    ``route`` takes first. (``benchmarks/routes.py`` times them all; tests check them all.)
+
+    ``direct``: 8-bit images, outputs ``clip``, ``offset`` (OpenCV adds it as ``delta``) and
+    ``abs`` (through int16, then ``cv2.convertScaleAbs``), separable kernels and 2-D ones up to
+    49 taps. ``float32``: float32 sums within ``F32_MAX_ERROR``, any border but ``wrap``, outputs
+    but ``normalize``, separable kernels and 2-D ones up to 49 taps. ``general``: always.
+
+    >>> from engine import KERNELS
+    >>> routes(KERNELS["gaussian"], np.uint8, "replicate", "clip"), routes(KERNELS["gaussian"], np.uint16, "mirror", "abs")
+    (('direct', 'float32', 'general'), ('float32', 'general'))
+    """
+    if implementation != "opencv":
+        return (implementation,)
+    if output == "normalize" or border == "wrap" or kernel.precision(dtype) is np.float64:
+        return ("general",)
+    if not kernel.separable and kernel.weights.size > _DFT_SAFE_TAPS:  # never OpenCV's size-dependent DFT
+        return ("general",)
+    fast = ("float32", "general")
+    if np.dtype(dtype) == np.uint8:
+        direct_first = kernel.separable or kernel.weights.size <= DIRECT_2D_TAPS
+        return ("direct",) + fast if direct_first else ("float32", "direct", "general")
+    return fast
+
+
 def route(kernel: Kernel, dtype, border: str, output: str, implementation: str = "opencv") -> str:
     """The ``ROUTES`` key that computes this request: a function of the request alone.
 
-    ``direct`` for 8-bit images with outputs ``clip``, ``offset`` (OpenCV adds it as ``delta``)
-    and ``abs`` (through int16, then ``cv2.convertScaleAbs``), for separable kernels and 2-D ones
-    up to ``DIRECT_2D_TAPS``; ``float32`` for 16-bit images and other 2-D kernels up to 49 taps;
-    ``general`` for ``normalize`` (float64 from the exact weights), ``wrap``, bigger 2-D kernels
-    (never OpenCV's size-dependent DFT) and kernels whose float32 sums could err by more than
-    ``F32_MAX_ERROR``. Every route meets the same exactness rule; two routes may round a value
-    within float32's error of a .5 tie differently, which is why timing never picks the route.
+    ``direct`` for 8-bit images (separable kernels, and 2-D ones up to ``DIRECT_2D_TAPS``),
+    ``float32`` for 16-bit images and other 2-D kernels up to 49 taps, ``general`` for
+    ``normalize`` (float64 from the exact weights), ``wrap``, bigger 2-D kernels and kernels
+    whose float32 sums could err by more than ``F32_MAX_ERROR`` (see ``routes``). Every route
+    meets the same exactness rule, but two routes may round a value within float32's error of a
+    .5 tie differently: that is why timing never picks the route.
 
     >>> from engine import KERNELS
     >>> [route(KERNELS[k], np.uint8, "replicate", "clip") for k in ("gaussian", "laplacian", "motion_blur")]
@@ -310,14 +336,7 @@ def route(kernel: Kernel, dtype, border: str, output: str, implementation: str =
     >>> route(KERNELS["gaussian"], np.uint16, "replicate", "clip"), route(KERNELS["gaussian"], np.uint8, "wrap", "clip")
     ('float32', 'general')
     """
-    if implementation != "opencv":
-        return implementation
-    if (output == "normalize" or border == "wrap" or kernel.precision(dtype) is np.float64
-            or (not kernel.separable and kernel.weights.size > _DFT_SAFE_TAPS)):
-        return "general"
-    if np.dtype(dtype) == np.uint8 and (kernel.separable or kernel.weights.size <= DIRECT_2D_TAPS):
-        return "direct"
-    return "float32"
+    return routes(kernel, dtype, border, output, implementation)[0]
 
 
 def _squeeze(a: np.ndarray) -> np.ndarray:
@@ -415,15 +434,20 @@ def _chunked_rows(src, dst, start, stop, kernel, border, output, scratch=np.floa
         _into(cv2.addWeighted(rows, 1.0, rows, 0.0, shift, dst=out, dtype=depth), out)
 
 
-def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None) -> str:
+def filter_band(src, dst, band, kernel, border, output, implementation, *, value_range=None, how=None) -> str:
     """Filter one band of ``src`` (H, W, C) into rows ``[band.start, band.stop)`` of ``dst``;
-    returns the route (``route``) that computed it.
+    returns the route that computed it: ``route(...)``, or ``how`` when given (one of
+    ``routes(...)``: benchmarks and tests run each).
 
     This is the whole computation; backends only decide where it runs.
     """
     nc = color_channels(src.shape[2])
     rows = slice(band.start, band.stop)
-    how = route(kernel, src.dtype, border, output, implementation)
+    eligible = routes(kernel, src.dtype, border, output, implementation)
+    if how is None:
+        how = eligible[0]
+    elif how not in eligible:
+        raise ValueError(f"route {how!r} does not compute this request; it may take {', '.join(eligible)}")
     if how == "direct" and output == "abs":
         _chunked_rows(src, dst, band.start, band.stop, kernel, border, output, np.int16)
     elif how == "direct":

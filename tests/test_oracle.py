@@ -400,3 +400,47 @@ def test_sixteen_bit_big_kernel_is_summed_in_float64(eng, implementation):
     w *= 1.5 / w.sum()
     got = run_all_counts(eng, img, w, output="offset", implementation=implementation)
     assert_close(got, img, w, "replicate", "offset", "16-bit 15x15")
+
+
+# -- every route the band kernel may take (issue 11) ----------------------------------------------
+
+
+ROUTE_CASES = covering(
+    {"kernel": [k for k in engine.KERNELS if k != "identity"] + ["random 5x5", "random 3x5 separable", "random 7x7"],
+     "dtype": DTYPES},
+    {"border": [b for b in BORDERS if b != "wrap"], "output": ["clip", "abs", "offset"], "channels": [1, 2, 3, 4]},
+)
+
+
+@pytest.mark.parametrize("case", ROUTE_CASES, ids=_id)
+def test_every_route_meets_the_oracle_on_any_band_plan(case):
+    """Each route that ``routes`` allows for a request gives the oracle's rounding, and the same
+    bits whatever the band plan (the direct route redoes rows near inner band edges)."""
+    from engine._bands import plan_bands
+    from engine._compute import filter_band, routes
+
+    name = case["kernel"]
+    w = {"random 5x5": weights(5, 5, 50), "random 3x5 separable": weights(3, 5, 35, separable=True),
+         "random 7x7": weights(7, 7, 77)}.get(name)
+    k = engine.KERNELS[name] if w is None else engine.Kernel(name, w)
+    img = image(LARGE, case["channels"], case["dtype"], seed=len(name))
+    h = img.shape[0]
+    for how in routes(k, img.dtype, case["border"], case["output"]):
+        outs = []
+        for n in (1, 3, 7):
+            out = np.zeros_like(img)
+            for band in plan_bands(h, k.shape[0], n):
+                filter_band(img, out, band, k, case["border"], case["output"], "opencv", how=how)
+            outs.append(out)
+        assert all(np.array_equal(o, outs[0]) for o in outs[1:]), f"{how}: bits depend on the band plan"
+        assert_close(outs[0], img, k.weights, case["border"], case["output"], f"{_id(case)} via {how}")
+
+
+def test_a_route_that_cannot_compute_the_request_is_refused():
+    from engine._bands import plan_bands
+    from engine._compute import filter_band
+
+    img = np.zeros((8, 8, 3), np.uint16)
+    with pytest.raises(ValueError, match=r"^route 'direct' does not compute this request; it may take float32, general$"):
+        filter_band(img, img.copy(), plan_bands(8, 3, 1)[0], engine.Kernel("k", np.ones((3, 3)) / 9),
+                    "replicate", "clip", "opencv", how="direct")
