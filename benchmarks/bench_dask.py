@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engine  # noqa: E402
 from engine import _dask  # noqa: E402
+from engine._bands import cluster_band_count, plan_bands  # noqa: E402
 
 START, END = "<!-- dask-bench:start -->", "<!-- dask-bench:end -->"
 ZSTART, ZEND = "<!-- dask-zarr:start -->", "<!-- dask-zarr:end -->"
@@ -100,12 +101,14 @@ def run_tables(sizes, repeats, client, eng):
         rounds = repeats if n <= 8192 else max(1, (repeats + 1) // 2)
         for kname, w in kernels().items():
             k = engine.Kernel(kname, w)
-            plan = _dask._plan(n, n, k, "replicate", threads=2)  # blocks: tcp, dask-image, filter_dask
-            bands = (len(eng.plan(img.shape, k, 2)), len(_dask._plan(n, n, k, "replicate", threads=2, shared=True)), len(plan))
+            plan = plan_bands(n, k.shape[0], cluster_band_count(n, n, 2))  # blocks: tcp, dask-image, filter_dask
+            shared = plan_bands(n, k.shape[0], cluster_band_count(n, n, 2, shared=True))
+            bands = (len(eng.plan(img.shape, k, 2)), len(shared), len(plan))
+            request = engine.FilterRequest([k])
             out = np.empty_like(img)
             ref = eng.filter_image(img, k, processes=2)
             for transport in ("shm", "tcp"):  # warm-up, and the results are the engine's
-                assert np.array_equal(_dask.filter_image(img, k, scheduler=client, transport=transport), ref), transport
+                assert np.array_equal(_dask.filter_on_dask(img, request, scheduler=client, transport=transport), ref)
             src, dst = eng.shared_array(img.shape, img.dtype), eng.shared_array(img.shape, img.dtype)
             src[...] = img
             x, futs = scattered(client, img, plan)
@@ -116,8 +119,8 @@ def run_tables(sizes, repeats, client, eng):
 
             t = round_robin({
                 "engine": lambda: eng.filter_image(img, k, processes=2, out=out),
-                "shm": lambda: _dask.filter_image(img, k, scheduler=client, out=out, transport="shm"),
-                "tcp": lambda: _dask.filter_image(img, k, scheduler=client, out=out, transport="tcp"),
+                "shm": lambda: _dask.filter_on_dask(img, request, scheduler=client, out=out, transport="shm"),
+                "tcp": lambda: _dask.filter_on_dask(img, request, scheduler=client, out=out, transport="tcp"),
                 "dask-image": dask_image_e2e,
                 "engine zero-copy": lambda: eng.filter_image(src, k, processes=2, out=dst),
                 "filter_dask": lambda: persist_wait(client, engine.filter_dask(x, k, band_rows=plan[0].rows)),

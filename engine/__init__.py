@@ -10,21 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from ._bands import Band, plan_bands
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, ROUTES
-from ._dask import dask_available, filter_dask, filter_zarr  # imports Dask only when called
-from ._engine import (
-    BandRecord,
-    Engine,
-    Job,
-    JobCancelled,
-    PairResult,
-    Phases,
-    WorkerError,
-    available_cpus,
-    default_engine,
-)
-from ._image import MAX_PIXELS, ImageError, load_image, save_image
+from ._dask import dask_available, filter_dask  # import Dask only when called
+from ._errors import ImageError, JobCancelled, WorkerError
+from ._image import MAX_PIXELS, load_image, save_image
 from ._kernels import KERNELS, Kernel, parse_kernel
+from ._options import BORDERS, IMPLEMENTATIONS, OUTPUTS, ROUTES
+from ._pool import BandRecord, Engine, Job, PairResult, Phases, available_cpus, default_engine
+from ._request import FilterRequest
+from ._stores import filter_zarr
 from ._scaling import Scaling, ScalingRun, amdahl_fit, amdahl_speedup, measure_scaling
 from ._timeline import TIMELINE_STYLE
 
@@ -40,6 +33,7 @@ __all__ = [
     "OUTPUTS",
     "IMPLEMENTATIONS",
     "ROUTES",
+    "FilterRequest",
     "filter_image",
     "filter_pair",
     "Engine",
@@ -139,10 +133,10 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
         if processes is not None:
             raise ValueError(f"processes applies to the process-pool engine; with scheduler=... the cluster's "
                              f"workers run the bands, so pass processes=None (got {processes!r})")
-        from ._dask import filter_image as dask_filter_image
+        from ._dask import filter_on_dask
 
-        return dask_filter_image(image, kernel, scheduler=scheduler, border=border, output=output,
-                                 implementation=implementation, out=out)
+        request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
+        return filter_on_dask(image, request, scheduler=scheduler, out=out)
     return default_engine().filter_image(image, kernel, processes=processes, border=border, output=output,
                                          implementation=implementation, out=out)
 

@@ -14,12 +14,23 @@ A band that writes output rows ``[start, stop)`` therefore reads input rows
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["Band", "halo", "plan_bands", "band_count"]
+import numpy as np
+
+__all__ = ["Band", "halo", "plan_bands", "band_count", "cluster_band_count", "store_band_count", "local_band",
+           "row_runs", "take_rows", "MIN_BAND_PIXELS"]
 
 #: Below this many pixels a band is not worth a round trip to a worker.
 MIN_BAND_PIXELS = 1 << 18
+#: On a Dask cluster, bands copied into blocks: at least one per this many pixels (load balance
+#: against per-task overhead).
+TARGET_BAND_PIXELS = 1 << 22
+#: On a Dask cluster, bands read and written in shared memory are never copied, but each is a
+#: Dask task (a few ms of scheduler and worker overhead, where the pool spends a pipe message):
+#: at most one per this many pixels (and still at least one per worker thread).
+SHARED_BAND_PIXELS = 1 << 23
 #: Bands per worker process when the image is large enough: an idle worker takes the next band,
 #: so a worker that falls behind hands its second band to one that is free. A band edge costs
 #: only its halo rows (``_compute._cv_float_rows``); four a worker measured no faster.
@@ -99,3 +110,91 @@ def band_count(height: int, width: int, processes: int) -> int:
     by_size = max(1, (height * width) // MIN_BAND_PIXELS)
     n = min(processes * BANDS_PER_PROCESS, max(processes, by_size))
     return max(1, min(n, height))
+
+
+def cluster_band_count(height: int, width: int, threads: int, *, band_rows: int | None = None,
+                       shared: bool = False) -> int:
+    """Bands for a Dask cluster of ``threads`` worker threads: ``band_rows`` rows each when
+    given; else the pool's rule (``band_count``) with at least one band per
+    ``TARGET_BAND_PIXELS`` when bands are copied into blocks, or at most one per
+    ``SHARED_BAND_PIXELS`` (and one per thread) when they are ``shared`` in place.
+
+    >>> cluster_band_count(4096, 4096, 2), cluster_band_count(4096, 4096, 2, shared=True), cluster_band_count(100, 10, 2, band_rows=30)
+    (4, 2, 4)
+    """
+    threads = max(1, threads)
+    if band_rows is not None:
+        n = math.ceil(height / band_rows)
+    elif shared:
+        n = min(band_count(height, width, threads), max(threads, height * width // SHARED_BAND_PIXELS))
+    else:
+        n = max(band_count(height, width, threads), math.ceil(height * width / TARGET_BAND_PIXELS))
+    return max(1, min(n, height))
+
+
+def _near_divisor(m: int, target: int) -> int | None:
+    """The divisor of ``m`` closest to ``target``, if one lies within a factor 2 of it."""
+    divs = {d for i in range(1, math.isqrt(m) + 1) if m % i == 0 for d in (i, m // i)}
+    best = min(divs, key=lambda d: (abs(d - target), -d))
+    return best if target / 2 <= best <= 2 * target else None
+
+
+def store_band_count(height: int, width: int, threads: int, *, band_rows: int | None = None,
+                     row_chunk: int | None = None, src_chunk: int | None = None) -> int:
+    """Bands for a Zarr or TIFF store: made of whole row chunks of both stores whenever the
+    height allows (every band then owns whole chunks of the output and writes them itself; no
+    two tasks share a chunk), else ``cluster_band_count``. ``row_chunk`` None: the output is
+    created afterwards, with the bands' height.
+
+    >>> store_band_count(4096, 4096, 2, row_chunk=256), 4096 % store_band_count(4096, 4096, 2, row_chunk=256)
+    (4, 0)
+    """
+    if band_rows is not None:
+        return cluster_band_count(height, width, threads, band_rows=band_rows)
+    target = max(band_count(height, width, threads), math.ceil(height * width / TARGET_BAND_PIXELS))
+    for unit in (math.lcm(row_chunk or 1, src_chunk or 1), row_chunk or 1):
+        if height % unit == 0 and height // unit >= min(target, threads):  # enough bands for the workers
+            n = _near_divisor(height // unit, min(target, height // unit))
+            if n is not None:
+                return n
+    return cluster_band_count(height, width, threads)
+
+
+# -- a band as a small array of its own (the Dask backend's blocks) ------------------------------
+def local_band(band: Band) -> Band:
+    """The same band, indexing into its block (the rows ``[read_start, read_stop)`` alone).
+
+    >>> local_band(Band(1, 5, 10, 4, 11))
+    Band(index=1, start=1, stop=6, read_start=0, read_stop=7)
+    """
+    return Band(band.index, band.start - band.read_start, band.stop - band.read_start, 0,
+                band.read_stop - band.read_start)
+
+
+def row_runs(band: Band, height: int) -> list[tuple[int, int]]:
+    """Contiguous in-image row ranges that, concatenated, are the band's read rows modulo H.
+
+    One run for a clamped range; a halo from the opposite edge adds runs.
+
+    >>> row_runs(Band(0, 0, 5, -2, 7), 10)
+    [(8, 10), (0, 7)]
+    >>> row_runs(Band(0, 0, 3, -4, 7), 3)  # a kernel taller than the image
+    [(2, 3), (0, 3), (0, 3), (0, 3), (0, 1)]
+    """
+    runs, r = [], band.read_start
+    while r < band.read_stop:
+        lo = r % height
+        n = min(height - lo, band.read_stop - r)
+        runs.append((lo, lo + n))
+        r += n
+    return runs
+
+
+def take_rows(source, band: Band, height: int) -> np.ndarray:
+    """The band's block from ``source`` (an (H, W, C) array, or anything sliceable by rows):
+    a view when the read range is one run, else a copy."""
+    runs = row_runs(band, height)
+    if len(runs) == 1:
+        lo, hi = runs[0]
+        return np.asarray(source[lo:hi])
+    return np.concatenate([np.asarray(source[lo:hi]) for lo, hi in runs])

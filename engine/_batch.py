@@ -1,6 +1,6 @@
-"""``python -m engine batch IN_DIR OUT_DIR --kernel K [--scheduler tcp://...|local]``.
-
-Filters every image in a folder; resumable; bad files are reported and skipped. Flow::
+"""Filter every image in a folder: resumable, bad files reported and skipped (the logic behind
+``python -m engine batch IN_DIR OUT_DIR --kernel K [--scheduler tcp://...|local]``; the CLI only
+parses the command line and prints the ``Outcome``s). Flow::
 
     caller                                          where each image is filtered
     ------                                          ----------------------------
@@ -29,16 +29,26 @@ import secrets
 import time
 from dataclasses import dataclass
 
-__all__ = ["run_batch_cli", "list_images", "output_names", "is_complete", "process_file", "sweep_temps"]
+from ._bands import plan_bands, take_rows
+from ._errors import ImageError, WorkerError
+from ._image import load_image, save_image
+from ._request import FilterRequest
+
+__all__ = ["Batch", "Outcome", "prepare_batch", "list_images", "output_names", "is_complete", "process_file",
+           "sweep_temps"]
 
 _TMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 _KEEP_EXT = (".png", ".tif", ".tiff")
 
 
-@dataclass
-class _Outcome:
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input image: ``done`` (``detail``: size and seconds), ``already``
+    (a complete output exists), ``bad`` (``detail``: why it is not an image we can read) or
+    ``failed`` (``detail``: the error)."""
+
     name: str
-    status: str  # "done", "already", "bad", "failed"
+    status: str
     detail: str = ""
 
 
@@ -104,8 +114,6 @@ def _tmp_path(out_path: str) -> str:
 
 
 def _write_atomic(image, out_path: str) -> None:
-    from . import save_image
-
     tmp = _tmp_path(out_path)
     try:
         data = save_image(image, None, format="TIFF" if out_path.lower().endswith((".tif", ".tiff")) else "PNG")
@@ -130,25 +138,24 @@ def sweep_temps(folder: str) -> list[str]:
     return sweep_dead_owners(folder, os.listdir(folder), owner)
 
 
-def process_file(in_path, out_path, kernel, border, output, implementation, max_pixels=None) -> tuple:
+def process_file(in_path, out_path, request, max_pixels=None) -> tuple:
     """One image, start to finish, in one process (a Dask worker): load, filter with the band
     kernel on the one-band plan (bit-identical to the process-pool engine), save atomically.
     Returns ``(shape, seconds)``; raises ``ImageError`` for a bad input."""
     import numpy as np
 
-    from . import load_image
-    from ._bands import plan_bands
-    from ._dask import block_range, filter_block, take_rows
-    from ._validate import check_python_size
+    from ._dask import block_range, filter_block
+    from ._options import BORDER
 
     t0 = time.perf_counter()
-    image = load_image(in_path, max_pixels=max_pixels)
-    check_python_size(image, implementation)
+    image = request.check_image(load_image(in_path, max_pixels=max_pixels))
+    (kernel,) = request.kernels
+    border, output, impl = request.border, request.output, request.implementation
     h = image.shape[0]
-    (band,) = plan_bands(h, kernel.shape[0], 1, wrap=border == "wrap")
+    (band,) = plan_bands(h, kernel.shape[0], 1, wrap=BORDER[border].wraps)
     block = take_rows(image, band, h)
-    vr = block_range(block, band, kernel, border, implementation) if output == "normalize" else None
-    result = np.ascontiguousarray(filter_block(block, band, kernel, border, output, implementation, vr))
+    vr = block_range(block, band, kernel, border, impl) if output == "normalize" else None
+    result = np.ascontiguousarray(filter_block(block, band, kernel, border, output, impl, vr))
     _write_atomic(result, out_path)
     return image.shape, time.perf_counter() - t0
 
@@ -156,153 +163,151 @@ def process_file(in_path, out_path, kernel, border, output, implementation, max_
 def _process_task(*args) -> tuple:
     """``process_file`` on a worker, with a bad image as a result rather than a failed task
     (which the worker would log as an error)."""
-    from . import ImageError
-
     try:
         return ("done",) + process_file(*args)
     except ImageError as e:
         return ("bad", str(e))
 
 
-def _check_scheduler_arg(scheduler):
+def _check_scheduler(scheduler):
     if scheduler is None:
         return None
-    if scheduler != "local" and "://" not in scheduler:
-        raise ValueError(f"--scheduler must be 'local' or a Dask scheduler address like tcp://host:8786, got {scheduler!r}")
+    if not isinstance(scheduler, str) or (scheduler != "local" and "://" not in scheduler):
+        raise ValueError(f"scheduler must be 'local' or a Dask scheduler address like tcp://host:8786, got {scheduler!r}")
     from ._dask import _dask
 
     try:
         _dask()
     except ImportError as e:
-        raise ValueError(f"--scheduler {scheduler}: {e}") from None
+        raise ValueError(f"scheduler {scheduler}: {e}") from None
     return scheduler
 
 
-def run_batch_cli(args) -> int:
-    """The ``batch`` command; returns the exit status (0 all good, 1 some skipped or failed)."""
-    from ._cli import UsageError, _kernel
-    from ._validate import check_choice
-    from . import BORDERS, IMPLEMENTATIONS, OUTPUTS
+@dataclass(frozen=True)
+class Batch:
+    """A validated batch: ``images`` (input names, sorted), ``targets`` (input -> output name),
+    ``ignored`` (non-image files). ``run()`` filters them and yields an ``Outcome`` per image as
+    it finishes."""
 
-    in_dir, out_dir = os.path.abspath(args.input_dir), os.path.abspath(args.output_dir)
-    if not os.path.isdir(in_dir):
-        raise UsageError(f"input folder {args.input_dir!r} does not exist")
-    if os.path.realpath(in_dir) == os.path.realpath(out_dir):
-        raise UsageError("output folder must differ from the input folder (outputs would overwrite inputs)")
-    kernel = _kernel(args.kernel)
-    check_choice(args.border, "--border", BORDERS)
-    check_choice(args.output, "--output", OUTPUTS)
-    check_choice(args.implementation, "--implementation", IMPLEMENTATIONS)
-    scheduler = _check_scheduler_arg(args.scheduler)
-    if scheduler is not None and args.processes is not None:
-        raise UsageError("--processes is for the process-pool engine; with --scheduler the cluster's workers run the images")
-    os.makedirs(out_dir, exist_ok=True)
-    sweep_temps(out_dir)
+    in_dir: str
+    out_dir: str
+    request: FilterRequest
+    images: tuple
+    targets: dict
+    ignored: int
+    scheduler: object = None
+    processes: int | None = None
+    overwrite: bool = False
+    max_pixels: int | None = None
 
-    names, ignored = list_images(in_dir)
-    targets = output_names(names)
-    total = len(names)
-    outcomes: list[_Outcome] = []
-    width = len(str(total))
-
-    def report(o: _Outcome):
-        outcomes.append(o)
-        tag = f"[{len(outcomes):>{width}}/{total}]"
-        line = {
-            "done": f"{tag} {o.name} -> {os.path.join(args.output_dir, targets[o.name])} ({o.detail})",
-            "already": f"{tag} {o.name}: already done",
-            "bad": f"{tag} {o.name}: skipped, bad image: {o.detail}",
-            "failed": f"{tag} {o.name}: failed: {o.detail}",
-        }[o.status]
-        print(line, flush=True)
-
-    todo = []
-    for n in names:
-        if not args.overwrite and os.path.exists(os.path.join(out_dir, targets[n])) and \
-                is_complete(os.path.join(out_dir, targets[n]), os.path.join(in_dir, n)):
-            report(_Outcome(n, "already"))
-        else:
-            todo.append(n)
-    opts = dict(border=args.border, output=args.output, implementation=args.implementation)
-    t0 = time.perf_counter()
-    if todo:
-        if scheduler is None:
-            _run_pool(in_dir, out_dir, todo, targets, kernel, opts, args, report)
-        else:
-            _run_dask(in_dir, out_dir, todo, targets, kernel, opts, args, scheduler, report)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "already", "bad", "failed")}
-    parts = [f"{counts['done']} filtered", f"{counts['already']} already done"]
-    if counts["bad"]:
-        parts.append(f"{counts['bad']} skipped as bad ({', '.join(o.name for o in outcomes if o.status == 'bad')})")
-    if counts["failed"]:
-        parts.append(f"{counts['failed']} failed ({', '.join(o.name for o in outcomes if o.status == 'failed')})")
-    extra = f"; {ignored} non-image file(s) ignored" if ignored else ""
-    print(f"batch: {total} image(s) in {args.input_dir}: {', '.join(parts)}{extra} "
-          f"[{time.perf_counter() - t0:.1f} s]", flush=True)
-    return 1 if counts["bad"] or counts["failed"] else 0
-
-
-def _run_pool(in_dir, out_dir, todo, targets, kernel, opts, args, report):
-    """Without a scheduler: the process-pool engine, one image at a time, bands in parallel."""
-    from . import Engine, ImageError, WorkerError, load_image
-
-    with Engine() as eng:
-        for n in todo:
-            t = time.perf_counter()
-            try:
-                image = load_image(os.path.join(in_dir, n), max_pixels=args.max_pixels)
-                result = eng.filter_image(image, kernel, processes=args.processes, **opts)
-                _write_atomic(result, os.path.join(out_dir, targets[n]))
-            except ImageError as e:
-                report(_Outcome(n, "bad", str(e)))
-            except (OSError, ValueError, WorkerError) as e:  # the engine replaces a dead worker: go on
-                report(_Outcome(n, "failed", f"{type(e).__name__}: {e}"))
+    def run(self):
+        todo = []
+        for n in self.images:
+            out = os.path.join(self.out_dir, self.targets[n])
+            if not self.overwrite and os.path.exists(out) and is_complete(out, os.path.join(self.in_dir, n)):
+                yield Outcome(n, "already")
             else:
-                report(_Outcome(n, "done", f"{image.shape[1]}x{image.shape[0]}, {time.perf_counter() - t:.2f} s"))
+                todo.append(n)
+        if todo:
+            yield from (self._on_pool(todo) if self.scheduler is None else self._on_dask(todo))
 
+    def _paths(self, n):
+        return os.path.join(self.in_dir, n), os.path.join(self.out_dir, self.targets[n])
 
-def _run_dask(in_dir, out_dir, todo, targets, kernel, opts, args, scheduler, report):
-    """With a scheduler: one task per image on the workers, a bounded number in flight."""
-    from distributed import as_completed
+    def _on_pool(self, todo):
+        """Without a scheduler: the process-pool engine, one image at a time, bands in parallel."""
+        from ._pool import Engine
 
-    from ._dask import _cluster_threads, _session
-
-    with _session(scheduler) as client:
-        window = 2 * _cluster_threads(client)
-        queue = list(todo)
-        names, inflight = {}, {}
-        running = as_completed(loop=client.loop, with_results=False)
-
-        def submit():
-            n = queue.pop(0)
-            fut = client.submit(_process_task, os.path.join(in_dir, n), os.path.join(out_dir, targets[n]), kernel,
-                                opts["border"], opts["output"], opts["implementation"], args.max_pixels, pure=False,
-                                key=f"pfl-batch-{n}-{secrets.token_hex(4)}")
-            names[fut.key] = n
-            inflight[fut.key] = fut
-            running.add(fut)
-
-        try:
-            for _ in range(min(window, len(queue))):
-                submit()
-            for fut in running:
-                n = names.pop(fut.key)
-                inflight.pop(fut.key, None)
-                exc = fut.exception()
-                if exc is None:
-                    res = fut.result()
-                    if res[0] == "bad":
-                        report(_Outcome(n, "bad", res[1]))
-                    else:
-                        shape, secs = res[1:]
-                        report(_Outcome(n, "done", f"{shape[1]}x{shape[0]}, {secs:.2f} s"))
+        with Engine() as eng:
+            for n in todo:
+                src, dst = self._paths(n)
+                t = time.perf_counter()
+                try:
+                    image = load_image(src, max_pixels=self.max_pixels)
+                    result = _wait_one(eng, image, self.request, self.processes)
+                    _write_atomic(result, dst)
+                except ImageError as e:
+                    yield Outcome(n, "bad", str(e))
+                except (OSError, ValueError, WorkerError) as e:  # the engine replaces a dead worker: go on
+                    yield Outcome(n, "failed", f"{type(e).__name__}: {e}")
                 else:
-                    report(_Outcome(n, "failed", f"{type(exc).__name__}: {exc}"))
-                fut.release()
-                if queue:
+                    yield Outcome(n, "done", f"{image.shape[1]}x{image.shape[0]}, {time.perf_counter() - t:.2f} s")
+
+    def _on_dask(self, todo):
+        """With a scheduler: one task per image on the workers, a bounded number in flight."""
+        from distributed import as_completed
+
+        from ._dask import _cluster_threads, _session
+
+        with _session(self.scheduler) as client:
+            window = 2 * _cluster_threads(client)
+            queue = list(todo)
+            names, inflight = {}, {}
+            running = as_completed(loop=client.loop, with_results=False)
+
+            def submit():
+                n = queue.pop(0)
+                fut = client.submit(_process_task, *self._paths(n), self.request, self.max_pixels, pure=False,
+                                    key=f"pfl-batch-{n}-{secrets.token_hex(4)}")
+                names[fut.key] = n
+                inflight[fut.key] = fut
+                running.add(fut)
+
+            try:
+                for _ in range(min(window, len(queue))):
                     submit()
-        except BaseException:  # Ctrl-C included: stop the cluster's work on our images
-            running.clear()
-            if inflight:
-                client.cancel(list(inflight.values()))
-            raise
+                for fut in running:
+                    n = names.pop(fut.key)
+                    inflight.pop(fut.key, None)
+                    exc = fut.exception()
+                    if exc is not None:
+                        yield Outcome(n, "failed", f"{type(exc).__name__}: {exc}")
+                    else:
+                        res = fut.result()
+                        if res[0] == "bad":
+                            yield Outcome(n, "bad", res[1])
+                        else:
+                            shape, secs = res[1:]
+                            yield Outcome(n, "done", f"{shape[1]}x{shape[0]}, {secs:.2f} s")
+                    fut.release()
+                    if queue:
+                        submit()
+            except BaseException:  # Ctrl-C included: stop the cluster's work on our images
+                running.clear()
+                if inflight:
+                    client.cancel(list(inflight.values()))
+                raise
+
+
+def _wait_one(eng, image, request, processes):
+    from ._pool import _wait
+
+    return _wait(eng.submit(image, request, processes=processes)).outputs[0]
+
+
+def prepare_batch(in_dir, out_dir, request: FilterRequest, *, scheduler=None, processes=None, overwrite=False,
+                  max_pixels=None) -> Batch:
+    """Check a batch before any work: the folders, the scheduler; create ``out_dir``, sweep the
+    temp files of killed runs from it, and list the images.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        The input folder is missing, the output folder is the input folder, ``scheduler`` is not
+        'local' or an address (or Dask is missing), or ``processes`` was given with a scheduler.
+    """
+    in_abs, out_abs = os.path.abspath(in_dir), os.path.abspath(out_dir)
+    if not os.path.isdir(in_abs):
+        raise FileNotFoundError(f"input folder {os.fspath(in_dir)!r} does not exist")
+    if os.path.realpath(in_abs) == os.path.realpath(out_abs):
+        raise ValueError("output folder must differ from the input folder (outputs would overwrite inputs)")
+    if len(request.kernels) != 1:
+        raise ValueError(f"a batch runs one kernel, got {len(request.kernels)}")
+    scheduler = _check_scheduler(scheduler)
+    if scheduler is not None and processes is not None:
+        raise ValueError("processes is for the process-pool engine; with a scheduler the cluster's workers run the images")
+    os.makedirs(out_abs, exist_ok=True)
+    sweep_temps(out_abs)
+    names, ignored = list_images(in_abs)
+    return Batch(in_abs, out_abs, request, tuple(names), output_names(names), ignored, scheduler, processes,
+                 overwrite, max_pixels)

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._engine import Engine, PairResult, available_cpus
+from ._pool import Engine, PairResult, available_cpus
+from ._request import FilterRequest
 from ._kernels import KERNELS, Kernel
 
 __all__ = ["main", "SIZES", "QUICK_SIZES", "TARGETS"]
@@ -331,11 +332,11 @@ def measure_size(eng, cv, size, kernel, repeats, notebook, libs) -> SizeResult:
     cands, labels = {}, {}
     for p, zc, npl in _engine_names(eng):
         over = " (oversubscribed)" if p > eng.cpus else ""
-        cands[zc] = Candidate(lambda p=p: eng.submit(src, [kernel], processes=p, out=(dst,)).result())
+        cands[zc] = Candidate(lambda p=p: eng.submit(src, FilterRequest([kernel]), processes=p, out=(dst,)).result())
         labels[zc] = ("engine, zero-copy (`shared_array` in, `out=`)", f"{p} process{'es' * (p > 1)}{over}")
     for p, zc, npl in _engine_names(eng):
         over = " (oversubscribed)" if p > eng.cpus else ""
-        cands[npl] = Candidate(lambda p=p: eng.submit(img, [kernel], processes=p).result())
+        cands[npl] = Candidate(lambda p=p: eng.submit(img, FilterRequest([kernel]), processes=p).result())
         labels[npl] = ("engine, numpy arrays in and out", f"{p} process{'es' * (p > 1)}{over}")
     for t in (1, 2):
         cands[f"cv{t}"] = Candidate(lambda: cv.call(img, kernel), cv.threads(t, img, kernel))
@@ -400,7 +401,7 @@ def measure_notebook(eng, kernel, repeats, crop_size=NOTEBOOK_CROP) -> dict:
 def measure_1024(eng, cv, kernel, repeats) -> dict:
     img = bench_image(NOTEBOOK_SIZE)
     cands = {
-        "engine": Candidate(lambda: eng.submit(img, [kernel], processes=eng.cpus).result()),
+        "engine": Candidate(lambda: eng.submit(img, FilterRequest([kernel]), processes=eng.cpus).result()),
         "cv1": Candidate(lambda: cv.call(img, kernel), cv.threads(1, img, kernel)),
     }
     return interleave(cands, repeats, f"{NOTEBOOK_SIZE}x{NOTEBOOK_SIZE} {kernel.name}")
@@ -412,12 +413,12 @@ def measure_pair(eng, size, ka, kb, repeats) -> dict:
     src[...] = img
     da, db = (eng.shared_array(img.shape, img.dtype) for _ in range(2))
     cands = {
-        "zc_a": Candidate(lambda: eng.submit(src, [ka], processes=1, out=(da,)).result()),
-        "zc_b": Candidate(lambda: eng.submit(src, [kb], processes=1, out=(db,)).result()),
-        "zc_pair": Candidate(lambda: eng.submit(src, [ka, kb], processes=(1, 1), out=(da, db)).result()),
-        "np_a": Candidate(lambda: eng.submit(img, [ka], processes=1).result()),
-        "np_b": Candidate(lambda: eng.submit(img, [kb], processes=1).result()),
-        "np_pair": Candidate(lambda: eng.submit(img, [ka, kb], processes=(1, 1)).result()),
+        "zc_a": Candidate(lambda: eng.submit(src, FilterRequest([ka]), processes=1, out=(da,)).result()),
+        "zc_b": Candidate(lambda: eng.submit(src, FilterRequest([kb]), processes=1, out=(db,)).result()),
+        "zc_pair": Candidate(lambda: eng.submit(src, FilterRequest([ka, kb]), processes=(1, 1), out=(da, db)).result()),
+        "np_a": Candidate(lambda: eng.submit(img, FilterRequest([ka]), processes=1).result()),
+        "np_b": Candidate(lambda: eng.submit(img, FilterRequest([kb]), processes=1).result()),
+        "np_pair": Candidate(lambda: eng.submit(img, FilterRequest([ka, kb]), processes=(1, 1)).result()),
     }
     return interleave(cands, repeats, f"pair {size}x{size}")
 

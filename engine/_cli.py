@@ -12,11 +12,9 @@ import os
 import sys
 import warnings
 
+from ._errors import UsageError
+
 USAGE_ERROR, FAILURE = 2, 1
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,9 +136,7 @@ def _run(args) -> int:
 
         return bench_main(sizes=args.sizes, repeats=args.repeats, quick=args.quick, markdown=args.markdown)
     if args.command == "batch":
-        from ._batch import run_batch_cli
-
-        return run_batch_cli(args)
+        return _batch(args)
 
     outs = [getattr(args, name, None) for name in ("output_path", "output_a", "output_b", "csv", "figure")]
     for path in filter(None, outs):
@@ -171,6 +167,41 @@ def _run(args) -> int:
             if args.figure:
                 _write_figure(engine.plot.pair(image, res), args.figure)
     return 0
+
+
+def _batch(args) -> int:
+    """The ``batch`` command: one line per image as it finishes, then a summary; exit 0 when
+    every image was filtered (or already done), 1 when some were bad or failed."""
+    import time
+
+    from ._batch import prepare_batch
+    from ._request import FilterRequest
+
+    request = FilterRequest([_kernel(args.kernel)], border=args.border, output=args.output,
+                            implementation=args.implementation)
+    batch = prepare_batch(args.input_dir, args.output_dir, request, scheduler=args.scheduler,
+                          processes=args.processes, overwrite=args.overwrite, max_pixels=args.max_pixels)
+    total, width = len(batch.images), len(str(len(batch.images)))
+    seen: dict = {"done": [], "already": [], "bad": [], "failed": []}
+    t0 = time.perf_counter()
+    for o in batch.run():
+        seen[o.status].append(o.name)
+        tag = f"[{sum(len(v) for v in seen.values()):>{width}}/{total}]"
+        print({
+            "done": f"{tag} {o.name} -> {os.path.join(args.output_dir, batch.targets[o.name])} ({o.detail})",
+            "already": f"{tag} {o.name}: already done",
+            "bad": f"{tag} {o.name}: skipped, bad image: {o.detail}",
+            "failed": f"{tag} {o.name}: failed: {o.detail}",
+        }[o.status], flush=True)
+    parts = [f"{len(seen['done'])} filtered", f"{len(seen['already'])} already done"]
+    if seen["bad"]:
+        parts.append(f"{len(seen['bad'])} skipped as bad ({', '.join(seen['bad'])})")
+    if seen["failed"]:
+        parts.append(f"{len(seen['failed'])} failed ({', '.join(seen['failed'])})")
+    extra = f"; {batch.ignored} non-image file(s) ignored" if batch.ignored else ""
+    print(f"batch: {total} image(s) in {args.input_dir}: {', '.join(parts)}{extra} "
+          f"[{time.perf_counter() - t0:.1f} s]", flush=True)
+    return 1 if seen["bad"] or seen["failed"] else 0
 
 
 def _figure_format(path: str) -> str:

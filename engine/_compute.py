@@ -1,20 +1,8 @@
 """The band kernel: correlate one row band of an image and map it to the output dtype.
 
 Plain functions of (input array, band, kernel, options) -> rows written into an output array.
-They run the same in the parent (tests, the Dask backend) and in worker processes.
-
-Border modes, one table (scipy.ndimage name, OpenCV constant, what lies past the edge of ``a b c d``):
-
-=========== ======== ===================== =====================
-border      scipy    OpenCV                past the left edge
-=========== ======== ===================== =====================
-replicate   nearest  BORDER_REPLICATE      ``a a a | a b c d``
-reflect     reflect  BORDER_REFLECT        ``c b a | a b c d``
-mirror      mirror   BORDER_REFLECT_101    ``d c b | a b c d``
-wrap        wrap     (built here: halo     ``b c d | a b c d``
-                     from the other edge)
-constant    constant BORDER_CONSTANT, 0    ``0 0 0 | a b c d``
-=========== ======== ===================== =====================
+They run the same in the parent (tests, the Dask backend) and in worker processes. What each
+border mode means, and which OpenCV constant extrapolates it, is ``_options.BORDER_TABLE``.
 """
 
 from __future__ import annotations
@@ -25,55 +13,19 @@ import numpy as np
 
 from ._bands import Band, halo
 from ._kernels import Kernel
+from ._options import BORDER, border_index
 
 __all__ = [
-    "BORDERS",
-    "OUTPUTS",
-    "IMPLEMENTATIONS",
-    "SCIPY_MODES",
     "PYTHON_MAX_PIXELS",
-    "border_index",
     "color_channels",
     "correlate_band",
     "map_output",
     "filter_band",
     "band_range",
-    "ROUTES",
     "route",
     "routes",
 ]
 
-BORDERS = {
-    "replicate": "repeat the edge pixel (aaa|abcd); scipy 'nearest', the notebook's choice",
-    "reflect": "mirror including the edge pixel (cba|abcd); scipy 'reflect'",
-    "mirror": "mirror about the edge pixel (dcb|abcd); scipy 'mirror', OpenCV's default",
-    "wrap": "continue from the opposite edge (bcd|abcd), as if the image tiled the plane",
-    "constant": "pad with zeros (000|abcd); dark frames appear at the edges",
-}
-OUTPUTS = {
-    "clip": "round to nearest and clip to the dtype's range: negative responses become black",
-    "abs": "absolute value, then clip: edges of both signs show bright",
-    "normalize": "stretch the whole result's min..max to the full range (a constant result gives 0)",
-    "offset": "add half the range (128 or 32768), then clip: zero is mid-gray, signs show as dark/light",
-}
-IMPLEMENTATIONS = {
-    "opencv": "OpenCV per band (cv2.sepFilter2D for rank-1 kernels, cv2.filter2D otherwise)",
-    "numpy": "numpy only: one vectorized multiply-add per kernel weight",
-    "python": "the notebook's per-pixel Python loops, for teaching (images up to 256x256 pixels)",
-}
-#: How ``implementation="opencv"`` computes a band: ``route()`` picks one from the request alone
-#: (kernel, dtype, border, output), never from timing, so that a request gives the same bits on
-#: every run, engine and process count (routes may differ at rounding ties: see ``route``).
-ROUTES = {
-    "direct": "OpenCV's own 8-bit call straight into the output rows (float32 weights, exactly "
-              "symmetric factors); rows within a halo of an inner band edge redone from their real neighbours",
-    "float32": "OpenCV into float32 a cache-sized chunk at a time (each with its real halo rows), "
-               "then rounded into the output rows",
-    "general": "OpenCV on the band with its halo rows built here by the border rule (wrap, normalize, "
-               "2-D kernels over 49 taps, sums that need float64)",
-    "numpy": IMPLEMENTATIONS["numpy"],
-    "python": IMPLEMENTATIONS["python"],
-}
 PYTHON_MAX_PIXELS = 256 * 256
 #: Above this many taps a 2-D OpenCV filter may switch to a DFT, whose rounding depends on the
 #: band's size; such kernels run as a sum of 1-D row filters so every process count agrees.
@@ -85,43 +37,6 @@ def _cv2():
     import cv2
 
     return cv2
-
-
-def _cv_border(border: str) -> int:
-    cv2 = _cv2()
-    return {
-        "replicate": cv2.BORDER_REPLICATE,
-        "reflect": cv2.BORDER_REFLECT,
-        "mirror": cv2.BORDER_REFLECT_101,
-        "constant": cv2.BORDER_CONSTANT,
-        "wrap": cv2.BORDER_CONSTANT,  # never used at a real edge: wrap halos are built explicitly
-    }[border]
-
-
-def border_index(idx: np.ndarray, n: int, border: str) -> np.ndarray:
-    """Map indices (any integers) to ``[0, n)`` by the border rule; ``-1`` means zero (constant).
-
-    >>> border_index(np.arange(-3, 7), 4, "reflect").tolist()
-    [2, 1, 0, 0, 1, 2, 3, 3, 2, 1]
-    >>> border_index(np.arange(-3, 7), 4, "mirror").tolist()
-    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    if border == "replicate":
-        return np.clip(idx, 0, n - 1)
-    if border == "wrap":
-        return np.mod(idx, n)
-    if border == "constant":
-        return np.where((idx >= 0) & (idx < n), idx, -1)
-    if border == "reflect":
-        m = np.mod(idx, 2 * n)
-        return np.where(m >= n, 2 * n - 1 - m, m)
-    if border == "mirror":
-        if n == 1:
-            return np.zeros_like(idx)
-        m = np.mod(idx, 2 * n - 2)
-        return np.where(m >= n, 2 * n - 2 - m, m)
-    raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
 
 
 def color_channels(c: int) -> int:
@@ -184,16 +99,18 @@ def _opencv_band(src, band, kernel, border, ddepth, exact=False):
     kh, kw = kernel.shape
     top = halo(kh)[0]
     rows, width = band.rows, src.shape[1]
-    mode = _cv_border(border)
     w = kernel.weights
     weights = (w,) if exact else kernel.opencv_weights(src.dtype)
     two_d = len(weights) == 1 and w.size > _DFT_SAFE_TAPS
-    if border == "wrap" or two_d:
-        # OpenCV has no wrap border for filters, and big 2-D kernels need exact padded rows:
-        # materialize the halo rows (and, for wrap, the halo columns) by the border rule.
-        left = halo(kw)[0] if border == "wrap" else 0
+    built = BORDER[border].opencv is None  # OpenCV cannot extrapolate it: every halo is built here
+    # with every halo built, OpenCV's own border only pads columns that are cropped away below
+    mode = cv2.BORDER_CONSTANT if built else BORDER[border].opencv_code
+    if built or two_d:
+        # Big 2-D kernels need exact padded rows too: materialize the halo rows (and, when
+        # OpenCV cannot extrapolate the border, the halo columns) by the border rule.
+        left = halo(kw)[0] if built else 0
         rows_idx = np.arange(band.start - top, band.stop + kh - 1 - top)
-        cols_idx = np.arange(-left, width + kw - 1 - left) if border == "wrap" else None
+        cols_idx = np.arange(-left, width + kw - 1 - left) if built else None
         view, off = _take(src, rows_idx, cols_idx, border), top
     else:
         view, off, left = src[band.read_start : band.read_stop], band.start - band.read_start, 0
@@ -309,7 +226,7 @@ def routes(kernel: Kernel, dtype, border: str, output: str, implementation: str 
     """
     if implementation != "opencv":
         return (implementation,)
-    if output == "normalize" or border == "wrap" or kernel.precision(dtype) is np.float64:
+    if output == "normalize" or BORDER[border].opencv is None or kernel.precision(dtype) is np.float64:
         return ("general",)
     if not kernel.separable and kernel.weights.size > _DFT_SAFE_TAPS:  # never OpenCV's size-dependent DFT
         return ("general",)
@@ -365,7 +282,7 @@ def _direct_rows(src, dst, start, stop, kernel, border, output):
     h = src.shape[0]
     top, bottom = halo(kernel.shape[0])
     weights = kernel.opencv_weights(src.dtype)
-    mode = _cv_border(border)
+    mode = BORDER[border].opencv_code
     delta = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
     out = _squeeze(dst[start:stop])
     _into(_cv_filter(_squeeze(src[start:stop]), -1, weights, out, mode, delta), out)
@@ -411,7 +328,7 @@ def _chunked_rows(src, dst, start, stop, kernel, border, output, scratch=np.floa
     scratch = np.dtype(scratch)
     step = max(8, CHUNK_HALOS * (top + bottom), CHUNK_BYTES // (w * c * scratch.itemsize))
     weights = kernel.opencv_weights(src.dtype)
-    mode = _cv_border(border)
+    mode = BORDER[border].opencv_code
     depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
     ddepth = cv2.CV_16S if scratch == np.int16 else cv2.CV_32F
     copy = len(weights) == 1 and scratch == np.float32

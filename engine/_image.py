@@ -35,6 +35,8 @@ from typing import BinaryIO, Callable, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ._errors import ImageError
+
 __all__ = ["ImageError", "load_image", "save_image", "MAX_PIXELS"]
 
 #: The one pixel limit: ``load_image`` refuses larger images by default, and the CLI and the
@@ -48,10 +50,6 @@ _PILLOW_LOCK = threading.Lock()
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
-
-class ImageError(ValueError):
-    """The input is not an image this engine can represent: undecodable, truncated, too large,
-    or of an unsupported mode. The one-line message says which, and what is allowed."""
 
 
 # -- decoders: (opened image, its policy row, the path or bytes) -> (H, W, C) array ----------------

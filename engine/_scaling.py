@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS
-from ._engine import PairResult, _wait, default_engine
-from ._validate import check_choice, check_image, check_kernel, check_python_size
+from ._pool import PairResult, _wait, default_engine
+from ._request import FilterRequest
 
 __all__ = ["ScalingRun", "Scaling", "measure_scaling", "amdahl_fit", "amdahl_speedup"]
 
@@ -231,22 +230,18 @@ def measure_scaling(image: np.ndarray, kernel, *, processes=None, repeats: int =
     [(1, 1), (2, 1)]
     """
     eng = engine if engine is not None else default_engine()
-    img = check_image(image)
-    k = check_kernel(kernel)
-    check_choice(border, "border", BORDERS)
-    check_choice(output, "output", OUTPUTS)
-    check_choice(implementation, "implementation", IMPLEMENTATIONS)
-    check_python_size(img, implementation)
+    request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
+    img = request.check_image(image)
+    (k,) = request.kernels
     counts = _check_counts(processes, eng.max_workers, range(1, min(2 * eng.cpus, eng.max_workers) + 1))
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     shared = eng.shared_array(img.shape, img.dtype)
     shared[...] = img
-    options = dict(border=border, output=output, implementation=implementation)
     runs = []
     for rep in range(int(repeats) + 1):
         for p in counts if rep else (max(counts),):  # repeat 0: a warm-up, not recorded
-            res = _wait(eng.submit(shared, [k], processes=p, **options))
+            res = _wait(eng.submit(shared, request, processes=p))
             if rep:
                 runs.append(ScalingRun.from_result(res, rep))
     return Scaling(tuple(runs), eng.cpus, k.name, implementation, tuple(image.shape))

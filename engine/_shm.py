@@ -1,32 +1,42 @@
-"""Shared-memory segments owned by this process, and the sweep of stale ones.
+"""The shared-memory transport of both backends: segments owned by this process, a pool that
+keeps them between jobs, the descriptor that names an array in one, the worker side's mappings,
+and the sweep of segments that killed processes left behind.
 
 Ownership::
 
-    parent (creator)                         /dev/shm                   workers
-    ----------------                         --------                   -------
-    Segment.create()  --- shm_open(O_CREAT) -> pfl_<pid>_<hex>  <- attach() (open, unregister
-      (the resource tracker is kept out:                            tracker, map)
-      this module alone unlinks)                                 <- release() (close the map)
-    Segment.release() --- unlink + close --> (gone)
+    parent (creator)                         /dev/shm                   workers (pool or Dask)
+    ----------------                         --------                   ----------------------
+    Segment()         --- shm_open(O_CREAT) -> pfl_<pid>_<hex>  <- Attachments.arrays(ref):
+      (the resource tracker is kept out:                            open, unregister from the
+      this module alone unlinks)                                    tracker, map once, populate
+    SegmentPool.give() -- keeps a few mapped                        the pages; kept between tasks
+      between jobs; evicts the rest:                             <- Attachments.release(names)
+    Segment.release() --- unlink + close --> (gone)                 (told by on_retire; never
+      and SegmentPool.on_retire(names)                              under a running task)
     sweep_stale()     --- unlink pfl_<pid>_* whose <pid> is not alive (a killed run)
 
-The parent unlinks every segment it created: in ``finally`` blocks during a job, when a
-``shared_array`` is garbage-collected, and at ``Engine.close()``. A SIGKILLed parent cannot, so
+The parent unlinks every segment it created: in ``finally`` blocks during a job, when an array
+it handed out is garbage-collected, and when its engine closes. A SIGKILLed parent cannot, so
 every engine sweeps stale segments of dead creators when it starts. Nothing else in /dev/shm is
 ever touched: only names with our prefix whose creator process no longer exists.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import _posixshmem
+import numpy as np
 
-__all__ = ["PREFIX", "Segment", "attach", "sweep_stale", "our_segments", "live_segments"]
+__all__ = ["PREFIX", "Segment", "SegmentRef", "SegmentPool", "Attachments", "attach", "sweep_stale",
+           "our_segments", "live_segments"]
 
 PREFIX = "pfl_"
 _TRACKER_PATCH = threading.Lock()
@@ -102,10 +112,148 @@ class Segment:
             pass  # an array still views it: the mapping goes when that array does
 
 
+@dataclass(frozen=True)
+class SegmentRef:
+    """Where an ``(H, W, C)`` array lies: what a worker needs to map it."""
+
+    name: str
+    shape: tuple
+    dtype: str  # numpy dtype string, e.g. '|u1'
+    offset: int = 0
+
+    @classmethod
+    def whole(cls, seg: "Segment", shape, dtype) -> "SegmentRef":
+        """The array of ``shape`` and ``dtype`` that fills ``seg`` from its start."""
+        return cls(seg.name, tuple(shape), np.dtype(dtype).str)
+
+    def view(self, buf) -> np.ndarray:
+        return np.ndarray(self.shape, np.dtype(self.dtype), buffer=buf, offset=self.offset)
+
+
+class SegmentPool:
+    """Segments kept mapped between jobs (at most ``keep`` of them, ``max_bytes`` in all), so
+    that copies and band writes touch pages that exist and that workers have mapped already.
+
+    ``take(nbytes)`` gives a kept segment of exactly that size or a new one; ``give(seg)`` keeps
+    it, evicting the oldest beyond the bounds; evicted segments are released (unlinked) and
+    their names passed to ``on_retire``, which tells the workers to unmap them. Thread-safe.
+    """
+
+    def __init__(self, keep: int, max_bytes: int, on_retire: Callable[[list], None] | None = None):
+        self.keep, self.max_bytes, self.on_retire = keep, max_bytes, on_retire
+        self._free: collections.OrderedDict = collections.OrderedDict()  # name -> Segment, oldest first
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> "Segment":
+        with self._lock:
+            for name, seg in self._free.items():
+                if seg.nbytes == nbytes:
+                    del self._free[name]
+                    return seg
+        return Segment(nbytes)
+
+    def give(self, seg: "Segment") -> None:
+        evict = []
+        with self._lock:
+            self._free[seg.name] = seg
+            while self._free and (len(self._free) > self.keep or self.nbytes() > self.max_bytes):
+                evict.append(self._free.popitem(last=False)[1])
+        self.retire(evict)
+
+    def retire(self, segs) -> None:
+        """Release ``segs`` now (unlink) and tell ``on_retire`` their names."""
+        for seg in segs:
+            seg.release()
+        if segs and self.on_retire is not None:
+            self.on_retire([seg.name for seg in segs])
+
+    def clear(self) -> None:
+        with self._lock:
+            free, self._free = list(self._free.values()), collections.OrderedDict()
+        self.retire(free)
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in list(self._free.values()))
+
+    def names(self) -> set:
+        return set(self._free)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
 def attach(name: str) -> shared_memory.SharedMemory:
     """Map a segment created by another process (workers only; they never unlink)."""
     with _untracked():
         return shared_memory.SharedMemory(name=name)
+
+
+#: madvise(MADV_POPULATE_WRITE), Linux 5.14+ (Python 3.11 has no name for it): map every page of
+#: a segment in one call when a worker attaches it, instead of one page fault per 4 KiB page the
+#: first time a band touches it (thousands per band, ~10 ms per 48 MiB).
+_MADV_POPULATE_WRITE = 23
+
+
+class Attachments:
+    """A worker's mappings of the parent's segments, kept between tasks: mapping a segment and
+    faulting its pages in on every task would cost more than a small band.
+
+    ``arrays(*refs)`` maps what is not mapped yet (populating its pages) and counts the task
+    as a user until it ends; ``release(names)`` closes mappings the parent has unlinked, at once
+    or when the last task using one ends (a numpy array on a closed mapping crashes the
+    process). A Dask worker runs tasks on several threads, hence the lock and the counts; a
+    pool worker runs one at a time. Mappings whose name is gone from /dev/shm (a release that
+    never arrived) are closed when the next new segment is attached.
+    """
+
+    def __init__(self):
+        self._maps: dict = {}  # name -> SharedMemory
+        self._users: dict = {}  # name -> running tasks using it
+        self._doomed: set = set()  # names to close as soon as no task uses them
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def arrays(self, *refs):
+        names = [r.name for r in refs if r is not None]
+        with self._lock:
+            for name in names:
+                if name not in self._maps:
+                    self._close([n for n in self._maps if not os.path.exists(os.path.join(SHM_DIR, n))])
+                    shm = self._maps[name] = attach(name)
+                    with contextlib.suppress(AttributeError, OSError, ValueError):  # an older kernel: faults later
+                        shm._mmap.madvise(_MADV_POPULATE_WRITE)  # noqa: SLF001 - SharedMemory's own mapping
+            for name in names:
+                self._users[name] = self._users.get(name, 0) + 1
+            arrays = [None if r is None else r.view(self._maps[r.name].buf) for r in refs]
+        try:
+            yield arrays
+        finally:
+            del arrays
+            with self._lock:
+                for name in names:
+                    self._users[name] -= 1
+                    if not self._users[name]:
+                        del self._users[name]
+                self._close([n for n in names if n in self._doomed])
+
+    def release(self, names) -> None:
+        with self._lock:
+            self._close(names)
+
+    def names(self) -> set:
+        with self._lock:
+            return set(self._maps)
+
+    def _close(self, names) -> None:
+        for name in names:
+            if self._users.get(name):
+                self._doomed.add(name)
+                continue
+            self._doomed.discard(name)
+            shm = self._maps.pop(name, None)
+            if shm is not None:
+                with contextlib.suppress(BufferError):  # an array still exports it: unmapped when collected
+                    shm.close()
 
 
 def _pid_alive(pid: int) -> bool:

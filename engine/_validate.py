@@ -10,10 +10,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, PYTHON_MAX_PIXELS
+from ._compute import PYTHON_MAX_PIXELS
 from ._kernels import KERNELS, MAX_KERNEL_SIDE, Kernel
 
-__all__ = ["check_image", "check_kernel", "check_choice", "check_processes", "check_out"]
+__all__ = ["check_image", "check_kernel", "check_choice", "check_processes", "check_out", "check_python_size"]
 
 DTYPES = (np.uint8, np.uint16)
 
@@ -131,5 +131,3 @@ def check_out(out, image: np.ndarray, name: str = "out", shown_shape=None) -> np
         raise ValueError(f"{name} must not share memory with the image (filters read neighbours that it would overwrite)")
     return o
 
-
-__all__ += ["check_python_size", "BORDERS", "OUTPUTS", "IMPLEMENTATIONS"]

@@ -1,15 +1,25 @@
-"""What runs inside a worker process: attach to segments, run the band kernel, report timing.
+"""What runs inside a pool worker process, and the messages it exchanges with the parent.
 
-Workers never create or unlink a segment; they attach (and unregister from the resource
-tracker), compute, and close their mapping when the parent says the job is over.
+One pipe per worker, messages in order::
 
-One *pass* of a filter (see ``_engine``'s header) reaches a worker as a message naming the band
-it starts with, then, when the filter has more bands than workers, the read end of the pass's
-token pipe. The worker runs its first band, then claims the next band by reading a token (a
-band index, 2 bytes) from the pipe, until the pipe is empty: the workers of a group share the
-rest of the bands without asking the parent (as GNU make's jobserver hands out job slots). A
-read of 2 bytes from a pipe is atomic, so no band is claimed twice; the parent cancels by
-emptying the pipe. The worker answers once per pass, with every band's timing.
+    parent (_pool._Worker)                         worker (serve)
+    ----------------------                         --------------
+                                  <-------------   pid (once, when started)
+    Pass(filter, kind, plan, src, dst,
+         kernel, options, first, piped) -------->  attach src/dst (kept between passes), run
+    [the read end of the pass's token pipe,        band ``first``, then claim the next band
+     when piped: SCM_RIGHTS]                ---->  by reading a token (a band index, 2 bytes)
+                                                   from the pipe, until it is empty
+                                  <-------------   PassDone(filter, pid, bands) or PassFailed(error)
+    Release(names) ------------------------------> close the mappings of unlinked segments
+    Stop() --------------------------------------> exit
+
+The workers of one filter share the rest of a pass's bands through its token pipe without asking
+the parent, as GNU make's jobserver hands out job slots: a read of 2 bytes from a pipe is atomic,
+so no band is claimed twice; the parent cancels by emptying the pipe. A worker never creates or
+unlinks a segment: it attaches, computes, and closes a mapping when told (``_shm.Attachments``).
+``bands_done`` is a shared counter that only this worker writes; the parent reads it for
+``Job.progress()`` without a message per band.
 """
 
 from __future__ import annotations
@@ -18,19 +28,75 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing import reduction
 
-import numpy as np
-
+from ._bands import Band
 from ._compute import band_range, filter_band
-from ._shm import attach
+from ._kernels import Kernel
+from ._shm import Attachments, SegmentRef
 
-_maps: dict = {}  # segment name -> SharedMemory, this worker's attachments
-#: madvise(MADV_POPULATE_WRITE), Linux 5.14+ (Python 3.11 has no name for it): map every page of
-#: a segment in one call when the worker attaches it, instead of one page fault per 4 KiB page
-#: the first time a band touches it (thousands per band, ~10 ms per 48 MiB).
-_MADV_POPULATE_WRITE = 23
+__all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
+           "TOKEN_BYTES"]
+
 TOKEN_BYTES = 2  # a band index in a token pipe, little-endian: up to 65536 bands a filter
+
+
+# -- messages ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pass:
+    """Run bands of one filter: ``first``, then the pass's token pipe's (sent right after this
+    message when ``piped``). ``kind``: ``"range"`` (normalize's first pass: each band's min and
+    max, no output) or ``"filter"``."""
+
+    filter: int
+    kind: str
+    plan: tuple[Band, ...]
+    src: SegmentRef
+    dst: SegmentRef | None
+    kernel: Kernel
+    border: str
+    output: str
+    implementation: str
+    value_range: tuple[float, float] | None
+    first: int
+    piped: bool
+
+
+@dataclass(frozen=True)
+class Release:
+    """Close these mappings: the parent has unlinked the segments."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Exit."""
+
+
+@dataclass(frozen=True)
+class BandDone:
+    index: int
+    start: float  # time.perf_counter() in the worker (the same clock as the parent's, on Linux)
+    end: float
+    value_range: tuple[float, float] | None  # for a range pass
+
+
+@dataclass(frozen=True)
+class PassDone:
+    filter: int
+    pid: int
+    bands: tuple[BandDone, ...]
+
+
+@dataclass(frozen=True)
+class PassFailed:
+    error: BaseException
+
+
+# -- the worker -------------------------------------------------------------------------------
+_ATTACHED = Attachments()
 
 
 def init(parent_pid: int) -> None:
@@ -39,7 +105,7 @@ def init(parent_pid: int) -> None:
 
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked: see _engine._Slot
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked: see _pool._Worker
 
     def watch():
         while os.getppid() == parent_pid:
@@ -50,9 +116,7 @@ def init(parent_pid: int) -> None:
 
 
 def serve(conn, parent_pid: int, bands_done) -> None:
-    """The worker's loop: answer the parent's messages in order (see ``_engine._Slot``).
-    ``bands_done`` is a shared counter that only this worker writes: the parent reads it for
-    ``Job.progress()`` without a message per band."""
+    """The worker's loop: answer the parent's messages in order."""
     init(parent_pid)
     conn.send(os.getpid())
     while True:
@@ -60,32 +124,19 @@ def serve(conn, parent_pid: int, bands_done) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        if msg is None:
+        if isinstance(msg, Stop):
             return
-        if msg[0] == "release":
-            release(msg[1])
+        if isinstance(msg, Release):
+            _ATTACHED.release(msg.names)
             continue
-        _, spec, first, piped = msg
         try:
-            answer = run_pass(conn, spec, first, piped, bands_done)
+            answer = run_pass(conn, msg, bands_done)
         except (EOFError, OSError):
             return  # the parent went away while handing over the token pipe
         try:
             conn.send(answer)
         except Exception as e:  # noqa: BLE001 - an exception that does not pickle
-            conn.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]} ({e})")))
-
-
-def _array(desc):
-    name, offset, shape, dtype = desc
-    shm = _maps.get(name)
-    if shm is None:
-        shm = _maps[name] = attach(name)
-        try:
-            shm._mmap.madvise(_MADV_POPULATE_WRITE)  # noqa: SLF001 - SharedMemory's own mapping
-        except (AttributeError, OSError, ValueError):
-            pass  # an older kernel: pages fault in as bands touch them
-    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf, offset=offset)
+            conn.send(PassFailed(RuntimeError(f"{type(answer.error).__name__}: {answer.error} ({e})")))
 
 
 def claim(fd: int) -> int | None:
@@ -103,49 +154,35 @@ def empty(fd: int) -> None:
         pass
 
 
-def run_pass(conn, spec, first, piped, bands_done):
-    """Bands of one pass: ``first``, then whatever the token pipe (received from ``conn`` when
-    ``piped``) still holds. ``spec`` is ``("range" | "filter", filter index, plan, src, dst,
-    kernel, border, output, implementation, value_range)``. Returns ``("ok", (filter index,
-    pid, [(band index, start, end, range), ...]))`` or ``("error", exception)``."""
-    kind, fi, plan, src_desc, dst_desc, kernel, border, output, impl, value_range = spec
+def run_pass(conn, p: Pass, bands_done) -> PassDone | PassFailed:
+    """Bands of one pass: ``p.first``, then whatever the token pipe (received from ``conn``
+    when ``p.piped``) still holds."""
     fd = None
     done = []
     try:
-        src = _array(src_desc)
-        dst = _array(dst_desc) if kind == "filter" else None
-        index = first
-        while index is not None:
-            t0 = time.perf_counter()
-            band = plan[index]
-            rng = None
-            if kind == "range":
-                rng = band_range(src, band, kernel, border, impl)
-            else:
-                filter_band(src, dst, band, kernel, border, output, impl, value_range=value_range)
-            done.append((index, t0, time.perf_counter(), rng))
-            bands_done.value += 1
-            if piped and fd is None:
-                fd = reduction.recv_handle(conn)  # sent right after the message: here by now
-            index = claim(fd) if fd is not None else None
-        return "ok", (fi, os.getpid(), done)
+        with _ATTACHED.arrays(p.src, p.dst) as (src, dst):
+            index = p.first
+            while index is not None:
+                t0 = time.perf_counter()
+                band = p.plan[index]
+                value_range = None
+                if p.kind == "range":
+                    value_range = band_range(src, band, p.kernel, p.border, p.implementation)
+                else:
+                    filter_band(src, dst, band, p.kernel, p.border, p.output, p.implementation,
+                                value_range=p.value_range)
+                done.append(BandDone(index, t0, time.perf_counter(), value_range))
+                bands_done.value += 1
+                if p.piped and fd is None:
+                    fd = reduction.recv_handle(conn)  # sent right after the message: here by now
+                index = claim(fd) if fd is not None else None
+        return PassDone(p.filter, os.getpid(), tuple(done))
     except Exception as e:  # noqa: BLE001 - the parent re-raises it in the job
-        if piped and fd is None:
+        if p.piped and fd is None:
             fd = reduction.recv_handle(conn)  # keep the stream in step: the pipe follows
         if fd is not None:
             empty(fd)  # the job failed: the group's other workers stop after their band
-        return "error", e
+        return PassFailed(e)
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def release(names) -> None:
-    """Close this worker's mappings of segments the parent is done with."""
-    for name in names:
-        shm = _maps.pop(name, None)
-        if shm is not None:
-            try:
-                shm.close()
-            except BufferError:  # pragma: no cover - an array escaped; it dies with the task
-                pass

@@ -208,8 +208,7 @@ def scenario(sessions: int = 8, runs: int = 2, waves: int = 2, timeout: float = 
                 # the engine's scratch pool: kept mapped between jobs by design (POOL_SEGMENTS, POOL_BYTES);
                 # results the sessions dropped join it at the next job, or here
                 eng._take_returned()  # noqa: SLF001
-                pooled = list(eng._pool.values())  # noqa: SLF001
-                return dict(_memory(), pool_bytes=sum(x.nbytes for x in pooled), pool_segments=len(pooled))
+                return dict(_memory(), pool_bytes=eng._scratch.nbytes(), pool_segments=len(eng._scratch))  # noqa: SLF001
 
             # warm-up: imports, the pages' caches, the script cache, malloc's arenas
             _wave(sessions, 1, want, img.shape, timeout, figures)

@@ -331,7 +331,7 @@ def test_engine_refuses_bad_process_count(eng, processes, exc, message):
     with pytest.raises(exc, match=r"^processes\[1\]" + message[len("processes"):]):
         eng.filter_pair(IMG, "sobel", "sobel", processes=(1, processes))
     with pytest.raises(exc, match="^" + message):
-        eng.submit(IMG, ["sobel"], processes=processes)
+        eng.submit(IMG, engine.FilterRequest(["sobel"]), processes=processes)
     with pytest.raises(exc, match="^" + message):
         eng.plan(IMG.shape, "sobel", processes)
 
@@ -370,11 +370,11 @@ def test_cli_refuses_bad_pair_process_count(corpus, tmp_path):
 
 def test_engine_still_works_after_every_bad_case(eng, corpus):
     """The shared engine saw every refusal above; its workers are the same and it still filters."""
-    before = sorted(eng.workers())
+    before = sorted(eng.idle_workers())
     img = engine.load_image(corpus["huge_exif.png"])
     out = eng.filter_pair(img, "sobel", "gaussian", processes=(2, 2))
     assert len(out.outputs) == 2 and out.outputs[0].shape == img.shape
-    assert sorted(eng.workers()) == before
+    assert sorted(eng.idle_workers()) == before
 
 
 def _assert_usage_error(res, message):

@@ -258,7 +258,7 @@ def test_bad_custom_kernel_text_shows_the_parser_message(at):
 def test_a_stale_job_is_cancelled_when_the_settings_change(at, app_engine):
     """A job made for other settings (as if a widget changed while it ran) is cancelled, not awaited."""
     slow = np.random.default_rng(1).integers(0, 256, (256, 256, 1), dtype=np.uint8)
-    job = app_engine.submit(slow, ["gaussian"], processes=2, implementation="python")
+    job = app_engine.submit(slow, engine.FilterRequest(["gaussian"], implementation="python"), processes=2)
     at.session_state["lab_job"] = jobs.Pending(job, settings=("other image",))
     at.run()
     _no_errors(at)
@@ -270,7 +270,7 @@ def test_a_stale_job_is_cancelled_when_the_settings_change(at, app_engine):
 
 def test_run_clicked_again_restarts_instead_of_queueing(at, app_engine):
     slow = np.random.default_rng(2).integers(0, 256, (256, 256, 1), dtype=np.uint8)
-    job = app_engine.submit(slow, ["gaussian"], processes=2, implementation="python")
+    job = app_engine.submit(slow, engine.FilterRequest(["gaussian"], implementation="python"), processes=2)
     at.session_state["lab_job"] = jobs.Pending(job, settings=("whatever",))
     at.button(key="lab_run").click().run()
     _no_errors(at)
@@ -426,8 +426,8 @@ class _Bar:
 def test_a_job_behind_another_says_it_is_waiting_for_free_workers():
     slow = np.random.default_rng(3).integers(0, 256, (160, 160, 1), dtype=np.uint8)
     with engine.Engine(max_workers=1) as small:  # one worker: the second job must queue
-        first = small.submit(slow, ["gaussian"], processes=1, implementation="python")
-        second = small.submit(slow, ["sobel"], processes=1)
+        first = small.submit(slow, engine.FilterRequest(["gaussian"], implementation="python"), processes=1)
+        second = small.submit(slow, engine.FilterRequest(["sobel"]), processes=1)
         assert second.state() == "waiting"
         bar = _Bar()
         threading.Timer(0.3, first.cancel).start()

@@ -24,8 +24,8 @@ zarr = pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
 import engine  # noqa: E402
-from engine import _batch, _cli, _dask  # noqa: E402
-from engine._bands import plan_bands  # noqa: E402
+from engine import _batch, _cli, _dask, _dask_shm  # noqa: E402
+from engine._bands import cluster_band_count, local_band, plan_bands, row_runs, take_rows  # noqa: E402
 
 from _oracle import assert_close  # noqa: E402
 
@@ -69,14 +69,14 @@ def test_row_runs_and_local_band_exhaustive():
             for n in range(1, 6):
                 for wrap in (False, True):
                     for b in plan_bands(h, kh, n, wrap=wrap):
-                        runs = _dask.row_runs(b, h)
+                        runs = row_runs(b, h)
                         rows = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
                         assert rows.tolist() == (np.arange(b.read_start, b.read_stop) % h).tolist()
                         assert all(0 <= lo < hi <= h for lo, hi in runs)
-                        lb = _dask.local_band(b)
+                        lb = local_band(b)
                         assert (lb.read_start, lb.read_stop) == (0, b.read_stop - b.read_start)
                         assert (lb.start, lb.stop) == (b.halo_top, b.halo_top + b.rows)
-                        block = _dask.take_rows(np.arange(h)[:, None, None], b, h)
+                        block = take_rows(np.arange(h)[:, None, None], b, h)
                         assert block[lb.start : lb.stop, 0, 0].tolist() == list(range(b.start, b.stop))
 
 
@@ -117,25 +117,23 @@ def test_cluster_bit_identical_to_engine(eng, client, transport, border):
         img = rand((70, 45, c), dtype, j)
         for name, k in list(kernels(j).items())[1:4]:
             want = eng.filter_image(img, k, processes=2, border=border, output=output)
-            got = _dask.filter_image(img, k, scheduler=client, border=border, output=output, band_rows=9,
-                                     transport=transport)
+            request = engine.FilterRequest([k], border=border, output=output)
+            got = _dask.filter_on_dask(img, request, scheduler=client, band_rows=9, transport=transport)
             assert np.array_equal(got, want), (name, output, transport)
 
 
 def test_auto_transport_is_shared_memory_on_a_local_cluster(client):
-    assert _dask._shared_memory_hosts(client)
+    assert _dask_shm.shared_memory_hosts(client)
 
 
 def test_shared_memory_plan_is_the_engines_with_fewer_small_bands():
     """Shared bands: the engine's band_count, but no band under SHARED_BAND_PIXELS unless
     there would be fewer bands than threads; copied bands keep one per TARGET_BAND_PIXELS."""
-    k = engine.KERNELS["gaussian"]
     for (h, w, threads), want in {(4096, 4096, 2): 2, (16384, 16384, 2): 4, (64, 64, 2): 2, (8192, 8192, 2): 4,
-                                  (4096, 4096, 8): 8, (10, 10, 4): 3}.items():
-        plan = _dask._plan(h, w, k, "wrap", threads=threads, shared=True)
-        assert plan == plan_bands(h, 5, want, wrap=True), (h, w, threads)
-    assert len(_dask._plan(16384, 16384, k, "replicate", threads=2)) == 64  # copied into blocks
-    assert len(_dask._plan(100, 10, k, "replicate", threads=2, band_rows=9, shared=True)) == 12
+                                  (4096, 4096, 8): 8, (10, 10, 4): 4}.items():
+        assert cluster_band_count(h, w, threads, shared=True) == want, (h, w, threads)
+    assert cluster_band_count(16384, 16384, 2) == 64  # copied into blocks
+    assert cluster_band_count(100, 10, 2, band_rows=9, shared=True) == 12
 
 
 def test_workers_keep_their_attachments_until_the_segment_goes(eng, client):
@@ -147,42 +145,46 @@ def test_workers_keep_their_attachments_until_the_segment_goes(eng, client):
     def mapped(until):  # the workers' mapped names, once ``until`` holds for them (the word is async)
         deadline = time.monotonic() + 10
         while True:
-            names = set().union(*client.run(lambda: sorted(_dask._MAPS)).values())
+            names = set().union(*client.run(lambda: sorted(_dask_shm.ATTACHED.names())).values())
             if until(names) or time.monotonic() > deadline:
                 return names
 
     for _ in range(3):
-        assert np.array_equal(_dask.filter_image(img, "gaussian", scheduler=client, transport="shm"), want)
-    pooled = {seg.name for seg in _dask._POOL._free}
+        got = _dask.filter_on_dask(img, engine.FilterRequest(["gaussian"]), scheduler=client, transport="shm")
+        assert np.array_equal(got, want)
+    pooled = {seg.name for seg in _dask_shm.POOL._free.values()}  # noqa: SLF001
     assert len(pooled) == 2
     assert mapped(lambda names: names == pooled) == pooled  # older segments were evicted and forgotten
-    _dask._POOL.clear()
+    _dask_shm.POOL.clear()
     assert not mapped(lambda names: not names & pooled) & pooled
 
 
 def test_a_mapping_is_closed_at_the_next_attach_and_never_under_a_running_task():
     """Without the caller's word (a closed client), the next new attachment sweeps a mapping
     of an unlinked segment; a mapping a task still uses is closed when that task ends."""
-    from engine._shm import Segment
+    from engine._shm import Attachments, Segment, SegmentRef
 
+    att = Attachments()
     a, b, c = Segment(64), Segment(64), Segment(64)
+    ref = {s.name: SegmentRef(s.name, (4, 4, 4), "|u1") for s in (a, b, c)}
     try:
-        with _dask._mapped((a.name, (4, 4, 4), "|u1")):
+        with att.arrays(ref[a.name]):
             pass
         a.release()
-        with _dask._mapped((b.name, (4, 4, 4), "|u1")) as (arr,):
-            assert a.name not in _dask._MAPS and b.name in _dask._MAPS
+        with att.arrays(ref[b.name]) as (arr,):
+            assert att.names() == {b.name}
             b.release()
-            asyncio.run(_dask._release_maps([b.name]))  # the caller's word, while the task runs
-            with _dask._mapped((c.name, (4, 4, 4), "|u1")):  # and a sweep
+            att.release([b.name])  # the caller's word, while the task runs
+            with att.arrays(ref[c.name]):  # and a sweep
                 pass
             arr[...] = 7  # still mapped: closing it here would crash the worker
-            assert b.name in _dask._MAPS
-        assert b.name not in _dask._MAPS and not _dask._USERS and not _dask._DOOMED
+            assert b.name in att.names()
+        assert att.names() == {c.name} and not att._users and not att._doomed  # noqa: SLF001
     finally:
         for seg in (a, b, c):
             seg.release()
-        asyncio.run(_dask._release_maps([c.name]))
+        att.release([c.name])
+    asyncio.run(_dask_shm._release([]))  # the message the caller sends is a coroutine
 
 
 def test_a_failed_band_raises_its_error(client):
@@ -190,7 +192,7 @@ def test_a_failed_band_raises_its_error(client):
     import operator
 
     with pytest.raises(ZeroDivisionError):
-        _dask._wait_all(client, [client.submit(operator.truediv, 1, 0, pure=False)])
+        _dask.wait_all(client, [client.submit(operator.truediv, 1, 0, pure=False)])
 
 
 def test_public_entry_and_out(eng, client):
@@ -237,7 +239,7 @@ def test_against_scipy_oracle(client, dtype):
 def test_normalize_range_is_reduced_in_the_graph():
     lazy = engine.filter_dask(rand((40, 20, 3), np.uint8, 0), "sobel", output="normalize", band_rows=10)
     names = [str(k) for k in dict(lazy.__dask_graph__())]
-    assert sum("_range_parts" in n for n in names) == 4 and any("_global_range" in n for n in names)
+    assert sum("_range_parts" in n for n in names) == 4 and any("global_range" in n for n in names)
 
 
 # -- stores ----------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def slow_image(h=4096, w=1024):
     return RNG.integers(0, 256, (h, w), dtype=np.uint8)
 
 
-SLOW = dict(kernels=[np.ones((9, 9)) / 81], implementation="numpy")
+SLOW = dict(request=engine.FilterRequest([np.ones((9, 9)) / 81], implementation="numpy"))
 
 
 # -- zero-copy ------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_timeline_one_record_per_band(eng, output):
 # -- jobs -----------------------------------------------------------------------------------------
 def test_submit_progress_state_and_result(eng):
     img = rgb(300, 200, 3)
-    job = eng.submit(img, ["gaussian"], processes=2, output="normalize")
+    job = eng.submit(img, engine.FilterRequest(["gaussian"], output="normalize"), processes=2)
     assert isinstance(job, engine.Job)
     assert job.state() in ("waiting", "running", "done")
     res = job.result(timeout=60)
@@ -207,7 +207,7 @@ def test_submit_progress_state_and_result(eng):
     seen = []
     job.add_done_callback(seen.append)  # on a finished job: called at once
     assert seen == [job]
-    one = eng.submit(img, ["sobel", "emboss"], processes=(1, 3))
+    one = eng.submit(img, engine.FilterRequest(["sobel", "emboss"]), processes=(1, 3))
     one.result(timeout=60)
     n = len(eng.plan(img.shape, "sobel", 1)) + len(eng.plan(img.shape, "emboss", 3))
     assert one.progress() == (n, n)
@@ -215,9 +215,9 @@ def test_submit_progress_state_and_result(eng):
 
 def test_submit_default_processes_use_all_cpus(eng):
     img = rgb(20, 20)
-    assert eng.submit(img, ["sobel"]).result(timeout=60).processes == (min(eng.cpus, eng.max_workers),)
+    assert eng.submit(img, engine.FilterRequest(["sobel"])).result(timeout=60).processes == (min(eng.cpus, eng.max_workers),)
     half = max(1, eng.cpus // 2)
-    assert eng.submit(img, ["sobel", "edge_y"]).result(timeout=60).processes == (half, max(1, eng.cpus - half))
+    assert eng.submit(img, engine.FilterRequest(["sobel", "edge_y"])).result(timeout=60).processes == (half, max(1, eng.cpus - half))
 
 
 def test_progress_grows_while_running(eng):
@@ -248,7 +248,7 @@ def test_cancel_stops_a_job_and_leaves_nothing(eng):
     assert isinstance(job.exception(), engine.JobCancelled)
     # its scratch segments went back to the engine's pool (owned, unlinked at close), none is
     # left unowned; and the workers are ready for the next job
-    assert _shm.live_segments() - before <= set(eng._pool)  # noqa: SLF001
+    assert _shm.live_segments() - before <= eng._scratch.names()  # noqa: SLF001
     small = rgb(30, 30)
     assert np.array_equal(eng.filter_image(small, "sobel", processes=4), eng.filter_image(small, "sobel", processes=1))
 
@@ -256,20 +256,20 @@ def test_cancel_stops_a_job_and_leaves_nothing(eng):
 def test_jobs_over_max_workers_are_refused(eng):
     img = rgb(10, 10)
     with pytest.raises(ValueError, match=r"^processes must be an integer from 1 to 4 \(this engine's max_workers\), got 5$"):
-        eng.submit(img, ["sobel"], processes=5)
+        eng.submit(img, engine.FilterRequest(["sobel"]), processes=5)
     with pytest.raises(ValueError, match=r"^processes \(2, 3\) add up to 5, more than this engine's max_workers=4$"):
-        eng.submit(img, ["sobel", "sobel"], processes=(2, 3))
+        eng.submit(img, engine.FilterRequest(["sobel", "sobel"]), processes=(2, 3))
 
 
 def test_a_job_waits_for_busy_workers_then_runs(eng):
     img = slow_image()
     first = eng.submit(img, **SLOW, processes=3)
     wait_for(lambda: first.state() == "running", what="the first job to start")
-    fits = eng.submit(rgb(40, 40), ["sobel"], processes=1)  # one worker is still free: runs now
+    fits = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=1)  # one worker is still free: runs now
     assert fits.result(timeout=30).outputs[0].shape == (40, 40, 3)
     assert first.state() == "running", "the small job waited for the big one"
-    second = eng.submit(rgb(40, 40), ["sobel"], processes=2)  # needs two: waits
-    third = eng.submit(rgb(40, 40), ["sobel"], processes=1)  # FIFO: waits behind the second
+    second = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=2)  # needs two: waits
+    third = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=1)  # FIFO: waits behind the second
     samples = 0
     while first.state() == "running":
         states = (second.state(), third.state())
@@ -284,7 +284,7 @@ def test_a_job_waits_for_busy_workers_then_runs(eng):
     # a waiting job can be cancelled
     first = eng.submit(img, **SLOW, processes=4)
     wait_for(lambda: first.state() == "running", what="the job to start")
-    waiting = eng.submit(rgb(40, 40), ["sobel"], processes=1)
+    waiting = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=1)
     assert waiting.state() == "waiting"
     assert waiting.cancel() is True
     with pytest.raises(engine.JobCancelled, match=r"^job \d+ was cancelled while waiting for workers$"):
@@ -323,7 +323,7 @@ def test_sigkill_of_a_worker_raises_worker_error_and_the_engine_recovers():
     assert children() == before  # close() ended every worker, the replacement included
     mine = f"{_shm.PREFIX}{os.getpid()}_"  # other test runs on this machine make segments too
     left = {n for n in set(_shm.our_segments()) - segments if n.startswith(mine)}
-    assert left <= _shm.live_segments() and not e._pool, left  # noqa: SLF001 - nothing of the closed engine
+    assert left <= _shm.live_segments() and not len(e._scratch), left  # noqa: SLF001 - nothing of the closed engine
 
 
 def test_a_worker_killed_while_idle_is_replaced_before_the_next_job():
@@ -368,11 +368,11 @@ def test_close_ends_every_worker_process():
     res = e.filter_pair(rgb(200, 100), "sobel", "gaussian", processes=(1, 2))
     workers = children() - before
     assert len(workers) == 3 and {r.pid for r in res.timeline} <= workers
-    assert sorted(e.workers()) == sorted(workers)
+    assert sorted(e.idle_workers()) == sorted(workers)
     e.close()
     assert children() == before
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers)
-    assert e.workers() == []
+    assert e.idle_workers() == []
 
 
 def test_close_cancels_running_jobs():
@@ -450,7 +450,7 @@ def test_a_new_result_is_the_output_segment_and_returns_to_the_pool(eng, count_s
     read in place by a later call, and pooled again, not leaked, once the caller drops it."""
     img = rgb(96, 80, 3)
     first = eng.filter_image(img, "gaussian", processes=2)
-    name = eng._descriptor(first)[0]  # noqa: SLF001 - the engine owns the result's memory
+    name = eng._descriptor(first).name  # noqa: SLF001 - the engine owns the result's memory
     assert name in _shm.live_segments()
     count_segments.clear()
     again = eng.filter_image(first, "sobel", processes=2, output="abs")  # zero-copy input

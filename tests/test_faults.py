@@ -58,8 +58,7 @@ def kill_workers_mid_job(kills: int, seed: int = 6) -> dict:
         eng.filter_pair(CHECK, "sobel", "gaussian", processes=(2, 2))  # start the four workers
         for i in range(kills):
             pair = i % 2 == 0
-            job = eng.submit(BIG, [BOX15, BOX15] if pair else [BOX15], processes=(2, 2) if pair else 4,
-                             implementation="numpy")
+            job = eng.submit(BIG, engine.FilterRequest([BOX15, BOX15] if pair else [BOX15], implementation="numpy"), processes=(2, 2) if pair else 4)
             deadline = time.monotonic() + 30
             while job.state() != "running" and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -120,12 +119,12 @@ def test_cancel_at_random_points(eng):
     # before their cancel)
     runs = [eng.filter_pair(MID, BOX15, "sobel", processes=(2, 2), implementation="numpy") for _ in range(4)]
     want = runs[0]
-    workers = sorted(eng.workers())
+    workers = sorted(eng.idle_workers())
     full = sorted(r.phases.wall for r in runs[1:])[1]
     segs_before = set(segments_of(os.getpid()))
     outcomes, latencies = {"cancelled": 0, "done": 0}, []
     for i in range(40 if LONG else 12):
-        job = eng.submit(MID, [BOX15, "sobel"], processes=(2, 2), implementation="numpy")
+        job = eng.submit(MID, engine.FilterRequest([BOX15, "sobel"], implementation="numpy"), processes=(2, 2))
         time.sleep(rng.uniform(0, 1.1 * full))
         t0 = time.perf_counter()
         job.cancel()
@@ -140,7 +139,7 @@ def test_cancel_at_random_points(eng):
                 np.testing.assert_array_equal(got, exp)
         latencies.append(time.perf_counter() - t0)
         assert not _own_segments_leaked(segs_before), f"cancel {i}: segments left"
-    assert sorted(eng.workers()) == workers, "a cancel cost a worker"
+    assert sorted(eng.idle_workers()) == workers, "a cancel cost a worker"
     res = eng.filter_pair(MID, BOX15, "sobel", processes=(2, 2), implementation="numpy")
     for got, exp in zip(res.outputs, want.outputs):
         np.testing.assert_array_equal(got, exp)
@@ -151,8 +150,8 @@ def test_cancel_at_random_points(eng):
 
 @pytest.mark.timeout(60)
 def test_cancel_while_waiting_for_workers(eng):
-    busy = eng.submit(MID, [BOX15, BOX15], processes=(2, 2), implementation="numpy")
-    waiting = eng.submit(MID, ["sobel"], processes=2)
+    busy = eng.submit(MID, engine.FilterRequest([BOX15, BOX15], implementation="numpy"), processes=(2, 2))
+    waiting = eng.submit(MID, engine.FilterRequest(["sobel"]), processes=2)
     time.sleep(0.1)
     assert waiting.state() == "waiting"
     assert waiting.cancel()

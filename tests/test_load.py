@@ -30,7 +30,7 @@ import pytest
 
 import engine
 from _proc import ROOT, ChildMonitor, child_pids, engine_children, segments_of
-from engine import _engine, _shm
+from engine import _pool, _shm
 
 SESSIONS = 8
 ROUNDS = 4 if os.environ.get("PFL_LONG") == "1" else 2
@@ -77,7 +77,7 @@ def scenario(sessions: int = SESSIONS, rounds: int = ROUNDS, waves: int = WAVES)
                 for r in range(rounds):
                     a, b = PAIRS[(i + r) % len(PAIRS)]
                     t0 = time.perf_counter()
-                    job = eng.submit(img, [a, b], processes=SPLITS[(i + r) % len(SPLITS)])
+                    job = eng.submit(img, engine.FilterRequest([a, b]), processes=SPLITS[(i + r) % len(SPLITS)])
                     while not job.done():  # the dashboard's progress bar
                         job.progress()
                         time.sleep(0.01)
@@ -108,7 +108,7 @@ def scenario(sessions: int = SESSIONS, rounds: int = ROUNDS, waves: int = WAVES)
         monitor.stop()
         if errors:
             raise AssertionError(f"sessions failed: {errors}")
-        figures["pool_bytes"] = sum(s.nbytes for s in list(eng._pool.values()))  # noqa: SLF001
+        figures["pool_bytes"] = eng._scratch.nbytes()  # noqa: SLF001
     finally:
         monitor.stop()
         eng.close()
@@ -152,7 +152,7 @@ def test_memory_returns_to_baseline():
     print("\nload figures (MALLOC_MMAP_THRESHOLD_=1 MiB):", _summary(f))
     _check(f)
     over = f["rss_waves"][-1] - f["rss_baseline"]
-    allowed = _engine.POOL_SEGMENTS * IMAGE_BYTES + RSS_SLACK
+    allowed = _pool.POOL_SEGMENTS * IMAGE_BYTES + RSS_SLACK
     assert over <= allowed, f"RSS stayed {over >> 20} MiB above its baseline (allowed {allowed >> 20} MiB)"
     growth = f["rss_waves"][-1] - f["rss_waves"][0]
     assert growth <= PLATEAU_SLACK, f"RSS grew by {growth >> 20} MiB from the first wave to the last: a leak"

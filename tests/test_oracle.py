@@ -329,7 +329,7 @@ def test_the_oracle_agrees_with_numpy_pad():
 @pytest.fixture(scope="module")
 def default_engine():
     """Start the default engine's workers before the tests' leak checks, close it at the end."""
-    eng = engine._engine.default_engine()  # noqa: SLF001
+    eng = engine.default_engine()
     n = eng.max_workers // 2
     engine.filter_pair(np.zeros((8, 8), np.uint8), "identity", "identity", processes=(n, n))
     yield eng
@@ -348,7 +348,7 @@ def test_module_functions_use_the_default_engine(default_engine, eng):
     assert np.array_equal(a, eng.filter_image(img, "sobel", processes=2, output="offset"))
     assert np.array_equal(b, eng.filter_image(img, "emboss", processes=2, output="offset"))
     assert default_engine.max_workers == 2 * engine.available_cpus()
-    assert engine._engine.default_engine() is default_engine  # noqa: SLF001
+    assert engine.default_engine() is default_engine
 
 
 def test_module_filter_image_writes_into_out(default_engine):

@@ -142,7 +142,7 @@ def test_timeline_labels_are_the_dashboards(pair_run):
 
 
 def test_timeline_of_one_filter_and_bad_input(eng):
-    res = eng.submit(np.zeros((40, 8), np.uint8), ["laplacian"], processes=1).result()
+    res = eng.submit(np.zeros((40, 8), np.uint8), engine.FilterRequest(["laplacian"]), processes=1).result()
     ax = plot.timeline(res, kernel_names=["mine"]).axes[0]
     assert len(ax.patches) == len(res.timeline) and ax.get_title(loc="left") == "Band timeline (A: mine)"
     with pytest.raises(TypeError, match="result must be a PairResult"):

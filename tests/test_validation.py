@@ -113,10 +113,13 @@ def test_kernel_accepts_every_documented_form(eng):
         eng.filter_image(IMG, np.ones(shape), processes=1)
 
 
-def test_submit_kernels_must_be_a_list_of_one_or_two(eng):
+def test_a_request_holds_one_or_two_kernels(eng):
     for bad in ("sobel", engine.KERNELS["sobel"], [], ["sobel"] * 3, None):
         with pytest.raises(ValueError, match=r"^kernels must be a list of one or two kernels, got "):
-            eng.submit(IMG, bad, processes=1)
+            engine.FilterRequest(bad)
+    with pytest.raises(TypeError, match=r"^request must be an engine.FilterRequest \(for example FilterRequest\(\['sobel'\], "
+                                        r"output='abs'\)\), got list$"):
+        eng.submit(IMG, ["sobel"], processes=1)
 
 
 # -- names of modes -------------------------------------------------------------------------------
@@ -145,7 +148,7 @@ def test_processes_out_of_range(eng, bad):
                                       (None, None)])
 def test_processes_not_an_integer(eng, bad, kind):
     if bad is None:  # None is the default: all the CPUs
-        assert eng.submit(IMG, ["sobel"]).result(timeout=60).processes == (eng.cpus,)
+        assert eng.submit(IMG, engine.FilterRequest(["sobel"])).result(timeout=60).processes == (eng.cpus,)
         return
     with pytest.raises(TypeError, match=rf"^processes must be an integer from 1 to 4, got {re.escape(repr(bad))} \({kind}\)$"):
         eng.filter_image(IMG, "sobel", processes=bad)
@@ -217,7 +220,7 @@ def test_out_errors(eng):
     with pytest.raises(ValueError, match=r"^out must be a tuple of 2 arrays \(or None\), got ndarray$"):
         eng.filter_pair(IMG, "sobel", "gaussian", processes=(1, 1), out=np.zeros_like(IMG))
     with pytest.raises(ValueError, match=r"^out must be a tuple of 1 arrays \(or None\), got tuple$"):
-        eng.submit(IMG, ["sobel"], processes=1, out=(np.zeros_like(IMG), np.zeros_like(IMG)))
+        eng.submit(IMG, engine.FilterRequest(["sobel"]), processes=1, out=(np.zeros_like(IMG), np.zeros_like(IMG)))
     same = np.zeros_like(IMG)
     with pytest.raises(ValueError, match=r"^out\[0\] and out\[1\] must not share memory$"):
         eng.filter_pair(IMG, "sobel", "gaussian", processes=(1, 1), out=(same, same))
@@ -275,7 +278,7 @@ def test_invalid_calls_start_no_process_and_allocate_no_segment():
         lambda: e.filter_image(IMG, "sobel", out=np.zeros((2, 2, 3), np.uint8)),
         lambda: e.filter_pair(IMG, "sobel", "gaussian", processes=(2, 1)),
         lambda: e.filter_image(np.zeros((300, 300), np.uint8), "sobel", implementation="python"),
-        lambda: e.submit(IMG, "sobel"),
+        lambda: e.submit(IMG, engine.FilterRequest("sobel")),
         lambda: e.plan((10, 10), "nope", 1),
     ]
     for call in bad_calls:

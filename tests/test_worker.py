@@ -29,17 +29,18 @@ def segments():
         seg = _shm.Segment(array.nbytes)
         np.ndarray(array.shape, array.dtype, buffer=seg.buf)[...] = array
         made.append(seg)
-        return seg, (seg.name, 0, array.shape, array.dtype.str)
+        return seg, _shm.SegmentRef.whole(seg, array.shape, array.dtype)
 
     yield make
-    _worker.release([seg.name for seg in made])
+    _worker._ATTACHED.release([seg.name for seg in made])  # noqa: SLF001
     for seg in made:
         seg.release()
 
 
-def run_pass(spec, first, tokens):
+def run_pass(kind, fi, plan, src, dst, kernel, border, output, impl, first, tokens):
     """``_worker.run_pass`` as the engine drives it; returns (answer, bands counted, the pipe's
     leftover token or None, whether the socket still holds unread data)."""
+    spec = _worker.Pass(fi, kind, tuple(plan), src, dst, kernel, border, output, impl, None, first, bool(tokens))
     parent, child = mp.Pipe(duplex=True)
     counter = mp.RawValue("q", 0)
     r = None
@@ -50,7 +51,7 @@ def run_pass(spec, first, tokens):
             os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in tokens))
             os.close(w)
             reduction.send_handle(parent, r, os.getpid())
-        answer = _worker.run_pass(child, spec, first, bool(tokens), counter)
+        answer = _worker.run_pass(child, spec, counter)
         return answer, counter.value, _worker.claim(r) if r is not None else None, child.poll(0)
     finally:
         if r is not None:
@@ -64,11 +65,11 @@ def test_a_pass_runs_its_first_band_then_every_token_once(segments):
     _, src = segments(IMG)
     out_seg, dst = segments(np.zeros_like(IMG))
     plan = plan_bands(IMG.shape[0], k.shape[0], 5)
-    spec = ("filter", 1, plan, src, dst, k, "replicate", "clip", "opencv", None)
-    (kind, (fi, pid, done)), counted, left, unread = run_pass(spec, 2, [0, 1, 3, 4])
-    assert (kind, fi, pid) == ("ok", 1, os.getpid())
-    assert [d[0] for d in done] == [2, 0, 1, 3, 4]  # the first band, then the tokens in order
-    assert all(t0 <= t1 for _, t0, t1, _ in done) and all(rng is None for *_, rng in done)
+    answer, counted, left, unread = run_pass("filter", 1, plan, src, dst, k, "replicate", "clip", "opencv", 2, [0, 1, 3, 4])
+    assert isinstance(answer, _worker.PassDone) and (answer.filter, answer.pid) == (1, os.getpid())
+    done = answer.bands
+    assert [d.index for d in done] == [2, 0, 1, 3, 4]  # the first band, then the tokens in order
+    assert all(d.start <= d.end for d in done) and all(d.value_range is None for d in done)
     assert counted == 5 and left is None and not unread
     want = np.zeros_like(IMG)
     filter_band(IMG, want, plan_bands(IMG.shape[0], k.shape[0], 1)[0], k, "replicate", "clip", "opencv")
@@ -78,19 +79,18 @@ def test_a_pass_runs_its_first_band_then_every_token_once(segments):
 def test_a_range_pass_answers_each_bands_range(segments):
     _, src = segments(IMG)
     plan = plan_bands(IMG.shape[0], 3, 2)
-    spec = ("range", 0, plan, src, None, KERNELS["sobel"], "mirror", "normalize", "numpy", None)
-    (kind, (_, _, done)), counted, _, _ = run_pass(spec, 0, [1])
-    assert kind == "ok" and counted == 2 and [d[0] for d in done] == [0, 1]
-    assert all(lo <= hi for *_, (lo, hi) in done)
+    answer, counted, _, _ = run_pass("range", 0, plan, src, None, KERNELS["sobel"], "mirror", "normalize", "numpy", 0, [1])
+    assert isinstance(answer, _worker.PassDone) and counted == 2 and [d.index for d in answer.bands] == [0, 1]
+    assert all(d.value_range[0] <= d.value_range[1] for d in answer.bands)
 
 
 def test_a_failed_pass_empties_the_pipe_and_answers_the_error(segments):
     _, dst = segments(np.zeros_like(IMG))
-    missing = ("pfl_0_missing", 0, IMG.shape, IMG.dtype.str)  # no such segment
+    missing = _shm.SegmentRef("pfl_0_missing", IMG.shape, IMG.dtype.str)  # no such segment
     plan = plan_bands(IMG.shape[0], 5, 4)
-    spec = ("filter", 0, plan, missing, dst, KERNELS["gaussian"], "replicate", "clip", "opencv", None)
-    (kind, err), counted, left, unread = run_pass(spec, 0, [1, 2, 3])
-    assert kind == "error" and isinstance(err, FileNotFoundError)
+    answer, counted, left, unread = run_pass("filter", 0, plan, missing, dst, KERNELS["gaussian"], "replicate", "clip",
+                                             "opencv", 0, [1, 2, 3])
+    assert isinstance(answer, _worker.PassFailed) and isinstance(answer.error, FileNotFoundError)
     # the group's other workers find the pipe empty; the pipe's fd was read off the socket
     assert counted == 0 and left is None and not unread
 

@@ -228,8 +228,8 @@ def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings) ->
     """Start the pair on the engine; shows the engine's validation message on a bad setting."""
     try:
         outs = shared_outputs(img.array, 2)
-        job = get_engine().submit(img.array, [ka, kb], processes=(pa, pb), border=border, output=output,
-                                  implementation=impl, out=outs)
+        request = engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl)
+        job = get_engine().submit(img.array, request, processes=(pa, pb), out=outs)
     except (ValueError, TypeError, RuntimeError) as e:  # validation, or a closed engine
         st.error(str(e), icon=":material/error:")
         return None

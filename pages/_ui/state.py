@@ -51,7 +51,7 @@ def get_engine() -> engine.Engine:
     eng = engine.Engine(max_workers=WORKER_CAP)
     atexit.register(eng.close)
     # Start one pair's worth of workers now, in the background: the first Run finds them warm.
-    eng.submit(np.zeros((8, 8, 1), np.uint8), ["identity", "identity"], processes=(CPUS, CPUS))
+    eng.submit(np.zeros((8, 8, 1), np.uint8), engine.FilterRequest(["identity", "identity"]), processes=(CPUS, CPUS))
     return eng
 
 

@@ -113,7 +113,7 @@ def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_
 def _submit(sw: Sweep, backend: str, impl: str, p: int):
     if backend == DASK:
         return cluster.get_cluster().submit(sw.image, sw.kernel, p, implementation=impl)
-    return get_engine().submit(sw.image, [sw.kernel], processes=p, implementation=impl)
+    return get_engine().submit(sw.image, engine.FilterRequest([sw.kernel], implementation=impl), processes=p)
 
 
 def _progress_text(job, backend: str, impl: str, p: int, rep: int, run: int, total: int) -> str:

@@ -2,21 +2,21 @@
 
 Data flow of one job (``filter_pair``; ``filter_image`` is the same with one filter)::
 
-    caller thread            job thread (parent)                worker slots (processes)
+    caller thread            job thread (parent)                worker workers (processes)
     -------------            -------------------                ------------------------
-    submit() -- validate --> lease slots (wait if busy)
+    submit() -- validate --> lease workers (wait if busy)
                              input segment  <- copy image, in  (skipped: shared_array input)
                                row blocks on one thread per CPU
                              output segments A, B              (skipped: shared_array out=)
                              plan_bands(A), plan_bands(B)
-                             pass of A: band i to slot i ---->  group A: slots 0..a-1
+                             pass of A: band i to worker i ---->  group A: workers 0..a-1
                                bands a.. as tokens in a pipe    attach(input, output), run the
                              pass of B: the same ----------->   band kernel, write rows
                                                                 [start, stop) straight into
                                                                 the output segment; then read
                                                                 the next band's token from the
                                                                 pass's pipe until it is empty
-                             <--- one answer per slot: [(band, t0, t1)]; progress() reads
+                             <--- one answer per worker: [(band, t0, t1)]; progress() reads
                                   each worker's shared bands_done counter meanwhile
                              outputs: a new array IS its output
                                segment (owned like a
@@ -24,21 +24,21 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                                the caller drops it); a numpy
                                out= is copied into, in row blocks
                              finally: pool the input segment,
-                               tell slots to unmap retired ones,
-                               return slots to the engine
+                               tell workers to unmap retired ones,
+                               return workers to the engine
     result() <-------------- PairResult(outputs, timeline, phases, routes)
 
 Ownership: this process creates and unlinks every segment (``_shm.Segment``) and every token
 pipe (the workers get a duplicate of its read end for one pass and close it); workers only
-attach. A slot is one worker process (spawn start method) and the parent's end of a pipe to it:
+attach. A worker is one worker process (spawn start method) and the parent's end of a pipe to it:
 each filter runs on its own group of processes. A pass hands each worker of the group its first
 band; the rest wait in the token pipe, and a worker that finishes a band takes the next token
 itself, with no round trip to the parent (a read of a 2-byte token is atomic, so no band runs
 twice). Cancel empties the pipe: every worker stops after its band. The job thread waits on
-every busy slot's pipe and process sentinel at once (``multiprocessing.connection.wait``). A
-slot whose process dies (SIGKILL, OOM killer, crash) shows as EOF on its pipe: the job fails at
+every busy worker's pipe and process sentinel at once (``multiprocessing.connection.wait``). A
+worker whose process dies (SIGKILL, OOM killer, crash) shows as EOF on its pipe: the job fails at
 once with ``WorkerError`` naming the exit signal; the job's other busy workers are killed rather
-than waited for (see ``_stop``), and fresh slots replace all of them for the next job.
+than waited for (see ``_stop``), and fresh workers replace all of them for the next job.
 At most ``max_workers`` processes exist at any time; jobs that need more than are free wait
 in FIFO order (``Job.state() == "waiting"``).
 """
@@ -63,12 +63,13 @@ import numpy as np
 
 from . import _worker
 from ._bands import band_count, plan_bands
-from ._compute import BORDERS, IMPLEMENTATIONS, OUTPUTS, route
-from ._kernels import Kernel
-from ._shm import Segment, sweep_stale
-from ._validate import check_choice, check_image, check_kernel, check_out, check_processes, check_python_size
+from ._errors import JobCancelled, WorkerError
+from ._options import BORDER, BORDERS
+from ._request import FilterRequest
+from ._shm import Segment, SegmentPool, SegmentRef, sweep_stale
+from ._validate import check_choice, check_kernel, check_out, check_processes
 
-__all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "WorkerError", "JobCancelled", "available_cpus"]
+__all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "available_cpus", "default_engine"]
 
 #: Upper bound of Engine(max_workers=...): enough to show oversubscription, not enough to let a
 #: typo start thousands of processes.
@@ -81,20 +82,12 @@ POOL_BYTES = 1 << 30
 _START_TIMEOUT = 120.0
 
 
-class WorkerError(RuntimeError):
-    """A worker process died while running a job. The engine replaces it; retrying works."""
-
-
 class _Died(Exception):
     """A worker's pipe is closed (EOF, or EPIPE on send): its process is gone."""
 
-    def __init__(self, slot):
-        super().__init__(slot.pid)
-        self.slot = slot
-
-
-class JobCancelled(cf.CancelledError):
-    """``Job.result()`` of a job that was cancelled."""
+    def __init__(self, worker):
+        super().__init__(worker.pid)
+        self.worker = worker
 
 
 def available_cpus() -> int:
@@ -159,16 +152,12 @@ def _death_cause(exitcode) -> str:
     return f"exited unexpectedly with code {exitcode}"
 
 
-class _Slot:
-    """One worker process and the parent's end of its pipe.
+class _Worker:
+    """One worker process and the parent's end of its pipe (the messages: ``_worker``'s header).
 
-    The protocol, in order on the pipe: the worker sends its pid once started; then the parent
-    sends ``("pass", spec, first band, piped)`` and, when ``piped``, the read end of the pass's
-    token pipe (the worker answers once, ``("ok", (filter, pid, bands))`` or ``("error",
-    exception)``), ``("release", names)`` (no answer) or ``None`` (exit). A worker that dies
-    closes its end: the parent sees the pipe at EOF and the process's sentinel ready.
-    ``bands_done`` counts the bands this worker has finished, ever: shared memory that only the
-    worker writes, read by ``Job.progress()``.
+    A worker that dies closes its end: the parent sees the pipe at EOF and the process's
+    sentinel ready. ``bands_done`` counts the bands this worker has finished, ever: shared
+    memory that only the worker writes, read by ``Job.progress()``.
     """
 
     def __init__(self, ctx):
@@ -179,7 +168,7 @@ class _Slot:
         )
         # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
         # terminal's process group while the worker still imports would print a
-        # KeyboardInterrupt traceback. _worker.serve ignores SIGINT, then unblocks it. The
+        # KeyboardInterrupt traceback. _worker.init ignores SIGINT, then unblocks it. The
         # tracker is started first: starting it unblocks SIGINT again.
         resource_tracker.ensure_running()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -207,11 +196,11 @@ class _Slot:
                 ) from None
         return self
 
-    def start(self, spec, first: int, tokens: int | None) -> None:
-        """Start a pass on this worker at band ``first``; ``tokens``: the read end of the
-        pass's token pipe, if it has more bands than workers."""
+    def start(self, job: "_worker.Pass", tokens: int | None) -> None:
+        """Start a pass on this worker; ``tokens``: the read end of the pass's token pipe (sent
+        after the message when ``job.piped``)."""
         try:
-            self.conn.send(("pass", spec, first, tokens is not None))
+            self.conn.send(job)
             if tokens is not None:
                 reduction.send_handle(self.conn, tokens, self.pid)
         except OSError:
@@ -219,23 +208,23 @@ class _Slot:
             raise _Died(self) from None
         self.busy = 1
 
-    def receive(self):
-        """The next answer; ``_Died`` if the worker died. Re-raises a band's exception."""
+    def receive(self) -> "_worker.PassDone":
+        """The pass's answer; ``_Died`` if the worker died. Re-raises a band's exception."""
         try:
-            kind, value = self.conn.recv()
+            answer = self.conn.recv()
         except (EOFError, OSError):
             self.broken = True
             raise _Died(self) from None
         self.busy -= 1
-        if kind == "error":
-            raise value
-        return value
+        if isinstance(answer, _worker.PassFailed):
+            raise answer.error
+        return answer
 
     def release(self, names) -> None:
         """Tell the worker to unmap segments (in order: before its next pass)."""
         if names:
             try:
-                self.conn.send(("release", names))
+                self.conn.send(_worker.Release(tuple(names)))
             except OSError:
                 self.broken = True
 
@@ -249,7 +238,7 @@ class _Slot:
                 self.process.kill()
             else:
                 try:
-                    self.conn.send(None)
+                    self.conn.send(_worker.Stop())
                 except OSError:
                     pass
             self.process.join(timeout=5)
@@ -312,12 +301,11 @@ class Job:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine, image, kernels, processes, border, output, implementation, outs, user, bands=None):
+    def __init__(self, engine, image, request: FilterRequest, processes, outs, user, bands=None):
         self.id = next(Job._ids)
         self._user_image, self._user_outs = user  # what the caller passed: returned as given
         self._engine = engine
-        self._image, self._kernels, self._processes = image, kernels, processes
-        self._border, self._output, self._impl, self._outs = border, output, implementation, outs
+        self._image, self._request, self._processes, self._outs = image, request, processes, outs
         self._future: cf.Future = cf.Future()
         self._cancel = threading.Event()
         self._abort = False  # Ctrl-C: kill the busy workers instead of waiting for their bands
@@ -325,13 +313,12 @@ class Job:
         self._counters = ()  # (worker's bands_done, its value when the job leased it)
         self._done_bands = None  # frozen when the job ends
         h, w = image.shape[:2]
-        wrap = border == "wrap"
-        self._plans = tuple(
-            plan_bands(h, k.shape[0], bands or band_count(h, w, p), wrap=wrap) for k, p in zip(kernels, processes)
-        )
-        passes = 2 if output == "normalize" else 1
+        wraps = BORDER[request.border].wraps
+        self._plans = tuple(plan_bands(h, k.shape[0], bands or band_count(h, w, p), wrap=wraps)
+                            for k, p in zip(request.kernels, processes))
+        passes = 2 if request.output == "normalize" else 1
         self._total = passes * sum(len(p) for p in self._plans)
-        self.routes = tuple(route(k, image.dtype, border, output, implementation) for k in kernels)
+        self.routes = request.routes(image.dtype)
 
     # -- the handle ---------------------------------------------------------------------------
     def cancel(self) -> bool:
@@ -375,14 +362,14 @@ class Job:
     # -- the work -----------------------------------------------------------------------------
     def _run(self):
         eng = self._engine
-        slots, temps = [], []
+        workers, temps = [], []
         try:
-            slots = eng._lease(sum(self._processes), self._cancel)
-            if slots is None:
+            workers = eng._lease(sum(self._processes), self._cancel)
+            if workers is None:
                 raise JobCancelled(f"job {self.id} was cancelled while waiting for workers")
-            self._counters = tuple((s.bands_done, s.bands_done.value) for s in slots)
+            self._counters = tuple((s.bands_done, s.bands_done.value) for s in workers)
             self._state = "running"
-            outcome, ok = self._execute(slots, temps), True
+            outcome, ok = self._execute(workers, temps), True
         except BaseException as e:  # noqa: BLE001 - every failure must reach result()
             outcome, ok = e, False
         finally:
@@ -391,7 +378,7 @@ class Job:
             self._done_bands = self.progress()[0]
             for seg in temps:
                 eng._recycle(seg)
-            eng._give_back(slots or [])
+            eng._give_back(workers or [])
             self._image = self._outs = self._user_image = self._user_outs = None
         if ok:
             self._state = "done"
@@ -400,160 +387,94 @@ class Job:
             self._state = "cancelled" if isinstance(outcome, JobCancelled) else "failed"
             self._future.set_exception(outcome)
 
-    def _execute(self, slots, temps) -> PairResult:
-        eng = self._engine
+    def _execute(self, workers, temps) -> PairResult:
         t_start = time.perf_counter()
-        image = self._image
-        src_desc = eng._descriptor(image)
-        if src_desc is None:
+        src, dsts, views, results = self._segments(temps)
+        t_compute = time.perf_counter()
+        passes = _Passes(self, workers, src, dsts, t_start)
+        passes.run()
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
+        t_out = time.perf_counter()
+        outputs = self._outputs(views, results, temps)
+        t_end = time.perf_counter()
+        return PairResult(
+            outputs=tuple(outputs),
+            timeline=tuple(sorted(passes.records, key=lambda r: (r.start, r.filter, r.band))),
+            phases=Phases(t_compute - t_start, t_out - t_compute, t_end - t_out, t_end - t_start),
+            kernels=self._request.kernels,
+            processes=tuple(self._processes),
+            filter_walls=passes.walls(),
+            routes=self.routes,
+        )
+
+    def _segments(self, temps):
+        """The input's and each output's place in shared memory: the caller's own shared arrays
+        where given (zero-copy), else pooled segments (listed in ``temps``); a numpy input is
+        copied in. ``results``: filter index -> segment that becomes the caller's new array."""
+        eng, image = self._engine, self._image
+        src = eng._descriptor(image)
+        if src is None:
             seg = eng._segment(image.nbytes)
             temps.append(seg)
-            eng._copy(np.ndarray(image.shape, image.dtype, buffer=seg.buf), image)
-            src_desc = (seg.name, 0, image.shape, image.dtype.str)
-        t_in = time.perf_counter()
-        dst_descs, views, results = [], [], {}
+            src = SegmentRef.whole(seg, image.shape, image.dtype)
+            eng._copy(src.view(seg.buf), image)
+        dsts, views, results = [], [], {}
         for fi, o in enumerate(self._outs):
             d = eng._descriptor(o) if o is not None else None
+            view = None
             if d is None:
                 seg = eng._segment(image.nbytes)
                 temps.append(seg)
                 if o is None:
                     results[fi] = seg  # the workers' output becomes the caller's array: no copy-out
-                d = (seg.name, 0, image.shape, image.dtype.str)
-                views.append(np.ndarray(image.shape, image.dtype, buffer=seg.buf))
-            else:
-                views.append(None)
-            dst_descs.append(d)
+                d = SegmentRef.whole(seg, image.shape, image.dtype)
+                view = d.view(seg.buf)
+            dsts.append(d)
+            views.append(view)
+        return src, dsts, views, results
 
-        records, ranges = [], {}
-        groups, start = [], 0
-        for p in self._processes:
-            groups.append(slots[start : start + p])
-            start += p
-        group_of = {id(slot): fi for fi, g in enumerate(groups) for slot in g}
-        pipes = {}  # filter index -> read end of its running pass's token pipe (parent's copy)
-
-        def start_pass(fi, kind, value_range=None):
-            plan = self._plans[fi]
-            spec = (kind, fi, plan, src_desc, dst_descs[fi], self._kernels[fi], self._border, self._output,
-                    self._impl, value_range)
-            workers = groups[fi][: len(plan)]
-            tokens = None
-            if len(plan) > len(workers):
-                tokens, w = os.pipe()
-                pipes[fi] = tokens
-                try:
-                    os.set_blocking(tokens, False)
-                    os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in range(len(workers), len(plan))))
-                finally:
-                    os.close(w)
-            for first, slot in enumerate(workers):
-                slot.start(spec, first, tokens)
-
-        def stop_passes():
-            for fd in pipes.values():
-                _worker.empty(fd)
-
-        def on_answer(answer):
-            fi, pid, done = answer
-            for bi, t0, t1, rng in done:
-                band = self._plans[fi][bi]
-                if rng is not None:
-                    ranges.setdefault(fi, []).append(rng)
-                else:
-                    records.append(BandRecord(fi, bi, band.start, band.stop - 1, pid, t0 - t_start, t1 - t_start))
-            if any(s.busy for s in groups[fi]):
-                return
-            if fi in pipes:
-                os.close(pipes.pop(fi))
-            if ranges.get(fi) and len(ranges[fi]) == len(self._plans[fi]) and not self._cancel.is_set():
-                # normalize: every band's range is in; the second pass maps with the global one
-                rs = ranges.pop(fi)
-                start_pass(fi, "filter", (min(r[0] for r in rs), max(r[1] for r in rs)))
-
-        t_compute = time.perf_counter()
-        try:
-            for fi in range(len(groups)):
-                start_pass(fi, "range" if self._output == "normalize" else "filter")
-            while any(s.busy for s in slots):
-                if self._cancel.is_set():
-                    stop_passes()
-                    if self._abort:
-                        self._stop(slots)
-                        raise JobCancelled(f"job {self.id} was interrupted; its busy workers were stopped")
-                for slot in _answering([s for s in slots if s.busy], timeout=0.05):
-                    if slot.busy and slot.conn.poll():
-                        on_answer(slot.receive())
-        except _Died as e:
-            self._stop(slots)
-            which = f" of filter {'AB'[group_of[id(e.slot)]]}" if len(groups) > 1 else ""
-            raise WorkerError(
-                f"worker process {e.slot.pid}{which} {_death_cause(e.slot.exitcode())}; the job was stopped and "
-                "the engine replaces the worker, so the next job runs"
-            ) from None
-        except BaseException:
-            stop_passes()
-            self._drain(slots)
-            raise
-        finally:
-            for fd in pipes.values():
-                os.close(fd)
-        if self._cancel.is_set():
-            raise JobCancelled(f"job {self.id} was cancelled")
-        t_out = time.perf_counter()
+    def _outputs(self, views, results, temps) -> list:
+        """What the caller gets: a new array is its output segment itself (owned like a
+        ``shared_array``); a shared ``out=`` was written in place; a numpy ``out=`` is copied into."""
         outputs = []
         for fi, o in enumerate(self._outs):
-            user = self._user_outs[fi]
-            if fi in results:  # a new array: the output segment itself, owned like a shared_array
+            if fi in results:
                 temps.remove(results[fi])
-                outputs.append(eng._adopt(results[fi], views[fi]).reshape(self._user_image.shape))
-            elif views[fi] is None:  # workers wrote straight into the caller's shared array
-                outputs.append(user)
-            else:  # the caller's own numpy array
-                eng._copy(o, views[fi])
-                outputs.append(user)
-        t_end = time.perf_counter()
-        walls = []
-        for fi in range(len(groups)):
-            rs = [r for r in records if r.filter == fi]
-            walls.append(max(r.end for r in rs) - min(r.start for r in rs))
-        return PairResult(
-            outputs=tuple(outputs),
-            timeline=tuple(sorted(records, key=lambda r: (r.start, r.filter, r.band))),
-            phases=Phases(t_in - t_start, t_out - t_compute, t_end - t_out, t_end - t_start),
-            kernels=tuple(self._kernels),
-            processes=tuple(self._processes),
-            filter_walls=tuple(walls),
-            routes=self.routes,
-        )
+                outputs.append(self._engine._adopt(results[fi], views[fi]).reshape(self._user_image.shape))
+            else:
+                if views[fi] is not None:
+                    self._engine._copy(o, views[fi])
+                outputs.append(self._user_outs[fi])
+        return outputs
 
     @staticmethod
-    def _stop(slots):
+    def _stop(workers):
         """After a worker died, or on Ctrl-C: kill the job's busy workers instead of draining
         them (a band can run for many seconds; neither WorkerError nor Ctrl-C should wait for
         it). Dead before the job's segments are recycled, they write nothing after it;
         give-back replaces them."""
-        busy = [s for s in slots if s.busy or s.broken]
-        for slot in busy:
-            slot.broken = True
-            if slot.process.is_alive():
-                slot.process.kill()
-        for slot in busy:
-            slot.process.join(timeout=5)
+        busy = [s for s in workers if s.busy or s.broken]
+        for worker in busy:
+            worker.broken = True
+            if worker.process.is_alive():
+                worker.process.kill()
+        for worker in busy:
+            worker.process.join(timeout=5)
 
     @staticmethod
-    def _drain(slots, timeout=60.0):
+    def _drain(workers, timeout=60.0):
         """Wait for bands still running on healthy workers, so that none writes into a segment
         (or a caller's ``out``) after the job has ended. A band is short; a worker that does not
         finish one within ``timeout`` is marked broken and killed when it is given back."""
         deadline = time.monotonic() + timeout
-        for slot in slots:
-            while slot.busy and not slot.broken:
+        for worker in workers:
+            while worker.busy and not worker.broken:
                 try:
-                    if not slot.conn.poll(max(0.0, deadline - time.monotonic())):
-                        slot.broken = True
+                    if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                        worker.broken = True
                         break
-                    slot.receive()
+                    worker.receive()
                 except _Died:
                     pass  # receive marked it broken
                 except BaseException:  # noqa: BLE001 - the job already failed; this band's error is moot
@@ -583,13 +504,13 @@ class Engine:
         self.max_workers = int(max_workers)
         self._ctx = mp.get_context("spawn")
         self._cond = threading.Condition()
-        self._idle: list[_Slot] = []
-        self._alive = 0  # slots idle + leased + starting
+        self._idle: list[_Worker] = []
+        self._alive = 0  # workers idle + leased + starting
         self._queue: collections.deque = collections.deque()  # waiting jobs' tickets, FIFO
         self._jobs: "weakref.WeakSet[Job]" = weakref.WeakSet()
         self._shared: dict[int, _Shared] = {}
-        self._pool: collections.OrderedDict = collections.OrderedDict()  # name -> free Segment
-        self._all_slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
+        self._scratch = SegmentPool(POOL_SEGMENTS, POOL_BYTES, on_retire=self._unmap_everywhere)
+        self._all_workers: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
         self._threads = _JobThreads()
         self._copiers: cf.ThreadPoolExecutor | None = None  # made on the first big copy
         self._returned: collections.deque = collections.deque()  # (key, reuse) of put-off _forget calls
@@ -610,16 +531,15 @@ class Engine:
     def filter_image(self, image, kernel, *, processes=None, border="replicate", output="clip",
                      implementation="opencv", out=None) -> np.ndarray:
         """Correlate ``image`` with ``kernel`` on ``processes`` workers; see ``engine.filter_image``."""
-        job = self.submit(image, [kernel], processes=processes, border=border, output=output,
-                          implementation=implementation, out=None if out is None else (out,))
+        request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
+        job = self.submit(image, request, processes=processes, out=None if out is None else (out,))
         return _wait(job).outputs[0]
 
     def filter_pair(self, image, kernel_a, kernel_b, *, processes=None, border="replicate", output="clip",
                     implementation="opencv", out=None) -> PairResult:
         """Run two filters at the same time on separate process groups; see ``engine.filter_pair``."""
-        job = self.submit(image, [kernel_a, kernel_b], processes=processes, border=border, output=output,
-                          implementation=implementation, out=out)
-        return _wait(job)
+        request = FilterRequest([kernel_a, kernel_b], border=border, output=output, implementation=implementation)
+        return _wait(self.submit(image, request, processes=processes, out=out))
 
     def serial_time(self, image, kernel, *, border="replicate", output="clip", implementation="opencv",
                     repeats: int = 3) -> float:
@@ -629,45 +549,41 @@ class Engine:
         parallel speedup is read against (the Filter lab and Scaling pages draw it)."""
         if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
             raise ValueError(f"repeats must be an integer from 1 to 100, got {repeats!r}")
+        request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
         best = None
         for _ in range(repeats):
-            job = self.submit(image, [kernel], processes=1, border=border, output=output,
-                              implementation=implementation, _bands=1)
-            res = _wait(job)
+            res = _wait(self.submit(image, request, processes=1, _bands=1))
             band = sum(r.end - r.start for r in res.timeline)
             best = band if best is None else min(best, band)
         return best
 
-    def submit(self, image, kernels, *, processes=None, border="replicate", output="clip",
-               implementation="opencv", out=None, _bands=None) -> Job:
-        """Start one or two filters in the background and return a ``Job`` at once.
+    def submit(self, image, request: FilterRequest, *, processes=None, out=None, _bands=None) -> Job:
+        """Start a request's one or two filters in the background and return a ``Job`` at once.
 
-        ``kernels`` is a list of one or two kernels; ``processes`` an int (one kernel) or a pair.
-        Everything is validated here, before any process starts or memory is allocated.
+        ``processes`` is an int (one kernel) or a pair (default: the CPUs, split between two);
+        ``out`` a tuple of one array per kernel (or None: new arrays). Everything is validated
+        here, before any process starts or memory is allocated.
         """
-        img3 = check_image(image)
-        if isinstance(kernels, (str, Kernel)) or not isinstance(kernels, (list, tuple)) or not 1 <= len(kernels) <= 2:
-            raise ValueError(f"kernels must be a list of one or two kernels, got {kernels!r:.80}")
-        ks = tuple(check_kernel(k, "kernel" if len(kernels) == 1 else f"kernels[{i}]") for i, k in enumerate(kernels))
-        check_choice(border, "border", BORDERS)
-        check_choice(output, "output", OUTPUTS)
-        check_choice(implementation, "implementation", IMPLEMENTATIONS)
-        check_python_size(img3, implementation)
-        default = (self.cpus,) if len(ks) == 1 else (max(1, self.cpus // 2), max(1, self.cpus - self.cpus // 2))
-        default = tuple(min(d, self.max_workers // len(ks) or 1) for d in default)
-        procs = check_processes(processes, len(ks), self.max_workers, default)
+        if not isinstance(request, FilterRequest):
+            raise TypeError(f"request must be an engine.FilterRequest (for example FilterRequest(['sobel'], "
+                            f"output='abs')), got {type(request).__name__}")
+        img3 = request.check_image(image)
+        n = len(request.kernels)
+        default = (self.cpus,) if n == 1 else (max(1, self.cpus // 2), max(1, self.cpus - self.cpus // 2))
+        default = tuple(min(d, self.max_workers // n or 1) for d in default)
+        procs = check_processes(processes, n, self.max_workers, default)
         if out is None:
-            outs = (None,) * len(ks)
+            outs = (None,) * n
         else:
-            if not isinstance(out, (tuple, list)) or len(out) != len(ks):
-                raise ValueError(f"out must be a tuple of {len(ks)} arrays (or None), got {type(out).__name__}")
-            outs = tuple(check_out(o, img3, "out" if len(ks) == 1 else f"out[{i}]", image.shape) for i, o in enumerate(out))
-            if len(outs) == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
+            if not isinstance(out, (tuple, list)) or len(out) != n:
+                raise ValueError(f"out must be a tuple of {n} arrays (or None), got {type(out).__name__}")
+            outs = tuple(check_out(o, img3, "out" if n == 1 else f"out[{i}]", image.shape) for i, o in enumerate(out))
+            if n == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
                 raise ValueError("out[0] and out[1] must not share memory")
         if self._closed:
             raise RuntimeError("this Engine is closed; create a new one")
         user = (image, tuple(out) if out is not None else outs)
-        job = Job(self, img3, ks, procs, border, output, implementation, outs, user, bands=_bands)
+        job = Job(self, img3, request, procs, outs, user, bands=_bands)
         self._jobs.add(job)
         self._threads.run(job._run)
         return job
@@ -680,9 +596,9 @@ class Engine:
         check_choice(border, "border", BORDERS)
         (p,) = check_processes(processes, 1, self.max_workers, (self.cpus,))
         h, w = int(image_shape[0]), int(image_shape[1])
-        return plan_bands(h, k.shape[0], band_count(h, w, p), wrap=border == "wrap")
+        return plan_bands(h, k.shape[0], band_count(h, w, p), wrap=BORDER[border].wraps)
 
-    def workers(self) -> list[int]:
+    def idle_workers(self) -> list[int]:
         """PIDs of the worker processes alive now (idle ones; leased ones are busy in a job)."""
         with self._cond:
             return [s.pid for s in self._idle if s.pid is not None]
@@ -725,13 +641,11 @@ class Engine:
         with self._cond:
             idle, self._idle = self._idle, []
             shared = list(self._shared.values())  # kept: _forget unmaps each once its array is collected
-            pool, self._pool = list(self._pool.values()), collections.OrderedDict()
-        for slot in idle:
-            slot.shutdown()
+        for worker in idle:
+            worker.shutdown()
         for sh in shared:
             sh.segment.unlink()  # the name goes now; unmapping under a live array would crash it
-        for seg in pool:
-            seg.release()
+        self._scratch.clear()
         self._take_returned()
         if self._copiers is not None:
             self._copiers.shutdown()
@@ -741,41 +655,21 @@ class Engine:
         """A scratch segment of exactly ``nbytes``: a pooled one (its pages already mapped in
         this process and in the workers) or a new one."""
         self._take_returned()
-        with self._cond:
-            for name, seg in self._pool.items():
-                if seg.nbytes == nbytes:
-                    del self._pool[name]
-                    return seg
-        return Segment(nbytes)
+        return self._scratch.take(nbytes)
 
     def _recycle(self, seg: Segment) -> None:
         """Keep a job's scratch segment for the next job (at most POOL_SEGMENTS, POOL_BYTES)."""
         self._take_returned()
-        self._pool_segment(seg)
+        if self._closed:
+            self._scratch.retire([seg])
+        else:
+            self._scratch.give(seg)
 
-    def _pool_segment(self, seg: Segment) -> None:
+    def _unmap_everywhere(self, names) -> None:
+        """Workers unmap segments that were unlinked, before their next pass."""
         with self._cond:
-            if not self._closed:
-                self._pool[seg.name] = seg
-            evict = []
-            while self._pool and (
-                self._closed or len(self._pool) > POOL_SEGMENTS or sum(x.nbytes for x in self._pool.values()) > POOL_BYTES
-            ):
-                evict.append(self._pool.popitem(last=False)[1])
-            if self._closed and seg.name not in [e.name for e in evict] and seg.name not in self._pool:
-                evict.append(seg)
-        self._retire(evict)
-
-    def _retire(self, segments) -> None:
-        """Unlink segments now; workers unmap them before their next task."""
-        if not segments:
-            return
-        names = [seg.name for seg in segments]
-        for seg in segments:
-            seg.release()
-        with self._cond:
-            for slot in self._all_slots:
-                slot.stale.extend(names)
+            for worker in self._all_workers:
+                worker.stale.extend(names)
 
     def _forget(self, key, reuse=False):
         """An array from ``shared_array`` (or a job's result, ``reuse``) was garbage-collected:
@@ -789,8 +683,8 @@ class Engine:
             sh = self._shared.pop(key, None)
         if sh is None:
             return
-        if reuse and not self._closed:
-            self._pool_segment(sh.segment)
+        if reuse:
+            self._recycle(sh.segment)
         else:
             sh.segment.release()
 
@@ -831,8 +725,8 @@ class Engine:
         for f in parts:
             f.result()
 
-    def _descriptor(self, a):
-        """``(segment, offset, shape, dtype)`` if ``a`` lies in one of our segments (C-contiguous)."""
+    def _descriptor(self, a) -> SegmentRef | None:
+        """Where ``a`` lies if it is (C-contiguous) in one of our shared arrays, else None."""
         if a is None or not a.flags.c_contiguous:
             return None
         lo = a.__array_interface__["data"][0]
@@ -840,7 +734,7 @@ class Engine:
             for sh in self._shared.values():
                 if sh.lo <= lo and lo + a.nbytes <= sh.hi:
                     shape = a.shape if a.ndim == 3 else a.shape + (1,)
-                    return (sh.segment.name, lo - sh.lo, shape, a.dtype.str)
+                    return SegmentRef(sh.segment.name, tuple(shape), a.dtype.str, lo - sh.lo)
         return None
 
     def _wake(self):
@@ -848,7 +742,7 @@ class Engine:
             self._cond.notify_all()
 
     def _lease(self, n, cancel):
-        """Take ``n`` ready slots, starting processes as needed; FIFO among waiting jobs.
+        """Take ``n`` ready workers, starting processes as needed; FIFO among waiting jobs.
         Returns None when cancelled while waiting."""
         ticket = object()
         with self._cond:
@@ -875,39 +769,39 @@ class Engine:
         for s in dead:
             s.shutdown()
         try:
-            fresh = [_Slot(self._ctx) for _ in range(new)]
+            fresh = [_Worker(self._ctx) for _ in range(new)]
             with self._cond:
-                self._all_slots.update(fresh)
+                self._all_workers.update(fresh)
         except BaseException:
             with self._cond:
                 self._alive -= new
                 self._idle.extend(take)
             raise
-        slots = take + fresh
+        workers = take + fresh
         try:
             for s in fresh:
                 s.ready()
         except BaseException:
-            self._give_back(slots)
+            self._give_back(workers)
             raise
         for s in take:
             with self._cond:
                 stale, s.stale = s.stale, []
             s.release(stale)
-        return slots
+        return workers
 
-    def _give_back(self, slots):
+    def _give_back(self, workers):
         keep = []
-        for slot in slots:
-            if slot.broken or slot.busy or not slot.process.is_alive():
-                slot.shutdown(kill=True)
+        for worker in workers:
+            if worker.broken or worker.busy or not worker.process.is_alive():
+                worker.shutdown(kill=True)
                 with self._cond:
                     self._alive -= 1
                 continue
             with self._cond:
-                stale, slot.stale = slot.stale, []
-            slot.release(stale)  # in order, before its next band
-            keep.append(slot)
+                stale, worker.stale = worker.stale, []
+            worker.release(stale)  # in order, before its next band
+            keep.append(worker)
         with self._cond:
             if self._closed:
                 drop = keep
@@ -915,17 +809,117 @@ class Engine:
                 self._idle.extend(keep)
                 drop = []
             self._cond.notify_all()
-        for slot in drop:
-            slot.shutdown()
+        for worker in drop:
+            worker.shutdown()
             with self._cond:
                 self._alive -= 1
 
 
-def _answering(slots, timeout):
-    """The slots among ``slots`` whose pipe has an answer or whose process has ended."""
+class _Passes:
+    """The compute phase of one job: each filter's passes on its own group of workers.
+
+    A pass hands each worker of the group its first band; the rest wait as tokens in a pipe
+    that the workers read themselves. Every worker answers once per pass. ``normalize`` runs a
+    range pass first, then the filter pass with the global (min, max). Cancel empties the
+    pipes; a dead worker fails the job with ``WorkerError`` after the job's other busy workers
+    are killed (``Job._stop``).
+    """
+
+    def __init__(self, job: Job, workers, src: SegmentRef, dsts, t_start: float):
+        self.job, self.workers, self.src, self.dsts, self.t_start = job, workers, src, dsts, t_start
+        self.groups, start = [], 0
+        for p in job._processes:
+            self.groups.append(workers[start : start + p])
+            start += p
+        self.group_of = {id(w): fi for fi, g in enumerate(self.groups) for w in g}
+        self.pipes: dict = {}  # filter index -> read end of its running pass's token pipe
+        self.ranges: dict = {}  # filter index -> band value ranges of its range pass
+        self.records: list = []
+
+    def run(self) -> None:
+        job = self.job
+        try:
+            for fi in range(len(self.groups)):
+                self.start(fi, "range" if job._request.output == "normalize" else "filter")
+            while any(w.busy for w in self.workers):
+                if job._cancel.is_set():
+                    self.stop()
+                    if job._abort:
+                        job._stop(self.workers)
+                        raise JobCancelled(f"job {job.id} was interrupted; its busy workers were stopped")
+                for w in _answering([w for w in self.workers if w.busy], timeout=0.05):
+                    if w.busy and w.conn.poll():
+                        self.on_answer(w.receive())
+        except _Died as e:
+            job._stop(self.workers)
+            which = f" of filter {'AB'[self.group_of[id(e.worker)]]}" if len(self.groups) > 1 else ""
+            raise WorkerError(
+                f"worker process {e.worker.pid}{which} {_death_cause(e.worker.exitcode())}; the job was stopped and "
+                "the engine replaces the worker, so the next job runs"
+            ) from None
+        except BaseException:
+            self.stop()
+            job._drain(self.workers)
+            raise
+        finally:
+            for fd in self.pipes.values():
+                os.close(fd)
+
+    def start(self, fi: int, kind: str, value_range=None) -> None:
+        job, req = self.job, self.job._request
+        plan = job._plans[fi]
+        workers = self.groups[fi][: len(plan)]
+        tokens = None
+        if len(plan) > len(workers):
+            tokens, w = os.pipe()
+            self.pipes[fi] = tokens
+            try:
+                os.set_blocking(tokens, False)
+                os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in range(len(workers), len(plan))))
+            finally:
+                os.close(w)
+        for first, worker in enumerate(workers):
+            worker.start(_worker.Pass(fi, kind, plan, self.src, self.dsts[fi] if kind == "filter" else None,
+                                      req.kernels[fi], req.border, req.output, req.implementation, value_range,
+                                      first, tokens is not None), tokens)
+
+    def stop(self) -> None:
+        for fd in self.pipes.values():
+            _worker.empty(fd)
+
+    def on_answer(self, answer: "_worker.PassDone") -> None:
+        fi = answer.filter
+        plan = self.job._plans[fi]
+        for b in answer.bands:
+            band = plan[b.index]
+            if b.value_range is not None:
+                self.ranges.setdefault(fi, []).append(b.value_range)
+            else:
+                self.records.append(BandRecord(fi, b.index, band.start, band.stop - 1, answer.pid,
+                                               b.start - self.t_start, b.end - self.t_start))
+        if any(w.busy for w in self.groups[fi]):
+            return
+        if fi in self.pipes:
+            os.close(self.pipes.pop(fi))
+        if len(self.ranges.get(fi, ())) == len(plan) and not self.job._cancel.is_set():
+            # normalize: every band's range is in; the second pass maps with the global one
+            rs = self.ranges.pop(fi)
+            self.start(fi, "filter", (min(r[0] for r in rs), max(r[1] for r in rs)))
+
+    def walls(self) -> tuple:
+        """Per filter: its first band's start to its last band's end, seconds."""
+        out = []
+        for fi in range(len(self.groups)):
+            rs = [r for r in self.records if r.filter == fi]
+            out.append(max(r.end for r in rs) - min(r.start for r in rs))
+        return tuple(out)
+
+
+def _answering(workers, timeout):
+    """The workers among ``workers`` whose pipe has an answer or whose process has ended."""
     by_handle = {}
-    for slot in slots:
-        by_handle[slot.conn] = by_handle[slot.process.sentinel] = slot
+    for worker in workers:
+        by_handle[worker.conn] = by_handle[worker.process.sentinel] = worker
     woke = connection.wait(list(by_handle), timeout=timeout)
     return list({id(by_handle[h]): by_handle[h] for h in woke}.values())
 
