@@ -9,7 +9,7 @@ Two tables, each measured side by side in one run:
 1. **The band kernel alone**, in this process, one OpenCV thread: ``filter_band`` over the plan of
    1, 2, 4, 8 and 16 bands against one ``cv2.sepFilter2D`` / ``cv2.filter2D`` call on the whole
    image, uint8 to uint8 as the targets call it, and against OpenCV on the band kernel's own
-   float32 route over the whole image (``engine._bench.interleave``: rotated rounds, medians).
+   float32 route over the whole image (``_harness.interleave``: rotated rounds, medians).
    What the float32 route gains, and what each inner band edge costs (its halo rows).
 2. **One 2-process zero-copy job** on a warm ``Engine(max_workers=2)`` against OpenCV with 2
    threads into a preallocated ``dst`` (interleaved the same way, medians): the job's wall
@@ -22,22 +22,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
+from _harness import Candidate, OpenCV, bench_image, interleave, md_table, random_kernel
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from engine import KERNELS, Engine  # noqa: E402
-from engine._bands import plan_bands  # noqa: E402
-from engine._bench import _CV, Candidate, bench_image, interleave, md_table, random_kernel  # noqa: E402
-from engine._compute import filter_band  # noqa: E402
+from engine import KERNELS, Engine
+from engine._bands import plan_bands
+from engine._compute import filter_band
 
 
 def band_kernel_table(img, kernels, rounds) -> str:
-    cv = _CV(cv2)
+    cv = OpenCV(cv2)
     dst = np.empty_like(img)
     rows = []
     for k in kernels:
@@ -63,7 +59,7 @@ def band_kernel_table(img, kernels, rounds) -> str:
 
 
 def job_table(img, kernels, rounds) -> str:
-    cv = _CV(cv2)
+    cv = OpenCV(cv2)
     rows = []
     with Engine(max_workers=2) as eng:
         src = eng.shared_array(img.shape, img.dtype)

@@ -1,5 +1,7 @@
-"""The benchmark suite behind ``python -m engine bench``: the engine against OpenCV, scipy.ndimage,
-Pillow and the notebook's algorithm, side by side in one run on the same images.
+"""The engine's benchmark suite: the engine against OpenCV, scipy.ndimage, Pillow and the notebook's
+algorithm, side by side in one run on the same images.
+
+    .venv/bin/python benchmarks/bench_engine.py [--sizes 512 2048] [--repeats N] [--quick] [--markdown FILE]
 
 How one run measures (this is a benchmark, not a test: nothing here asserts a time)::
 
@@ -27,23 +29,21 @@ times drift, but candidates timed in the same rounds drift together. Sizes and l
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from _harness import (ROOT, Candidate, OpenCV, Samples, bench_image, fmt_ms, fmt_x, interleave, md_table,
+                      notebook_filter, progress, random_kernel)
 
-from ._engine import Engine, PairResult, available_cpus
-from ._kernels import KERNELS, Kernel
-
-__all__ = ["main", "SIZES", "QUICK_SIZES", "TARGETS"]
+from engine import KERNELS, Engine, Kernel, available_cpus
 
 SIZES = (512, 2048, 4096, 8192)
 QUICK_SIZES = (256, 512)
@@ -65,158 +65,11 @@ TARGETS = {
 }
 
 
-# -- images and kernels ------------------------------------------------------------------------
-
-def bench_image(size: int, *, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """``(size, size, 3)`` uint8 noise, filled in row chunks (no full-size temporary).
-
-    >>> bench_image(4).shape, bench_image(4).dtype.name
-    ((4, 4, 3), 'uint8')
-    """
-    rng = np.random.default_rng(seed)
-    img = np.empty((size, size, 3), np.uint8) if out is None else out
-    step = max(1, (1 << 20) // (size * 3))
-    for y in range(0, size, step):
-        img[y : y + step] = rng.integers(0, 256, img[y : y + step].shape, dtype=np.uint8)
-    return img
-
-
-def random_kernel(seed: int = 7) -> Kernel:
-    """A random positive 5x5 summing to 1: a blur that is not separable (rank 5)."""
-    w = np.random.default_rng(seed).uniform(0.0, 1.0, (5, 5))
-    k = Kernel("random_5x5", w / w.sum(), "random positive 5x5 summing to 1 (not separable)", "engine._bench")
-    if k.separable:  # pragma: no cover - a random 5x5 is rank 1 with probability 0
-        raise RuntimeError("the random 5x5 kernel came out separable; change its seed")
-    return k
-
-
-# -- the notebook's algorithm ---------------------------------------------------------------------
-# The course notebook this project grew from filtered with ``Pool.map(filtering, rows)``: an
-# initializer put the image, the filter and the shared output (an ``mp.Array`` of bytes, viewed
-# through ``np.frombuffer``) in module globals, and ``filtering(r)`` visited every pixel, channel
-# and weight of row ``r``, indexing numpy arrays element by element and clamping rows and columns
-# at the edges (our ``replicate``). Public solutions of that course assignment share this template.
-# We have no copy of the notebook itself: this is our rendition of its algorithm, timed as "the
-# notebook's algorithm". ``implementation="python"`` runs the same four loops over Python lists,
-# which is ~40x faster than indexing numpy scalars; the bench reports both.
-
-_nb: dict = {}
-
-
-def _notebook_init(shared, image: np.ndarray, weights: np.ndarray) -> None:
-    """The notebook's pool initializer: image, filter and shared output into module globals."""
-    _nb.update(image=image, weights=weights, out=np.frombuffer(shared, dtype=np.uint8).reshape(image.shape))
-
-
-def _notebook_row(r: int) -> None:
-    """The notebook's ``filtering(r)``: one output row, pixel by pixel, weight by weight."""
-    image, my_filter, out = _nb["image"], _nb["weights"], _nb["out"]
-    rows, cols, depth = image.shape
-    filter_rows, filter_cols = my_filter.shape
-    top, left = filter_rows // 2, filter_cols // 2
-    frow = np.zeros((cols, depth))
-    for i in range(cols):
-        for j in range(depth):
-            total = 0.0
-            for a in range(filter_rows):
-                rr = min(max(r + a - top, 0), rows - 1)
-                for b in range(filter_cols):
-                    cc = min(max(i + b - left, 0), cols - 1)
-                    total += my_filter[a][b] * image[rr][cc][j]
-            frow[i][j] = total
-    out[r] = np.clip(np.rint(frow), 0, 255)
-
-
-def notebook_filter(image: np.ndarray, weights) -> np.ndarray:
-    """The notebook's algorithm on one process: uint8 ``(H, W, C)``, replicate border, clip.
-
-    >>> img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
-    >>> bool((notebook_filter(img, [[0, 0, 0], [0, 1, 0], [0, 0, 0]]) == img).all())
-    True
-    """
-    import ctypes
-    import multiprocessing
-
-    shared = multiprocessing.RawArray(ctypes.c_ubyte, image.size)  # the notebook's mp.Array, lock-free
-    _notebook_init(shared, image, np.asarray(weights, dtype=np.float64))
-    try:
-        for r in range(image.shape[0]):
-            _notebook_row(r)
-        return _nb["out"].copy()
-    finally:
-        _nb.clear()
-
-
 def _optional(module: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
         return None
-
-
-# -- timing ------------------------------------------------------------------------------------
-
-@dataclass
-class Samples:
-    """Wall times of one candidate (seconds) and, for engine candidates, each call's phases."""
-
-    wall: list = field(default_factory=list)
-    phases: list = field(default_factory=list)
-    spans: list = field(default_factory=list)  # PairResult.filter_walls per call
-
-    def median(self) -> float:
-        return statistics.median(self.wall)
-
-    def phase(self, name: str) -> float | None:
-        return statistics.median(getattr(p, name) for p in self.phases) if self.phases else None
-
-    def other(self) -> float | None:
-        """Median of wall minus the three phases: validation, the job thread, leasing workers,
-        waking the caller: the fixed cost of one call."""
-        if not self.phases:
-            return None
-        return statistics.median(w - (p.copy_in + p.compute + p.copy_out) for w, p in zip(self.wall, self.phases))
-
-    def span(self, i: int) -> float | None:
-        return statistics.median(s[i] for s in self.spans) if self.spans else None
-
-
-@dataclass
-class Candidate:
-    run: Callable[[], object]
-    setup: Callable[[], None] | None = None  # untimed, before every timed call (e.g. cv2 threads)
-
-
-def interleave(candidates: dict, repeats: int, label: str = "") -> dict:
-    """Time every candidate ``repeats`` times, round-robin with the order rotated each round,
-    after one untimed warm-up call each. Returns ``name -> Samples``."""
-    names = list(candidates)
-    out = {n: Samples() for n in names}
-    for n in names:
-        c = candidates[n]
-        if c.setup:
-            c.setup()
-        c.run()
-    for r in range(repeats):
-        _progress(f"{label} round {r + 1}/{repeats}")
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            c = candidates[n]
-            if c.setup:
-                c.setup()
-            t0 = time.perf_counter()
-            res = c.run()
-            t1 = time.perf_counter()
-            out[n].wall.append(t1 - t0)
-            if isinstance(res, PairResult):
-                out[n].phases.append(res.phases)
-                out[n].spans.append(res.filter_walls)
-            del res
-    return out
-
-
-def _progress(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def _default_repeats(size: int, quick: bool) -> int:
@@ -225,79 +78,10 @@ def _default_repeats(size: int, quick: bool) -> int:
     return 7 if size <= 2048 else 5 if size <= 4096 else 3
 
 
-class _CV:
-    """OpenCV called directly, with its thread count set outside the timed call."""
-
-    def __init__(self, cv2):
-        self.cv2 = cv2
-
-    def call(self, image, kernel: Kernel, dst=None):
-        cv2 = self.cv2
-        if kernel.separable:
-            column, row = kernel.factors
-            return cv2.sepFilter2D(image, -1, row, column, dst=dst, borderType=cv2.BORDER_REPLICATE)
-        return cv2.filter2D(image, -1, kernel.weights, dst=dst, borderType=cv2.BORDER_REPLICATE)
-
-    def call_float(self, image, kernel: Kernel, dst, response, copy=None):
-        """The engine's route through OpenCV (``_compute._cv_float_rows``) on the whole image at
-        once: the response into float32 (2-D kernels from a float32 copy of the input), then
-        rounded and saturated into ``dst``. ``response``, ``copy``: preallocated float32."""
-        cv2 = self.cv2
-        if kernel.separable:
-            column, row = kernel.factors
-            cv2.sepFilter2D(image, cv2.CV_32F, row, column, dst=response, borderType=cv2.BORDER_REPLICATE)
-        else:
-            np.copyto(copy, image)
-            cv2.filter2D(copy, -1, kernel.weights, dst=response, borderType=cv2.BORDER_REPLICATE)
-        depth = cv2.CV_8U if image.dtype == np.uint8 else cv2.CV_16U
-        return cv2.addWeighted(response, 1.0, response, 0.0, 0.0, dst=dst, dtype=depth)
-
-    def threads(self, n: int, image, kernel):
-        def setup():
-            if self.cv2.getNumThreads() != n:
-                self.cv2.setNumThreads(n)
-                self.call(image[: min(len(image), 1024)], kernel)  # (re)start its thread pool untimed
-        return setup
-
-    def name(self, kernel: Kernel) -> str:
-        return "cv2.sepFilter2D" if kernel.separable else "cv2.filter2D"
-
-    def float_name(self, kernel: Kernel) -> str:
-        return "`sepFilter2D` into float32" if kernel.separable else "a float32 copy, `filter2D`"
-
-
 # -- formatting --------------------------------------------------------------------------------
 
-def _ms(seconds) -> str:
-    """Milliseconds, three significant digits where it matters.
-
-    >>> _ms(0.00123), _ms(0.0456), _ms(1.5), _ms(123.4), _ms(None)
-    ('1.23', '45.6', '1,500', '123,400', '–')
-    """
-    if seconds is None:
-        return "–"
-    v = seconds * 1e3
-    if v >= 1000:
-        return f"{v:,.0f}"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def _x(ratio) -> str:
-    return "–" if ratio is None else f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.2f}x"
-
-
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _cmd(*args) -> str:
-    return "`" + " ".join(("python -m engine bench",) + tuple(str(a) for a in args)) + "`"
+    return "`" + " ".join(("python benchmarks/bench_engine.py",) + tuple(str(a) for a in args)) + "`"
 
 
 # -- the measurements --------------------------------------------------------------------------
@@ -380,7 +164,7 @@ def measure_size(eng, cv, size, kernel, repeats, notebook, libs) -> SizeResult:
         crop = notebook["crop"]
         samples["notebook"] = Samples(wall=[notebook["notebook"] * size * size])
         labels["notebook"] = (
-            f"the notebook's algorithm (`engine._bench.notebook_filter`), timed on a {crop}x{crop} crop and scaled "
+            f"the notebook's algorithm (`benchmarks/_harness.py: notebook_filter`), timed on a {crop}x{crop} crop and scaled "
             f"x{size * size // crop**2:,} by pixel count", "1 process")
     return SizeResult(size, kernel, samples, labels, check)
 
@@ -468,13 +252,11 @@ def _rss_child(size: int, mode: str) -> None:
 
 
 def measure_rss(size: int, mode: str) -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = f"from engine._bench import _rss_child; _rss_child({size}, {mode!r})"
-    _progress(f"peak RSS {size}x{size}, {mode} (fresh process)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); from bench_engine import _rss_child; _rss_child({size}, {mode!r})"
+    progress(f"peak RSS {size}x{size}, {mode} (fresh process)")
     try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env, cwd=root)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": "the child process timed out"}
     lines = proc.stdout.strip().splitlines()
@@ -501,10 +283,9 @@ def environment(eng: Engine, libs: dict, load_start) -> list:
         versions.append(f"{name} {getattr(mod, '__version__', '?')}" if mod is not None else f"{name}: not installed")
     commit = "?"
     try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "engine"], capture_output=True,
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "engine"], capture_output=True,
                                text=True, timeout=10).stdout.strip()
         if dirty:
             commit += " (engine/ has uncommitted changes)"
@@ -522,7 +303,7 @@ def environment(eng: Engine, libs: dict, load_start) -> list:
 
 
 INTRO = """\
-Every number below comes from one run of the engine's benchmark suite (`engine/_bench.py`). All
+Every number below comes from one run of the engine's benchmark suite (`benchmarks/bench_engine.py`). All
 candidates are timed side by side in that run, on the same images (RGB uint8 noise, seed 0),
 interleaved round by round with the order rotated, after one untimed warm-up call each; tables show
 medians. The machine is small and shared, so absolute times drift from run to run: read the
@@ -546,12 +327,12 @@ def _size_table(res: SizeResult, cv_ref_new: float, cv_ref_dst: float) -> str:
         impl, workers = res.labels[name]
         engine_row = bool(s.phases)
         rows.append([
-            impl, workers, _ms(s.median()),
-            _ms(s.phase("copy_in")) if engine_row else "–",
-            _ms(s.phase("compute")) if engine_row else "–",
-            _ms(s.phase("copy_out")) if engine_row else "–",
-            _ms(s.other()) if engine_row else "–",
-            _x(s.median() / cv_ref_new), _x(s.median() / cv_ref_dst),
+            impl, workers, fmt_ms(s.median()),
+            fmt_ms(s.phase("copy_in")) if engine_row else "–",
+            fmt_ms(s.phase("compute")) if engine_row else "–",
+            fmt_ms(s.phase("copy_out")) if engine_row else "–",
+            fmt_ms(s.other()) if engine_row else "–",
+            fmt_x(s.median() / cv_ref_new), fmt_x(s.median() / cv_ref_dst),
         ])
     header = ["implementation", "workers", "wall ms", "copy-in ms", "compute ms", "copy-out ms", "other ms",
               "x OpenCV 2 thr (new output)", "x OpenCV 2 thr (into dst)"]
@@ -588,19 +369,19 @@ def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
         zc, npl, cvd, cvn = r.samples[f"zc{p}"], r.samples[f"np{p}"], r.samples["cvd2"], r.samples["cv2"]
         ratio = zc.median() / cvd.median()
         cvf = r.samples["cvf2"].median()
-        note = (f"vs OpenCV on the engine's float32 route, 2 threads ({_ms(cvf)} ms): {_x(zc.median() / cvf)}")
+        note = (f"vs OpenCV on the engine's float32 route, 2 threads ({fmt_ms(cvf)} ms): {fmt_x(zc.median() / cvf)}")
         if ratio > 1.0:
-            note += (f"; compute on the workers {_ms(zc.phase('compute'))} ms + {_ms(zc.other())} ms per-call overhead "
-                     f"vs OpenCV's {_ms(cvd.median())} ms")
+            note += (f"; compute on the workers {fmt_ms(zc.phase('compute'))} ms + {fmt_ms(zc.other())} ms per-call overhead "
+                     f"vs OpenCV's {fmt_ms(cvd.median())} ms")
         targets.append(Target("a", f"{TARGET_SIZE}², {label}, {p} processes, zero-copy vs OpenCV 2 threads into `dst`",
-                              f"{_ms(zc.median())} ms vs {_ms(cvd.median())} ms", ratio, 1.0, note=note))
+                              f"{fmt_ms(zc.median())} ms vs {fmt_ms(cvd.median())} ms", ratio, 1.0, note=note))
         ratio = npl.median() / cvn.median()
         note = ""
         if ratio > 1.6:
-            note = (f"copy-in {_ms(npl.phase('copy_in'))} + copy-out {_ms(npl.phase('copy_out'))} ms on top of "
-                    f"compute {_ms(npl.phase('compute'))} ms vs OpenCV's {_ms(cvn.median())} ms")
+            note = (f"copy-in {fmt_ms(npl.phase('copy_in'))} + copy-out {fmt_ms(npl.phase('copy_out'))} ms on top of "
+                    f"compute {fmt_ms(npl.phase('compute'))} ms vs OpenCV's {fmt_ms(cvn.median())} ms")
         targets.append(Target("a", f"{TARGET_SIZE}², {label}, {p} processes, numpy arrays vs OpenCV 2 threads (new output)",
-                              f"{_ms(npl.median())} ms vs {_ms(cvn.median())} ms", ratio, 1.6, note=note))
+                              f"{fmt_ms(npl.median())} ms vs {fmt_ms(cvn.median())} ms", ratio, 1.6, note=note))
     if pair is None:
         targets.append(Target("b", "filter_pair 1+1", "not run", None, 1.15))
     else:
@@ -608,12 +389,12 @@ def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
             a, b, both = pair[f"{path}_a"], pair[f"{path}_b"], pair[f"{path}_pair"]
             longer = max(a.median(), b.median())
             ratio = both.median() / longer
-            note = (f"inside the pair gaussian's bands spanned {_ms(both.span(0))} ms and random_5x5's "
-                    f"{_ms(both.span(1))} ms (alone: {_ms(a.span(0))} / {_ms(b.span(0))})")
+            note = (f"inside the pair gaussian's bands spanned {fmt_ms(both.span(0))} ms and random_5x5's "
+                    f"{fmt_ms(both.span(1))} ms (alone: {fmt_ms(a.span(0))} / {fmt_ms(b.span(0))})")
             if path == "np":
-                note += f"; the pair copies out two results: copy-out {_ms(both.phase('copy_out'))} ms"
+                note += f"; the pair copies out two results: copy-out {fmt_ms(both.phase('copy_out'))} ms"
             targets.append(Target("b", f"{pair_size}², filter_pair(gaussian, random_5x5) 1+1, {label}",
-                                  f"{_ms(both.median())} ms vs {_ms(longer)} ms", ratio, 1.15,
+                                  f"{fmt_ms(both.median())} ms vs {fmt_ms(longer)} ms", ratio, 1.15,
                                   note=note if ratio > 1.15 else ""))
     if nb is not None and n1024 is not None:
         eng_t = n1024["engine"].median()
@@ -621,10 +402,10 @@ def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
         crop = nb["crop"]
         targets.append(Target("c", f"{NOTEBOOK_SIZE}², gaussian, filter_image ({cpus} processes, numpy arrays) vs the "
                               f"notebook's algorithm ({crop}x{crop} crop on 1 process, scaled x{NOTEBOOK_SIZE**2 // crop**2:,} "
-                              "by pixel count)", f"{_ms(eng_t)} ms vs {_ms(nb_t)} ms", nb_t / eng_t, 10_000,
+                              "by pixel count)", f"{fmt_ms(eng_t)} ms vs {fmt_ms(nb_t)} ms", nb_t / eng_t, 10_000,
                               higher_is_better=True,
                               note=f"against the notebook's loops split perfectly over {cpus} processes: "
-                                   f"{_x(nb_t / cpus / eng_t)}"))
+                                   f"{fmt_x(nb_t / cpus / eng_t)}"))
     for kname, label in (("gaussian", "gaussian"), ("random_5x5", "random 5x5")):
         r = small.get(kname)
         if r is None:
@@ -634,10 +415,10 @@ def _evaluate(by_size, pair, pair_size, nb, n1024, small, rss, cpus) -> list:
         ratio = e.median() / c.median()
         note = ""
         if ratio > 3.0:
-            note = (f"per-call overhead {_ms(e.other())} ms + copies {_ms(e.phase('copy_in'))}/{_ms(e.phase('copy_out'))} ms "
-                    f"+ compute {_ms(e.phase('compute'))} ms vs OpenCV's {_ms(c.median())} ms")
+            note = (f"per-call overhead {fmt_ms(e.other())} ms + copies {fmt_ms(e.phase('copy_in'))}/{fmt_ms(e.phase('copy_out'))} ms "
+                    f"+ compute {fmt_ms(e.phase('compute'))} ms vs OpenCV's {fmt_ms(c.median())} ms")
         targets.append(Target("d", f"{SMALL_SIZE}², {label}, warm filter_image ({cpus} processes, numpy arrays) vs "
-                              "OpenCV 1 thread (new output)", f"{_ms(e.median())} ms vs {_ms(c.median())} ms", ratio, 3.0,
+                              "OpenCV 1 thread (new output)", f"{fmt_ms(e.median())} ms vs {fmt_ms(c.median())} ms", ratio, 3.0,
                               note=note))
     for mode, need, what in (("numpy", 4, "input, shared input, shared output, result"),
                              ("zero-copy", 2, "shared input, shared output")):
@@ -661,7 +442,7 @@ def _targets_table(targets) -> str:
             limit = f"<= {t.limit:.1f} image sizes"
             ratio = "–" if t.ratio is None else f"{t.ratio:.2f} image sizes"
         else:
-            ratio = _x(t.ratio)
+            ratio = fmt_x(t.ratio)
         rows.append([f"({t.key})", t.what, t.measured, ratio, limit, f"**{t.status}**", t.note or ""])
     return md_table(["target", "what", "measured (median)", "ratio", "limit", "result", "notes (where the time goes, for misses)"], rows)
 
@@ -688,9 +469,9 @@ def _pair_table(pair) -> str:
     rows = []
     for name, s in pair.items():
         path, run, procs = label[name]
-        spans = " / ".join(_ms(s.span(i)) for i in range(len(s.spans[0]))) if s.spans else "–"
-        rows.append([path, run, procs, _ms(s.median()), _ms(s.phase("copy_in")), _ms(s.phase("compute")),
-                     _ms(s.phase("copy_out")), _ms(s.other()), spans])
+        spans = " / ".join(fmt_ms(s.span(i)) for i in range(len(s.spans[0]))) if s.spans else "–"
+        rows.append([path, run, procs, fmt_ms(s.median()), fmt_ms(s.phase("copy_in")), fmt_ms(s.phase("compute")),
+                     fmt_ms(s.phase("copy_out")), fmt_ms(s.other()), spans])
     return md_table(["path", "run", "processes", "wall ms", "copy-in ms", "compute ms", "copy-out ms", "other ms",
                      "each filter's band span ms"], rows)
 
@@ -717,7 +498,7 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
         libs["PIL"] = PIL
     load_start = os.getloadavg()
     saved_threads = cv2.getNumThreads()
-    cv = _CV(cv2)
+    cv = OpenCV(cv2)
     gaussian, rand = KERNELS["gaussian"], random_kernel()
     by_size: dict = {}
     sections: list = []
@@ -760,8 +541,8 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
             nb_rows = []
             for k in (gaussian, rand):
                 m, full = nb[k.name], NOTEBOOK_SIZE**2
-                engine_cols = [_ms(t1024), _x(m["notebook"] * full / t1024), _x(m["notebook"] * full / cpus / t1024),
-                               _x(m["python"] * full / t1024)] if k is gaussian else ["–"] * 4
+                engine_cols = [fmt_ms(t1024), fmt_x(m["notebook"] * full / t1024), fmt_x(m["notebook"] * full / cpus / t1024),
+                               fmt_x(m["python"] * full / t1024)] if k is gaussian else ["–"] * 4
                 nb_rows.append([k.name, f"{m['notebook'] * 1e6:.1f}", f"{m['notebook'] * full:,.1f}",
                                 f"{m['python'] * 1e6:.2f}", f"{m['python'] * full:,.1f}", *engine_cols])
             crop = nb["gaussian"]["crop"]
@@ -773,14 +554,14 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
                              f"speed-up vs it split perfectly over {cpus} processes", "speed-up vs `python`"], nb_rows)
                  + f"\n\nBoth loops run on a {crop}x{crop} crop of the same noise image (µs per pixel cover its 3 "
                  f"channels); their times are scaled by pixel count (x{NOTEBOOK_SIZE**2 // crop**2:,} to "
-                 f"{NOTEBOOK_SIZE}²). The notebook's algorithm is `engine._bench.notebook_filter`: our rendition of "
+                 f"{NOTEBOOK_SIZE}²). The notebook's algorithm is `benchmarks/_harness.py: notebook_filter`: our rendition of "
                  "the course notebook's `filtering(row)` (every pixel, channel and weight, numpy arrays indexed "
                  "element by element, edges clamped, rows into an `mp.Array` of bytes); we have no copy of the "
                  "notebook itself, and public solutions of the same course assignment follow this template. "
                  "`implementation=\"python\"` is the engine's teaching path: the same four loops over Python lists. "
                  "Target (c) compares with the notebook's algorithm on 1 process, as the issue states it; the "
                  f"column beside it divides the notebook's time by {cpus}, its own `Pool.map` over rows at its best. "
-                 f"OpenCV 1 thread at {NOTEBOOK_SIZE}²: {_ms(n1024['cv1'].median())} ms. Any run of {_cmd()} makes "
+                 f"OpenCV 1 thread at {NOTEBOOK_SIZE}²: {fmt_ms(n1024['cv1'].median())} ms. Any run of {_cmd()} makes "
                  "this table.")
             env = environment(eng, libs, load_start)
         rss_size = RSS_SIZE if RSS_SIZE in sizes else max(sizes)
@@ -821,3 +602,17 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
         with open(markdown, "w", encoding="utf-8") as f:
             f.write("\n\n".join(doc) + "\n")
     return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="square sizes, e.g. 512 2048")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per table")
+    p.add_argument("--quick", action="store_true", help="small sizes only, for a smoke run")
+    p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    sys.exit(main(sizes=a.sizes, repeats=a.repeats, quick=a.quick, markdown=a.markdown))
