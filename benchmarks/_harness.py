@@ -3,7 +3,11 @@ interleaved timing (rotated rounds, medians), OpenCV called directly, and markdo
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,29 +21,33 @@ if str(ROOT) not in sys.path:  # run from anywhere: the checkout's engine, not a
     sys.path.insert(0, str(ROOT))
 
 from engine import Kernel, PairResult  # noqa: E402
+from engine._kernels import SEPARABLE_RTOL  # noqa: E402
 
 # -- images and kernels ------------------------------------------------------------------------
 
-def bench_image(size: int, *, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """``(size, size, 3)`` uint8 noise, filled in row chunks (no full-size temporary).
+def bench_image(size: int, *, dtype=np.uint8, seed: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """``(size, size, 3)`` noise over ``dtype``'s whole range, filled in row chunks (no full-size
+    temporary).
 
-    >>> bench_image(4).shape, bench_image(4).dtype.name
-    ((4, 4, 3), 'uint8')
+    >>> bench_image(4).shape, bench_image(4).dtype.name, bench_image(4, dtype=np.uint16).dtype.name
+    ((4, 4, 3), 'uint8', 'uint16')
     """
     rng = np.random.default_rng(seed)
-    img = np.empty((size, size, 3), np.uint8) if out is None else out
+    img = np.empty((size, size, 3), dtype) if out is None else out
+    top = int(np.iinfo(img.dtype).max)
     step = max(1, (1 << 20) // (size * 3))
     for y in range(0, size, step):
-        img[y : y + step] = rng.integers(0, 256, img[y : y + step].shape, dtype=np.uint8)
+        img[y : y + step] = rng.integers(0, top, img[y : y + step].shape, dtype=img.dtype, endpoint=True)
     return img
 
 
-def random_kernel(seed: int = 7) -> Kernel:
-    """A random positive 5x5 summing to 1: a blur that is not separable (rank 5)."""
-    w = np.random.default_rng(seed).uniform(0.0, 1.0, (5, 5))
-    k = Kernel("random_5x5", w / w.sum(), "random positive 5x5 summing to 1 (not separable)", "benchmarks/_harness.py")
-    if k.separable:  # pragma: no cover - a random 5x5 is rank 1 with probability 0
-        raise RuntimeError("the random 5x5 kernel came out separable; change its seed")
+def random_kernel(size: int = 5, seed: int = 7) -> Kernel:
+    """A random positive ``size`` x ``size`` kernel summing to 1: a blur that is not separable."""
+    w = np.random.default_rng(seed).uniform(0.0, 1.0, (size, size))
+    k = Kernel(f"random_{size}x{size}", w / w.sum(), f"random positive {size}x{size} summing to 1 (not separable)",
+               "benchmarks/_harness.py")
+    if k.separable:  # pragma: no cover - a random kernel is rank 1 with probability 0
+        raise RuntimeError(f"the random {size}x{size} kernel came out separable; change its seed")
     return k
 
 
@@ -166,45 +174,198 @@ def progress(msg: str) -> None:
 
 
 class OpenCV:
-    """OpenCV called directly, with its thread count set outside the timed call."""
+    """OpenCV called directly, ``BORDER_REPLICATE``, the thread count set outside the timed call.
 
-    def __init__(self, cv2):
+    ``best`` is the reference the tables and targets divide by: the fastest direct call a
+    knowledgeable user writes for the engine's result (the weights of ``Kernel.opencv_weights``:
+    float32, exactly symmetric factors for separable kernels, float64 only where float32 sums
+    would err). The other calls are labelled extra rows."""
+
+    def __init__(self):
+        import cv2
+
         self.cv2 = cv2
+        self.border = cv2.BORDER_REPLICATE
 
-    def call(self, image, kernel: Kernel, dst=None):
-        cv2 = self.cv2
-        if kernel.separable:
-            column, row = kernel.factors
-            return cv2.sepFilter2D(image, -1, row, column, dst=dst, borderType=cv2.BORDER_REPLICATE)
-        return cv2.filter2D(image, -1, kernel.weights, dst=dst, borderType=cv2.BORDER_REPLICATE)
+    def _filter(self, image, weights, dst=None, ddepth=-1):
+        """``sepFilter2D`` for ``weights = (column, row)``, ``filter2D`` for ``(weights,)``."""
+        if len(weights) == 2:
+            column, row = weights
+            return self.cv2.sepFilter2D(image, ddepth, row, column, dst=dst, borderType=self.border)
+        return self.cv2.filter2D(image, ddepth, weights[0], dst=dst, borderType=self.border)
 
-    def call_float(self, image, kernel: Kernel, dst, response, copy=None):
-        """The engine's route through OpenCV (``_compute._cv_float_rows``) on the whole image at
-        once: the response into float32 (2-D kernels from a float32 copy of the input), then
-        rounded and saturated into ``dst``. ``response``, ``copy``: preallocated float32."""
-        cv2 = self.cv2
-        if kernel.separable:
-            column, row = kernel.factors
-            cv2.sepFilter2D(image, cv2.CV_32F, row, column, dst=response, borderType=cv2.BORDER_REPLICATE)
-        else:
+    def best(self, image, kernel: Kernel, dst=None):
+        return self._filter(image, kernel.opencv_weights(image.dtype), dst)
+
+    def naive(self, image, kernel: Kernel, dst=None):
+        """float64 weights as a user passes them without knowing OpenCV's fast paths: a separable
+        kernel's factors straight from the SVD (not exactly symmetric), else the weights."""
+        return self._filter(image, naive_factors(kernel.weights) if kernel.separable else (kernel.weights,), dst)
+
+    def float_route(self, image, kernel: Kernel, dst, response, copy=None):
+        """The engine's ``float32`` route (``engine.ROUTES``) on the whole image at once: the
+        response into float32 (2-D kernels from a float32 copy of the input), then rounded and
+        saturated into ``dst``. ``response``, ``copy``: preallocated float32."""
+        weights = kernel.opencv_weights(image.dtype)
+        if len(weights) == 1:
             np.copyto(copy, image)
-            cv2.filter2D(copy, -1, kernel.weights, dst=response, borderType=cv2.BORDER_REPLICATE)
-        depth = cv2.CV_8U if image.dtype == np.uint8 else cv2.CV_16U
-        return cv2.addWeighted(response, 1.0, response, 0.0, 0.0, dst=dst, dtype=depth)
+            image = copy
+        self._filter(image, weights, response, self.cv2.CV_32F)
+        depth = self.cv2.CV_8U if dst.dtype == np.uint8 else self.cv2.CV_16U
+        return self.cv2.addWeighted(response, 1.0, response, 0.0, 0.0, dst=dst, dtype=depth)
 
-    def threads(self, n: int, image, kernel):
+    def gaussian_blur(self, image, ksize: int, sigma: float, dst=None):
+        return self.cv2.GaussianBlur(image, (ksize, ksize), sigma, dst=dst, borderType=self.border)
+
+    def threads(self, n: int, image, kernel: Kernel):
+        """A ``Candidate.setup``: ``n`` OpenCV threads, the pool (re)started by an untimed call."""
         def setup():
             if self.cv2.getNumThreads() != n:
                 self.cv2.setNumThreads(n)
-                self.call(image[: min(len(image), 1024)], kernel)  # (re)start its thread pool untimed
+                self.best(image[: min(len(image), 1024)], kernel)
         return setup
 
     def name(self, kernel: Kernel) -> str:
         return "cv2.sepFilter2D" if kernel.separable else "cv2.filter2D"
 
-    def float_name(self, kernel: Kernel) -> str:
-        return "`sepFilter2D` into float32" if kernel.separable else "a float32 copy, `filter2D`"
 
+def naive_factors(weights) -> tuple[np.ndarray, np.ndarray]:
+    """``(column, row)`` of the SVD's first singular pair, float64, as a tutorial computes them."""
+    u, s, vt = np.linalg.svd(np.asarray(weights, dtype=np.float64))
+    return u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+def compare(a: np.ndarray, b: np.ndarray, step: int = 512) -> tuple[int, int]:
+    """``(values that differ, largest difference)`` of two integer images, a strip at a time."""
+    count = worst = 0
+    for y in range(0, len(a), step):
+        d = np.abs(a[y : y + step].astype(np.int32) - b[y : y + step])
+        count += int(np.count_nonzero(d))
+        worst = max(worst, int(d.max()))
+    return count, worst
+
+
+def differs(a, b) -> str:
+    """``compare`` in words: "identical" or "N values differ (max d)"."""
+    n, worst = compare(a, b)
+    return "identical" if n == 0 else f"{n:,} values differ (max {worst})"
+
+
+def exact_error(image: np.ndarray, out: np.ndarray, kernel: Kernel, step: int = 256) -> float | None:
+    """Largest ``|out - exact|`` in gray levels, where ``exact`` is the float64 correlation by
+    ``scipy.ndimage.correlate`` (replicate border), clipped to the dtype's range: 0.5 is a
+    correct rounding. A strip at a time with its real halo rows. ``None`` without scipy."""
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return None
+    kh = kernel.shape[0]
+    top, bottom = kh // 2, kh - 1 - kh // 2
+    maxval = float(np.iinfo(out.dtype).max)
+    worst = 0.0
+    for y in range(0, len(image), step):
+        lo, hi = max(y - top, 0), min(y + step + bottom, len(image))
+        slab = image[lo:hi].astype(np.float64)
+        for c in range(image.shape[2]):
+            f = ndimage.correlate(slab[:, :, c], kernel.weights, mode="nearest")[y - lo : y - lo + step]
+            np.clip(f, 0, maxval, out=f)
+            worst = max(worst, float(np.abs(out[y : y + step, :, c] - f).max()))
+    return worst
+
+
+def exact_tolerance(kernel: Kernel, dtype) -> float:
+    """The exactness rule's bound on ``exact_error``: a correct rounding (0.5) plus the worst
+    float32 rounding error of the sums, ``maxval * sum |w| * taps * 2**-24`` (the engine uses
+    float32 only where that is at most ``F32_MAX_ERROR``), plus the rank-1 factors' allowance."""
+    w = kernel.weights
+    return 0.5 + float(np.iinfo(dtype).max) * float(np.abs(w).sum()) * (w.size * 2.0**-24 + SEPARABLE_RTOL)
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+#: The vector extensions named in every table (``/proc/cpuinfo`` flags): those OpenCV's filters
+#: and numpy dispatch on, x86 and ARM.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_fp16",
+              "asimd", "sve", "sve2")
+
+
+@functools.cache
+def cpu_line() -> str:
+    """The CPU model and its vector extensions, as every table names them, e.g.
+    ``Intel(R) Xeon(R) Processor (family 6 model 143); SIMD: sse4_2 avx avx2 fma avx512f ...;
+    OpenCV baseline SSE SSE2 SSE3, dispatched SSE4.1 ... AVX512-SKX``."""
+    info: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break  # the first processor is enough
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in info and "model" in info:
+        model += f" (family {info['cpu family']} model {info['model']})"
+    elif "CPU part" in info:
+        model += f" (implementer {info.get('CPU implementer', '?')} part {info['CPU part']})"
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    text = f"{model}; SIMD: {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none of ' + ' '.join(SIMD_FLAGS)}"
+    try:
+        import cv2
+
+        features = cv2.getCPUFeaturesLine().split()
+    except (ImportError, AttributeError):
+        return text
+    # OpenCV's markers: none = baseline, "*" = dispatched at run time, "?" = built but absent here
+    baseline = [f for f in features if not f.startswith("*") and not f.endswith("?")]
+    dispatched = [f[1:] for f in features if f.startswith("*") and not f.endswith("?")]
+    absent = [f.strip("*?") for f in features if f.endswith("?")]
+    text += f"; OpenCV baseline {' '.join(baseline) or '–'}, dispatched {' '.join(dispatched) or '–'}"
+    return text + (f" (built, not on this CPU: {' '.join(absent)})" if absent else "")
+
+
+def environment(load_start, extra=()) -> list:
+    """Rows of the environment table: date, CPU, memory, load, software, commit, then ``extra``."""
+    import cv2
+
+    versions = [f"Python {platform.python_version()}", f"numpy {np.__version__}", f"OpenCV {cv2.__version__}"]
+    for name, module in (("scipy", "scipy"), ("Pillow", "PIL")):
+        try:
+            versions.append(f"{name} {__import__(module).__version__}")
+        except ImportError:
+            versions.append(f"{name}: not installed")
+    commit = "?"
+    try:
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "engine", "benchmarks"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        if dirty:
+            commit += " (engine/ or benchmarks/ has uncommitted changes)"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        ("date (UTC)", time.strftime("%Y-%m-%d %H:%M", time.gmtime())),
+        ("CPU", cpu_line()),
+        ("CPUs", f"{len(os.sched_getaffinity(0))} available to this process (`os.sched_getaffinity`), "
+                 f"{os.cpu_count()} on the machine"),
+        ("memory", f"{ram:.1f} GiB"),
+        ("load average (1 min) at start / end",
+         f"{load_start[0]:.2f} / {os.getloadavg()[0]:.2f} (above the CPU count: other work competed for the cores)"),
+        ("software", ", ".join(versions)),
+        ("commit", commit),
+        *extra,
+    ]
+
+
+# -- formatting --------------------------------------------------------------------------------
 
 def fmt_ms(seconds) -> str:
     """Milliseconds, three significant digits where it matters.

@@ -24,10 +24,12 @@ def test_bench_quick_exits_0_and_prints_tables(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "| implementation | workers | wall ms |" in out
-    assert "| engine, zero-copy" in out and "| OpenCV `cv2.sepFilter2D`" in out
-    assert "### Targets" in out
+    assert "| implementation | workers | output | wall ms |" in out
+    assert "| engine, zero-copy" in out and "| **OpenCV best**: `cv2.sepFilter2D`" in out and "| extra: " in out
+    assert "### Targets" in out and "| target | what |" in out
     assert any(word in out for word in ("**PASS**", "**MISS**"))
+    assert "CPU: " in out and "SIMD: " in out  # every table names the CPU
+    assert "Checks (untimed" in out
     text = md.read_text()
     assert text.startswith("## Engine benchmarks") and "### Targets" in text and "| engine, numpy arrays" in text
 
