@@ -74,3 +74,18 @@ def test_notebook_algorithm_computes_the_filter(eng, name):
     got = notebook_filter(img, KERNELS[name].weights)
     assert got.shape == img.shape and got.dtype == np.uint8
     assert_close(got, img, KERNELS[name].weights, "replicate", "clip", f"notebook {name}")
+
+
+def test_routes_report_quick(tmp_path):
+    """benchmarks/routes.py times every eligible route of each request and names the engine's."""
+    md = tmp_path / "routes.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "routes.py"), "--quick", "--size", "64", "--markdown", str(md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| kernel | class | shape | dtype | output | ms per route (median) | engine's route |" in out
+    assert "| `gaussian` | registry | 5x5 separable | uint8 | clip | direct " in out
+    assert "The engine's route is the fastest in " in out and "CPU: " in out
+    assert "| CPU |" in md.read_text()
