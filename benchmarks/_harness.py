@@ -358,7 +358,7 @@ def environment(load_start, extra=()) -> list:
                  f"{os.cpu_count()} on the machine"),
         ("memory", f"{ram:.1f} GiB"),
         ("load average (1 min) at start / end",
-         f"{load_start[0]:.2f} / {os.getloadavg()[0]:.2f} (above the CPU count: other work competed for the cores)"),
+         f"{load_start[0]:.2f} / {os.getloadavg()[0]:.2f} (when above the CPU count, other work competed for the cores)"),
         ("software", ", ".join(versions)),
         ("commit", commit),
         *extra,
