@@ -485,11 +485,15 @@ def evaluate(by_size: dict, pair: dict, pair_size: int, nb: dict, n1024: dict, r
                                   context=_faster_route(r, t, "zc2")))
         targets.append(_ratio("numpy arrays", f"{what}: numpy arrays, 2 processes vs OpenCV best, 2 threads (new array)",
                               s["np2"], r.ref(NEW, 2).median(), 1.3, _where(r.samples["np2"])))
-    what = f"{pair_size}², filter_pair(gaussian, random_5x5) 1+1, numpy arrays, vs the longer filter alone"
+    what = f"{TARGET_SIZE}², filter_pair(gaussian, random_5x5) 1+1, numpy arrays, vs the longer filter alone"
     a, b, both = pair["np_a"], pair["np_b"], pair["np_pair"]
-    targets.append(_ratio("filter_pair", what, both.median(), max(a.median(), b.median()), 1.15,
-                          f"{_where(both, span=False)}; inside the pair the filters' bands spanned {fmt_ms(both.span(0))} / "
-                          f"{fmt_ms(both.span(1))} ms, alone {fmt_ms(a.span(0))} / {fmt_ms(b.span(0))} ms"))
+    if pair_size != TARGET_SIZE:
+        targets.append(_not_run("filter_pair", what, ("--sizes", TARGET_SIZE)))
+    else:
+        targets.append(_ratio("filter_pair", what, both.median(), max(a.median(), b.median()), 1.15,
+                              f"{_where(both, span=False)}; inside the pair the filters' bands spanned "
+                              f"{fmt_ms(both.span(0))} / {fmt_ms(both.span(1))} ms, alone {fmt_ms(a.span(0))} / "
+                              f"{fmt_ms(b.span(0))} ms"))
     for kname, label in kernels:
         r = by_size.get(SMALL_SIZE, {}).get(kname)
         what = f"{SMALL_SIZE}², {label}: warm filter_image ({cpus} processes, numpy arrays) vs OpenCV best, 1 thread (new array)"
