@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run_all.py                # every table (several minutes)
     .venv/bin/python benchmarks/run_all.py --quick --output /tmp/bench.md   # a smoke run
 
-It runs ``python -m engine bench --markdown <temp file>`` (extra options are passed on) and
+It runs ``benchmarks/bench_engine.py --markdown <temp file>`` (extra options are passed on) and
 replaces only the text between the two markers below in the output file. Every other part of the
 file, e.g. the section "## Dashboard: click to results" that the dashboard's engineer owns, is
 kept byte for byte. Without markers yet, the section is inserted after the title.
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pfl-bench-") as tmp:
         md = os.path.join(tmp, "engine-bench.md")
-        cmd = [sys.executable, "-m", "engine", "bench", "--markdown", md]
+        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_engine.py"), "--markdown", md]
         cmd += ["--quick"] if a.quick else []
         cmd += ["--sizes", *a.sizes] if a.sizes else []
         cmd += ["--repeats", a.repeats] if a.repeats else []

@@ -1,4 +1,5 @@
-"""Command line: filter, pair, scaling, kernels, bench (and batch, with the Dask extras).
+"""Command line: filter, pair, scaling, kernels, sweep (and batch, with the Dask extras). The benchmark
+suite lives beside the package: ``benchmarks/bench_engine.py``.
 
 Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
 1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly).
@@ -100,12 +101,6 @@ def _build() -> argparse.ArgumentParser:
 
     sub.add_parser("kernels", help="list the kernel registry with weights")
     sub.add_parser("sweep", help="remove shared-memory segments left by killed engine processes")
-
-    b = sub.add_parser("bench", help="time the engine against OpenCV, scipy, Pillow and the notebook")
-    b.add_argument("--sizes", nargs="+", type=_positive_int, default=None, help="square sizes, e.g. 512 2048")
-    b.add_argument("--repeats", type=_positive_int, default=None)
-    b.add_argument("--quick", action="store_true", help="small sizes only, for a smoke run")
-    b.add_argument("--markdown", default=None, help="also write the tables to this file")
     return p
 
 
@@ -131,10 +126,6 @@ def _run(args) -> int:
         removed = sweep_stale()
         print(f"removed {len(removed)} stale segment(s) of dead processes" + (f": {', '.join(removed)}" if removed else ""))
         return 0
-    if args.command == "bench":
-        from ._bench import main as bench_main
-
-        return bench_main(sizes=args.sizes, repeats=args.repeats, quick=args.quick, markdown=args.markdown)
     if args.command == "batch":
         return _batch(args)
 

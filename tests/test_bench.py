@@ -19,28 +19,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_quick_exits_0_and_prints_tables(tmp_path):
     md = tmp_path / "bench.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "bench", "--quick", "--markdown", str(md)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_engine.py"), "--quick", "--markdown", str(md)],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "| implementation | workers | wall ms |" in out
-    assert "| engine, zero-copy" in out and "| OpenCV `cv2.sepFilter2D`" in out
-    assert "### Targets" in out
+    assert "| implementation | workers | output | wall ms |" in out
+    assert "| engine, zero-copy" in out and "| **OpenCV best**: `cv2.sepFilter2D`" in out and "| extra: " in out
+    assert "### Targets" in out and "| target | what |" in out
     assert any(word in out for word in ("**PASS**", "**MISS**"))
+    assert "CPU: " in out and "SIMD: " in out  # every table names the CPU
+    assert "Checks (untimed" in out
     text = md.read_text()
     assert text.startswith("## Engine benchmarks") and "### Targets" in text and "| engine, numpy arrays" in text
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", os.path.join(ROOT, "benchmarks", "run_all.py"))
+def _load(name):
+    """A module of benchmarks/ by path (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_run_all_keeps_other_sections():
-    m = _run_all()
+    m = _load("run_all")
     dashboard = "## Dashboard: click to results\n\n| step | ms |\n|---|---|\n| upload | 12 |\n"
     fresh = m.splice(None, "## Engine benchmarks\nold")
     assert fresh.startswith("# Benchmarks\n") and m.START in fresh and m.END in fresh
@@ -64,9 +68,24 @@ def test_notebook_algorithm_computes_the_filter(eng, name):
     """What target (c) times is the real filter: the notebook's algorithm (replicate border,
     rounded and clipped) meets the oracle's exactness rule, rows and edges alike."""
     from engine import KERNELS
-    from engine._bench import notebook_filter
 
+    notebook_filter = _load("_harness").notebook_filter
     img = np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)
     got = notebook_filter(img, KERNELS[name].weights)
     assert got.shape == img.shape and got.dtype == np.uint8
     assert_close(got, img, KERNELS[name].weights, "replicate", "clip", f"notebook {name}")
+
+
+def test_routes_report_quick(tmp_path):
+    """benchmarks/routes.py times every eligible route of each request and names the engine's."""
+    md = tmp_path / "routes.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "routes.py"), "--quick", "--size", "64", "--markdown", str(md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| kernel | class | shape | dtype | output | ms per route (median) | engine's route |" in out
+    assert "| `gaussian` | registry | 5x5 separable | uint8 | clip | direct " in out
+    assert "The engine's route is the fastest in " in out and "CPU: " in out
+    assert "| CPU |" in md.read_text()
