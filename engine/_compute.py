@@ -217,8 +217,11 @@ def routes(kernel: Kernel, dtype, border: str, output: str, implementation: str 
 
     ``direct``: 8-bit images, outputs ``clip``, ``offset`` (OpenCV adds it as ``delta``) and
     ``abs`` (through int16, then ``cv2.convertScaleAbs``), separable kernels and 2-D ones up to
-    49 taps. ``float32``: float32 sums within ``F32_MAX_ERROR``, any border but ``wrap``, outputs
-    but ``normalize``, separable kernels and 2-D ones up to 49 taps. ``general``: always.
+    49 taps; first for kernels OpenCV's 8-bit code runs vectorized (``Kernel.mirrored_factors``,
+    one-row kernels, 2-D kernels up to ``DIRECT_2D_TAPS``), after ``float32`` otherwise.
+    ``float32``: float32 sums within ``F32_MAX_ERROR``, any border but ``wrap``, outputs but
+    ``normalize``, separable kernels and 2-D ones up to 49 taps. ``general``: always. The order
+    comes from ``benchmarks/routes.py`` on an Intel Xeon (AVX-512) and is checked there on any CPU.
 
     >>> from engine import KERNELS
     >>> routes(KERNELS["gaussian"], np.uint8, "replicate", "clip"), routes(KERNELS["gaussian"], np.uint16, "mirror", "abs")
@@ -232,7 +235,10 @@ def routes(kernel: Kernel, dtype, border: str, output: str, implementation: str 
         return ("general",)
     fast = ("float32", "general")
     if np.dtype(dtype) == np.uint8:
-        direct_first = kernel.separable or kernel.weights.size <= DIRECT_2D_TAPS
+        if kernel.separable:
+            direct_first = kernel.mirrored_factors or kernel.shape[0] == 1  # the latter runs as filter2D
+        else:
+            direct_first = kernel.weights.size <= DIRECT_2D_TAPS
         return ("direct",) + fast if direct_first else ("float32", "direct", "general")
     return fast
 
@@ -240,8 +246,8 @@ def routes(kernel: Kernel, dtype, border: str, output: str, implementation: str 
 def route(kernel: Kernel, dtype, border: str, output: str, implementation: str = "opencv") -> str:
     """The ``ROUTES`` key that computes this request: a function of the request alone.
 
-    ``direct`` for 8-bit images (separable kernels, and 2-D ones up to ``DIRECT_2D_TAPS``),
-    ``float32`` for 16-bit images and other 2-D kernels up to 49 taps, ``general`` for
+    ``direct`` for 8-bit images and kernels that OpenCV's 8-bit code runs vectorized, ``float32``
+    for 16-bit images and other kernels up to 49 taps, ``general`` for
     ``normalize`` (float64 from the exact weights), ``wrap``, bigger 2-D kernels and kernels
     whose float32 sums could err by more than ``F32_MAX_ERROR`` (see ``routes``). Every route
     meets the same exactness rule, but two routes may round a value within float32's error of a
