@@ -132,3 +132,21 @@ class ChildMonitor(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5)
+
+
+_LOAD_IN_CHILD = (
+    "import resource, sys, time, engine\n"
+    "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "t = time.perf_counter()\n"
+    "try:\n    engine.load_image(sys.argv[1])\nexcept engine.ImageError as e:\n    print(e)\n"
+    "print(time.perf_counter() - t, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+)
+
+
+def load_in_child(path) -> tuple[str, float, int]:
+    """``engine.load_image(path)`` in a fresh interpreter: (its ImageError's message, seconds,
+    MB its peak memory grew by)."""
+    res = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(path)], capture_output=True, text=True,
+                         timeout=50, cwd=ROOT, env=dict(os.environ, OPENCV_LOG_LEVEL="OFF"))
+    message, figures = res.stdout.splitlines()
+    return message, float(figures.split()[0]), int(figures.split()[1])

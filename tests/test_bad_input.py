@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from PIL import Image
 
 import engine
 from _oracle import assert_close
-from _proc import ROOT, run_cli
+from _proc import load_in_child, run_cli
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -179,17 +176,7 @@ CHUNK_CLAIMS_4GB = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAsAAAAJEAIAAAA7lp0
 def test_a_chunk_claiming_4_gb_is_refused_without_allocating_it(tmp_path):
     path = tmp_path / "claims4gb.png"
     path.write_bytes(CHUNK_CLAIMS_4GB)
-    code = (
-        "import resource, sys, time, engine\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "t = time.perf_counter()\n"
-        "try:\n    engine.load_image(sys.argv[1])\nexcept engine.ImageError as e:\n    print(e)\n"
-        "print(time.perf_counter() - t, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=50,
-                         cwd=ROOT, env=dict(os.environ, OPENCV_LOG_LEVEL="OFF"))
-    message, figures = res.stdout.splitlines()
-    seconds, grown_mb = float(figures.split()[0]), int(figures.split()[1])
+    message, seconds, grown_mb = load_in_child(path)
     assert re.search(r"could not be decoded \(truncated or corrupt\?\)", message), message
     assert seconds < 2 and grown_mb < 200, f"took {seconds:.1f} s and {grown_mb} MB more memory"
 

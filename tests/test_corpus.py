@@ -40,7 +40,7 @@ import pytest
 from PIL import Image
 
 import engine
-from _proc import ROOT
+from _proc import ROOT, load_in_child
 
 CORPUS = Path(os.environ.get("PFL_IMAGE_CORPUS") or ROOT.parent / "shared" / "image-corpus")
 CHILD = Path(__file__).resolve().parent / "_corpus_child.py"
@@ -359,15 +359,6 @@ def test_bombs_quote_the_engine_limit_only(name):
 def test_a_284_byte_blp_claiming_84_megapixels_is_refused_cheaply():
     path = corpus_file("pillow/timeout-060745d3f534ad6e4128c51d336ea5489182c69d.blp")
     assert path.stat().st_size < 300
-    code = (
-        "import resource, sys, time, engine\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "t = time.perf_counter()\n"
-        "try:\n    engine.load_image(sys.argv[1])\nexcept engine.ImageError as e:\n    print(e)\n"
-        "print(time.perf_counter() - t, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=50, cwd=ROOT)
-    message, figures = res.stdout.splitlines()
-    seconds, grown_mb = float(figures.split()[0]), int(figures.split()[1])
+    message, seconds, grown_mb = load_in_child(path)
     assert message.endswith(" is 83,886,338 pixels, more than the limit of 40,000,000 pixels"), message
     assert seconds < 1 and grown_mb < 20, f"took {seconds:.2f} s and {grown_mb} MB more memory"
