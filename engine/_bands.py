@@ -33,7 +33,8 @@ TARGET_BAND_PIXELS = 1 << 22
 SHARED_BAND_PIXELS = 1 << 23
 #: Bands per worker process when the image is large enough: an idle worker takes the next band,
 #: so a worker that falls behind hands its second band to one that is free. A band edge costs
-#: only its halo rows (``_compute._cv_float_rows``); four a worker measured no faster.
+#: only its halo rows (the direct route redoes them, float32 chunks read them again); four a
+#: worker measured no faster.
 BANDS_PER_PROCESS = 2
 
 
