@@ -17,13 +17,15 @@ One pipe per worker, messages in order::
 The workers of one filter share the rest of a pass's bands through its token pipe without asking
 the parent, as GNU make's jobserver hands out job slots: a read of 2 bytes from a pipe is atomic,
 so no band is claimed twice; the parent cancels by emptying the pipe. A worker never creates or
-unlinks a segment: it attaches, computes, and closes a mapping when told (``_shm.Attachments``).
+unlinks a segment of a live parent: it attaches, computes, and closes a mapping when told
+(``_shm.Attachments``); when its parent dies, it sweeps the dead parent's segments and exits.
 ``bands_done`` is a shared counter that only this worker writes; the parent reads it for
 ``Job.progress()`` without a message per band.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -34,7 +36,7 @@ from multiprocessing import reduction
 from ._bands import Band
 from ._compute import band_range, filter_band
 from ._kernels import Kernel
-from ._shm import Attachments, SegmentRef
+from ._shm import Attachments, SegmentRef, sweep_stale
 
 __all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
            "TOKEN_BYTES"]
@@ -110,7 +112,12 @@ def init(parent_pid: int) -> None:
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(0.2)
-        os._exit(0)  # the parent is gone (even by SIGKILL): do not linger as an orphan
+        # The parent is gone, even by SIGKILL (a Jupyter kernel killed at shutdown, the OOM
+        # killer): it cannot unlink its segments any more, so its workers do, with the sweep
+        # every new engine runs (only names whose creator is gone), then exit: no orphans.
+        with contextlib.suppress(Exception):
+            sweep_stale()
+        os._exit(0)
 
     threading.Thread(target=watch, name="pfl-parent-watch", daemon=True).start()
 

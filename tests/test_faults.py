@@ -9,6 +9,8 @@
   filters a big image: exit 130 with one line on stderr, every process started under it gone,
   none of its segments left.
 
+* SIGKILL of the process that owns an engine: its workers exit and unlink its segments.
+
 The dashboard server (SIGKILL, restart, sweep) is in tests/test_dashboard_reliability.py.
 Figures: docs/reliability.md.
 """
@@ -19,6 +21,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -235,3 +238,35 @@ def test_ctrl_c_in_the_cli_at_random_points(big_png, tmp_path):
     assert codes.count(130) >= n // 2
     # Ctrl-C stops the job's workers instead of waiting for their bands (seconds each here)
     assert max(latencies) < CTRL_C_LIMIT, f"the CLI took {max(latencies):.2f} s to exit after Ctrl-C: {latencies}"
+
+
+OWNER = """
+import sys, numpy as np, engine
+if __name__ == "__main__":
+    eng = engine.Engine(max_workers=2)
+    shared = eng.shared_array((300, 200, 3), np.uint8)
+    result = eng.filter_image(np.zeros((300, 200, 3), np.uint8), "sobel", processes=2, out=shared)
+    print("ready", flush=True)
+    sys.stdin.read()  # until killed
+"""
+
+
+def test_a_killed_owners_workers_unlink_its_segments_and_exit():
+    """SIGKILL leaves the owner no chance to unlink (a Jupyter kernel killed at shutdown, the OOM
+    killer): its workers see the parent gone, sweep its segments and exit."""
+    mark = uuid.uuid4().hex
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], cwd=ROOT, env=marked_env(mark), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "ready"
+        held = segments_of(owner.pid)
+        assert len(held) >= 2, held  # the shared array, the pooled input segment
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+        procs, segs = wait_gone(mark, owner.pid, timeout=10)
+        assert not procs, f"workers of the killed owner still alive: {procs}"
+        assert not segs, f"segments of the killed owner left in /dev/shm: {segs}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        kill_marked(mark)

@@ -109,7 +109,7 @@ def test_parse_kernel_reads_what_it_is_given(text_rows, row_sep, num_sep):
 @given(img=images(), w=kernels(), border=st.sampled_from(["replicate", "reflect", "mirror", "constant"]),
        output=st.sampled_from(["clip", "abs", "offset"]), bands=st.integers(1, 6), chunk_rows=st.integers(1, 12))
 def test_float_chunks_never_show_in_the_result(img, w, border, output, bands, chunk_rows):
-    """The band kernel's float32 route filters a few rows at a time (``FLOAT_CHUNK_BYTES``). The
+    """The band kernel's float32 route filters a few rows at a time (``CHUNK_BYTES``). The
     images above fit in one chunk, so here chunks are cut down to 8-12 rows (or the kernel's
     halo, if taller): any band plan with any chunk size gives the bits of one band in one
     chunk, within one level of the oracle."""
