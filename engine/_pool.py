@@ -64,10 +64,10 @@ import numpy as np
 from . import _worker
 from ._bands import band_count, plan_bands
 from ._errors import JobCancelled, WorkerError
-from ._options import BORDER, BORDERS
+from ._options import BORDER
 from ._request import FilterRequest
 from ._shm import Segment, SegmentPool, SegmentRef, sweep_stale
-from ._validate import check_choice, check_kernel, check_out, check_processes
+from ._validate import check_out, check_processes
 
 __all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "available_cpus", "default_engine"]
 
@@ -592,8 +592,7 @@ class Engine:
         """The bands this engine cuts for one filter of ``kernel`` on ``processes`` workers
         (what ``submit`` will run; idle workers take the next band, so which worker runs
         which band is decided at run time)."""
-        k = check_kernel(kernel)
-        check_choice(border, "border", BORDERS)
+        (k,) = FilterRequest([kernel], border=border).kernels
         (p,) = check_processes(processes, 1, self.max_workers, (self.cpus,))
         h, w = int(image_shape[0]), int(image_shape[1])
         return plan_bands(h, k.shape[0], band_count(h, w, p), wrap=BORDER[border].wraps)
