@@ -792,7 +792,7 @@ class Engine:
         if reuse and not self._closed:
             self._pool_segment(sh.segment)
         else:
-            sh.segment.release()
+            self._retire([sh.segment])  # workers that mapped it unmap it too, before their next task
 
     def _adopt(self, seg: Segment, arr: np.ndarray) -> np.ndarray:
         """Hand a job's output segment to the caller as ``arr``: owned like a ``shared_array``
