@@ -57,7 +57,7 @@ def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: di
     """The image (display version) with each band tinted by its worker (alternating grey tints when
     workers are not known yet), band boundaries drawn, and halo rows in red (at least 2 pixels
     tall so they stay visible when scaled down)."""
-    disp = images.as_rgb(images.to_display(image, max_side)).astype(np.float32)
+    disp = images.as_rgb(images.for_screen(image, max_side)[0]).astype(np.float32)  # tiny images enlarged
     h = image.shape[0]
     s = disp.shape[0] / h
     tint = np.zeros_like(disp)
