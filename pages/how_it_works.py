@@ -85,11 +85,19 @@ numbers = explain.FlowNumbers(
     dtype=str(img.array.dtype), mb=img.array.nbytes / 2**20, kernels=(ka.name, kb.name), processes=(pa, pb),
     bands=(len(plans["A"]), len(plans["B"])), implementation=impl,
 )
-st.graphviz_chart(explain.data_flow_dot(numbers), width="stretch")
-st.caption(
-    "Blue boxes are shared memory created by the server process, which also unlinks them. Pixels are copied "
-    "once, when the image is chosen; a run copies nothing in or out, so its time is the filtering itself. "
-    "Nothing is pickled: workers get segment names and row numbers."
+flow_col, text_col = st.columns([2, 3], gap="large")  # on a phone: one above the other
+flow_col.graphviz_chart(explain.data_flow_dot(numbers), width="content")  # its natural size: ~320 px
+text_col.markdown(
+    "Read it from the top. The file is decoded once and its pixels are **copied once** into a shared-memory "
+    "segment that the server process creates. A run hands each worker process the names of the segments and "
+    "the rows of its band (plus the halo rows above and below, dashed): **nothing is pickled**. Each worker "
+    "writes its rows straight into the output segment of its filter, so a run copies nothing in or out and its "
+    "time is the filtering itself."
+)
+text_col.caption(
+    "Blue boxes are shared memory created by the server process, which also unlinks them: the image when the "
+    "tab closes or sits idle, each output when its result is dropped (it joins the engine's pool of scratch "
+    "segments for the next run)."
 )
 
 # 3. the notebook's five filters on this image

@@ -4,7 +4,8 @@ Uploads a real photo, picks filters and process counts, runs, waits for both res
 screen, downloads result A and compares its pixels with the engine's, checks a phone-width
 layout, and takes a screenshot (``PFL_SCREENSHOT=1`` refreshes ``docs/screenshot.png`` for the
 README). Then what needs a real browser and a real server (issue 13): A and B start together in
-the timeline the page received; closing the last tab lets go of every segment of the server. Never downloads a browser: it uses
+the timeline the page received; How it works is readable at 390 px; closing the last tab lets
+go of every segment of the server. Never downloads a browser: it uses
 ``/usr/bin/chromium`` (``scripts/test.sh`` installs it) and is skipped when that is missing.
 """
 
@@ -271,6 +272,34 @@ def test_a_and_b_start_together_in_the_timeline_the_page_received(server, browse
     print(f"\nfirst-band gaps |B - A| (ms): {[round(g, 2) for g in gaps]}; A's wall {a_wall:.1f} ms")
     assert a_wall > 15, f"A takes {a_wall:.1f} ms: too short for this test to tell together from one after the other"
     assert statistics.median(gaps) < min(5.0, a_wall / 3), f"A and B did not start together: gaps {gaps} ms"
+
+
+def test_how_it_works_is_readable_at_phone_width(server, browser):
+    """Issue 13, item 8, at 390x844: the data-flow diagram is drawn at least at its natural size
+    (it used to shrink to a third), and every entry of the band plan's legend is inside the chart."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server + "/how_it_works")
+    page.get_by_text("From upload to result").wait_for(timeout=60_000)
+    idle(page, 1500)
+    got = page.evaluate("""() => {
+        const svg = document.querySelector('[data-testid="stGraphVizChart"] svg');
+        const plan = document.querySelector('.vega-embed');
+        const box = plan.getBoundingClientRect();
+        const labels = [...plan.querySelectorAll('svg g.role-legend text')].map(t => {
+            const r = t.getBoundingClientRect();
+            return {text: t.textContent, left: r.left, right: r.right, width: r.width};
+        });
+        return {svgWidth: svg.getBoundingClientRect().width, natural: svg.viewBox.baseVal.width,
+                plan: [box.left, box.right], labels};
+    }""")
+    page.close()
+    # graphviz draws in points: natural size is 4/3 px per point; 1.0 would already be 25 % smaller
+    assert got["svgWidth"] >= got["natural"] and got["svgWidth"] <= 390, got
+    texts = {lab["text"] for lab in got["labels"]}
+    assert {"input image", "rows it writes", "halo rows"} <= texts, texts
+    left, right = got["plan"]
+    cut = [lab["text"] for lab in got["labels"] if lab["width"] == 0 or lab["left"] < left or lab["right"] > right]
+    assert not cut, f"legend entries outside the chart at 390 px: {cut}"
 
 
 def _server_segments(pid: int) -> dict[str, int]:

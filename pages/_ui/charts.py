@@ -343,6 +343,9 @@ def band_plan_frame(plans: dict[str, tuple], workers: dict[str, dict[int, str]])
     return pd.DataFrame(rows)
 
 
+#: Legend columns of the band plan by the chart's width (a Vega expression): 3 side by side need
+#: about 480 px; a 390 px phone gets one column instead of entries cut off at the edge.
+LEGEND_COLUMNS = "width < 480 ? 1 : 3"
 _PLAN_FIXED = {"input image": "#d9dee3", "rows it writes": "#8fa3b5", "halo rows": "#e8384f"}
 _PALETTE = ["#1c83e1", "#ff8700", "#21a366", "#9a5cf0", "#e8384f", "#0fb5ae", "#a16207", "#db2777"]
 _LANE_WIDTH = {"input": 1.0, "reads": 0.9, "output": 1.6}
@@ -397,7 +400,9 @@ def band_plan_chart(df: pd.DataFrame, height: int, segments: dict[str, str],
         y=alt.Y("y:Q", scale=rows, title="image row"),
         y2="y2:Q",
         color=alt.Color("part:N", scale=alt.Scale(domain=domain, range=palette),
-                        legend=alt.Legend(title=None, orient="bottom", columns=3)),
+                        # one column when the chart is narrow (a phone): every entry stays in view
+                        legend=alt.Legend(title=None, orient="bottom", columns=alt.ExprRef(LEGEND_COLUMNS),
+                                          labelLimit=180)),
         tooltip=[alt.Tooltip("tip:N", title="what")],
     )
     labelled = rdf[rdf["label"] != ""].assign(ym=lambda d: (d["y"] + d["y2"]) / 2, xm=lambda d: (d["x"] + d["x2"]) / 2)
