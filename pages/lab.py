@@ -55,8 +55,12 @@ if run:
             jobs.settle(pending)  # off the GIL while the job thread starts A and B
 st.session_state["lab_snapshot"] = {"kernels": (ka, kb), "processes": (pa, pb), "border": border,
                                     "output": output, "implementation": impl}
-lab.kernel_pictures(pictures_a, ka)  # drawn while the job runs
-lab.kernel_pictures(pictures_b, kb)
+# the kernels' pictures: while a job runs, or after the results when it is done already (a small
+# job is done by the end of settle: its results then reach the screen ~20-30 ms sooner)
+pictures_later = pending is not None and pending.job.done()
+if not pictures_later:
+    lab.kernel_pictures(pictures_a, ka)
+    lab.kernel_pictures(pictures_b, kb)
 if pending is not None:
     lab.finish(pending, progress)
 
@@ -68,6 +72,10 @@ if result is None:
     st.info("Pick an image and two filters, then press **Run A and B**.", icon=":material/play_arrow:")
 else:
     lab.results_row(result, stale=result.settings != settings)
+if pictures_later:
+    lab.kernel_pictures(pictures_a, ka)
+    lab.kernel_pictures(pictures_b, kb)
+if result is not None:
     lab.compare_view()
     st.subheader("4 · Timing", divider="gray")
     references = lab.timing(result)
