@@ -192,7 +192,7 @@ def cpu_model() -> str:
     return m.group(1).strip() if m else "unknown CPU"
 
 
-def section(rows: list[dict], command: str, load: tuple[str, str]) -> str:
+def section(rows: list[dict], command: str, load: tuple[str, str], note: str = "") -> str:
     chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
     cpus = len(os.sched_getaffinity(0))
     return f"""{HEADING}
@@ -211,8 +211,9 @@ average {load[0]} at the start, {load[1]} at the end), {platform.python_implemen
 {chromium or 'chromium'} (headless), Streamlit server on the same machine. Each timed run first
 switches the border mode (untimed) so that both results are new pictures; the clock runs in the
 page from the click to both `<img>` elements of that run being decoded. The rest of the time
-(after the engine's wall) is the script rerun, the 8-bit PNG previews, the charts and the transfer.
-"""
+(after the engine's wall) is the script rerun, the display-sized JPEG previews, the transfer and
+the browser's drawing; the charts and the serial reference come after the results.
+{note}"""
 
 
 def write_section(text: str) -> None:
@@ -237,6 +238,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["1 MP", "16 MP"], choices=list(SIDES),
                     help="size presets of the lab (default: '1 MP' '16 MP')")
     ap.add_argument("--write", action="store_true", help=f"replace the '{HEADING}' section of {DOC.relative_to(ROOT)}")
+    ap.add_argument("--note", default="", help="a paragraph to end the written section with (e.g. earlier figures)")
     args = ap.parse_args()
     pairs = [tuple(int(x) for x in s.split(",")) for s in args.processes]
     port = free_port()
@@ -255,9 +257,15 @@ def main() -> None:
     print(table(rows))
     print(f"load average {load[0]} at the start, {load[1]} at the end; {verdicts(rows)}")
     if args.write:
-        command = ".venv/bin/python benchmarks/bench_dashboard.py " + " ".join(
-            repr(a) if " " in a else a for a in sys.argv[1:] if a != "--write")
-        write_section(section(rows, command.strip(), load))
+        argv, shown = sys.argv[1:], []
+        while argv:
+            a = argv.pop(0)
+            if a == "--note":
+                argv.pop(0)
+            elif a != "--write" and not a.startswith("--note="):
+                shown.append(repr(a) if " " in a else a)
+        command = ".venv/bin/python benchmarks/bench_dashboard.py " + " ".join(shown)
+        write_section(section(rows, command.strip(), load, ("\n" + args.note.strip() + "\n") if args.note else ""))
         print(f"wrote the '{HEADING}' section of {DOC}")
 
 
