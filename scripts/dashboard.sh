@@ -10,5 +10,5 @@ bash scripts/setup.sh runtime
 # glibc keeps freed large results in per-thread arenas; a fixed mmap threshold gives the memory
 # of finished jobs back to the system (docs/reliability.md, "memory after the load").
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1048576}
-echo "dashboard: starting streamlit on http://localhost:8501 (Ctrl-C stops it)"
+echo "dashboard: streamlit run dashboard.py $* (it prints the address; Ctrl-C stops it)"
 exec .venv/bin/streamlit run dashboard.py "$@"
