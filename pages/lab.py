@@ -35,9 +35,9 @@ with col_b, st.container(border=True):
     kb, pb, pictures_b = lab.filter_column("B", "gaussian", 1)
 if pa + pb > CPUS:
     st.caption(f":material/info: A and B run at the same time: {pa + pb} processes on {CPUS} CPUs share cores.")
-border, output, impl, run = lab.options_row()
+border, output, impl, run, estimate_box = lab.options_row()
 est = lab.estimate_of(img, ka, kb, pa, pb, border, output, impl)
-lab.estimate_note(est, img, ka, kb, impl)
+lab.estimate_note(estimate_box, est, img, ka, kb, impl)
 progress = st.empty()
 
 # 3. run: a second click or any change cancels the stale job instead of queueing another

@@ -95,8 +95,9 @@ class Throughput:
         """Every filter of a finished pair: its bands' time over its work."""
         for fi, k in enumerate(result.kernels):
             band_seconds = sum(r.end - r.start for r in result.timeline if r.filter == fi)
+            # the timeline holds the filtering pass only (normalize's range pass is not in it);
             # tiny images are all overhead: they would teach a cost per unit far too high
-            work = units(shape, k, implementation, output)
+            work = units(shape, k, implementation)
             if work >= 1e6:
                 self.learn(implementation, bits(dtype), band_seconds, work)
 

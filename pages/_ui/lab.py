@@ -213,7 +213,9 @@ def kernel_pictures(box, k: engine.Kernel | None) -> None:
         st.caption(kernels.frequency_sentence(k))
 
 
-def options_row() -> tuple[str, str, str, bool]:
+def options_row() -> tuple[str, str, str, bool, object]:
+    """Border, output mapping, implementation, whether to run, and a placeholder under the Run
+    button for ``estimate_note``."""
     c1, c2, c3, c4 = st.columns([1, 1, 1, 0.8], vertical_alignment="top")
     border = c1.selectbox("Border", list(engine.BORDERS), key="lab_border", persist_state="session")
     c1.caption(engine.BORDERS[border])
@@ -226,8 +228,7 @@ def options_row() -> tuple[str, str, str, bool]:
         run = st.button("Run A and B", type="primary", icon=":material/play_arrow:", key="lab_run", width="stretch")
         note = st.empty()
     run = run or bool(st.session_state.pop(AUTORUN, False))
-    st.session_state["lab_estimate_box"] = note  # filled by estimate_note, under the button
-    return border, output, impl, run
+    return border, output, impl, run, note
 
 
 # -- 3. running ---------------------------------------------------------------------------------
@@ -248,11 +249,10 @@ def estimate_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> esti
     return throughput().estimate(img.shape, img.array.dtype, (ka, kb), (pa, pb), bands, output, impl, CPUS)
 
 
-def estimate_note(est: estimate.Estimate | None, img: CurrentImage, ka, kb, impl: str) -> None:
-    """Under the Run button: the expected time; above ``WARN_SECONDS`` a warning before the run,
-    with what makes it long and what would be fast."""
-    box = st.session_state.pop("lab_estimate_box", None)
-    if est is None or box is None:
+def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, ka, kb, impl: str) -> None:
+    """Into ``box``, under the Run button: the expected time; above ``WARN_SECONDS`` a warning
+    before the run, with what makes it long and what would be fast."""
+    if est is None:
         return
     if not est.long:
         box.caption(f":material/timer: about {duration(est.pair)}")
