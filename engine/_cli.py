@@ -2,7 +2,9 @@
 suite lives beside the package: ``benchmarks/bench_engine.py``.
 
 Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
-1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly).
+1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly). A reader
+that closes the output pipe early (``python -m engine kernels | head -5``) is a normal end: exit 0,
+nothing on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import sys
 import warnings
 
@@ -264,10 +267,31 @@ def main(argv=None) -> int:
         return _main(argv)
 
 
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _main(argv) -> int:
     try:
         args = _build().parse_args(argv)
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must reach the handler below
+        return code
+    except BrokenPipeError as e:
+        if not _stdout_closed():
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return FAILURE
+        # The reader (head, less) has what it wanted. Point stdout at /dev/null so that the flush
+        # at exit does not fail again (Python's documented recipe), and end normally.
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        return 0
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR

@@ -181,6 +181,7 @@ class _Worker:
         self.busy = 0  # 1 while a pass is running on it
         self.broken = False
         self.stale: list[str] = []  # segments unlinked since this worker last unmapped
+        self._sending = threading.Lock()  # a job's thread and a retiring one may both write the pipe
 
     def ready(self, timeout=_START_TIMEOUT):
         if self.pid is None:
@@ -200,9 +201,10 @@ class _Worker:
         """Start a pass on this worker; ``tokens``: the read end of the pass's token pipe (sent
         after the message when ``job.piped``)."""
         try:
-            self.conn.send(job)
-            if tokens is not None:
-                reduction.send_handle(self.conn, tokens, self.pid)
+            with self._sending:
+                self.conn.send(job)
+                if tokens is not None:
+                    reduction.send_handle(self.conn, tokens, self.pid)
         except OSError:
             self.broken = True
             raise _Died(self) from None
@@ -224,7 +226,8 @@ class _Worker:
         """Tell the worker to unmap segments (in order: before its next pass)."""
         if names:
             try:
-                self.conn.send(_worker.Release(tuple(names)))
+                with self._sending:
+                    self.conn.send(_worker.Release(tuple(names)))
             except OSError:
                 self.broken = True
 
@@ -238,7 +241,8 @@ class _Worker:
                 self.process.kill()
             else:
                 try:
-                    self.conn.send(_worker.Stop())
+                    with self._sending:
+                        self.conn.send(_worker.Stop())
                 except OSError:
                     pass
             self.process.join(timeout=5)
@@ -665,10 +669,15 @@ class Engine:
             self._scratch.give(seg)
 
     def _unmap_everywhere(self, names) -> None:
-        """Workers unmap segments that were unlinked, before their next pass."""
+        """Workers unmap segments that were unlinked: idle ones now, busy ones before their
+        next pass (a mapping kept by an idle worker would hold the memory until its next job)."""
         with self._cond:
+            idle = [w for w in self._idle if w.pid is not None]
             for worker in self._all_workers:
-                worker.stale.extend(names)
+                if worker not in idle:
+                    worker.stale.extend(names)
+        for worker in idle:
+            worker.release(names)
 
     def _forget(self, key, reuse=False):
         """An array from ``shared_array`` (or a job's result, ``reuse``) was garbage-collected:
@@ -685,7 +694,7 @@ class Engine:
         if reuse:
             self._recycle(sh.segment)
         else:
-            sh.segment.release()
+            self._scratch.retire([sh.segment])  # and every worker that mapped it unmaps it
 
     def _adopt(self, seg: Segment, arr: np.ndarray) -> np.ndarray:
         """Hand a job's output segment to the caller as ``arr``: owned like a ``shared_array``

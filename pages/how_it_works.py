@@ -4,7 +4,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 import engine
-from pages._ui import charts, explain, images, kernels, lab, page_guard
+from pages._ui import charts, explain, images, kernels, lab, page_guard, state
 from pages._ui.state import PROCESS_MAX, get_engine
 
 page_guard()
@@ -14,6 +14,7 @@ st.caption(
     "plus a few halo rows above and below (the kernel reaches past the band) from one shared input, and "
     "writes its rows straight into a shared output."
 )
+state.release_note()
 
 # What to explain: the lab's current image and filters (defaults if the lab was never opened)
 img = lab.current_image()
@@ -41,7 +42,7 @@ except StreamlitAPIException:  # the page runs on its own (no navigation): nothi
 st.subheader("1 · The band plan", divider="gray")
 eng = get_engine()
 plans = {"A": explain.plan(eng, h, w, ka, pa, border), "B": explain.plan(eng, h, w, kb, pb, border)}
-result = st.session_state.get(lab.RESULT_SLOT)
+result = state.holdings().get(lab.RESULT)
 same = result is not None and result.image.key == img.key and result.processes == (pa, pb) \
     and tuple(kernels.fingerprint(k) for k in result.kernels) == (kernels.fingerprint(ka), kernels.fingerprint(kb)) \
     and result.border == border
@@ -54,8 +55,8 @@ for col, slot, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
     with col:
         st.markdown(f"**Filter {slot}: {k.name}** ({k.shape[0]}x{k.shape[1]}) on {p} process{'es' if p > 1 else ''}: "
                     f"{len(bands)} band{'s' if len(bands) > 1 else ''}")
-        picture = explain.bands_on_image(img.array, bands, workers.get(slot, {}), colors)
-        st.image(images.encode_png(picture), width="stretch", output_format="PNG")
+        pic = images.picture(explain.bands_on_image(img.array, bands, workers.get(slot, {}), colors))
+        st.image(pic.data, width="stretch", output_format=pic.format)
         st.caption(
             f"Tint = the worker that ran the band (grey stripes before a run); red = halo rows: a "
             f"{k.shape[0]}-row kernel reads {k.shape[0] // 2} row(s) above and "
@@ -84,11 +85,19 @@ numbers = explain.FlowNumbers(
     dtype=str(img.array.dtype), mb=img.array.nbytes / 2**20, kernels=(ka.name, kb.name), processes=(pa, pb),
     bands=(len(plans["A"]), len(plans["B"])), implementation=impl,
 )
-st.graphviz_chart(explain.data_flow_dot(numbers), width="stretch")
-st.caption(
-    "Blue boxes are shared memory created by the server process, which also unlinks them. Pixels are copied "
-    "once, when the image is chosen; a run copies nothing in or out, so its time is the filtering itself. "
-    "Nothing is pickled: workers get segment names and row numbers."
+flow_col, text_col = st.columns([2, 3], gap="large")  # on a phone: one above the other
+flow_col.graphviz_chart(explain.data_flow_dot(numbers), width="content")  # its natural size: ~320 px
+text_col.markdown(
+    "Read it from the top. The file is decoded once and its pixels are **copied once** into a shared-memory "
+    "segment that the server process creates. A run hands each worker process the names of the segments and "
+    "the rows of its band (plus the halo rows above and below, dashed): **nothing is pickled**. Each worker "
+    "writes its rows straight into the output segment of its filter, so a run copies nothing in or out and its "
+    "time is the filtering itself."
+)
+text_col.caption(
+    "Blue boxes are shared memory created by the server process, which also unlinks them: the image when the "
+    "tab closes or sits idle, each output when its result is dropped (it joins the engine's pool of scratch "
+    "segments for the next run)."
 )
 
 # 3. the notebook's five filters on this image

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._ui import jobs, lab, page_guard
+from pages._ui import jobs, lab, page_guard, state
 from pages._ui.state import CPUS
 
 page_guard()
@@ -11,6 +11,7 @@ st.caption(
     "Pick an image and two filters, give each some worker processes, and run them side by side. "
     "The engine cuts the image into row bands and filters them in parallel."
 )
+state.release_note()
 
 # 1. the image: a sample or an upload, at a size for timing demos
 st.subheader("1 · Image", divider="gray")
@@ -34,37 +35,53 @@ with col_b, st.container(border=True):
     kb, pb, pictures_b = lab.filter_column("B", "gaussian", 1)
 if pa + pb > CPUS:
     st.caption(f":material/info: A and B run at the same time: {pa + pb} processes on {CPUS} CPUs share cores.")
-border, output, impl, run = lab.options_row()
+border, output, impl, run, estimate_box = lab.options_row()
+est = lab.estimate_of(img, ka, kb, pa, pb, border, output, impl)
+lab.estimate_note(estimate_box, est, img, ka, kb, impl)
 progress = st.empty()
 
 # 3. run: a second click or any change cancels the stale job instead of queueing another
+held = state.holdings()
 settings = lab.settings_of(img, ka, kb, pa, pb, border, output, impl)
-if reason := jobs.cancel_if_stale(lab.JOB_SLOT, settings, run):
+if reason := jobs.cancel_if_stale(held, lab.JOB, settings, run):
     st.toast(f"The previous run was {reason}.", icon=":material/cancel:")
-pending = st.session_state.get(lab.JOB_SLOT)
+pending = held.get(lab.JOB)
 if run:
     if ka is None or kb is None:
         st.error("Fix the custom kernel above first.", icon=":material/error:")
     else:
-        pending = lab.submit(img, ka, kb, pa, pb, border, output, impl, settings)
+        pending = lab.submit(img, ka, kb, pa, pb, border, output, impl, settings, est)
+        if pending is not None:
+            jobs.settle(pending)  # off the GIL while the job thread starts A and B
 st.session_state["lab_snapshot"] = {"kernels": (ka, kb), "processes": (pa, pb), "border": border,
                                     "output": output, "implementation": impl}
-lab.kernel_pictures(pictures_a, ka)  # drawn while the job runs
-lab.kernel_pictures(pictures_b, kb)
+# the kernels' pictures: while a job runs, or after the results when it is done already (a small
+# job is done by the end of settle: its results then reach the screen ~20-30 ms sooner)
+pictures_later = pending is not None and pending.job.done()
+if not pictures_later:
+    lab.kernel_pictures(pictures_a, ka)
+    lab.kernel_pictures(pictures_b, kb)
 if pending is not None:
     lab.finish(pending, progress)
 
 # 4. results and what they cost
 st.subheader("3 · Results", divider="gray")
-result = st.session_state.get(lab.RESULT_SLOT)
+result = held.get(lab.RESULT)
+references = {}
 if result is None:
     st.info("Pick an image and two filters, then press **Run A and B**.", icon=":material/play_arrow:")
 else:
     lab.results_row(result, stale=result.settings != settings)
-    lab.compare_view(result)
+if pictures_later:
+    lab.kernel_pictures(pictures_a, ka)
+    lab.kernel_pictures(pictures_b, kb)
+if result is not None:
+    lab.compare_view()
     st.subheader("4 · Timing", divider="gray")
-    lab.timing(result)
+    references = lab.timing(result)
     lab.speedup_lines(result)
     st.subheader("5 · Downloads", divider="gray")
     lab.downloads(result)
 lab.engine_status()
+if result is not None:
+    lab.measure_references(result, references)  # last: the results are on screen already

@@ -7,7 +7,7 @@ as many worker processes, side by side.
 import streamlit as st
 
 import engine
-from pages._ui import cluster, images, lab, page_guard, sweep
+from pages._ui import cluster, images, lab, page_guard, state, sweep
 from pages._ui.state import CPUS, PROCESS_MAX
 
 page_guard()
@@ -16,8 +16,10 @@ st.caption(
     "How much faster does one filter get with more worker processes? Sweep the process count, "
     "repeat each run, and compare with the ideal line and Amdahl's law."
 )
+state.release_note()
 
-current = st.session_state.get(lab.IMAGE_SLOT)
+held = state.holdings()
+current = held.get(lab.IMAGE)
 source_name = current.name if current is not None else images.DEFAULT_SAMPLE
 
 with st.container(border=True):
@@ -51,7 +53,7 @@ with st.container(border=True):
         c6.caption(f":material/info: For a Dask backend beside the process pool: `{cluster.INSTALL}`.")
     run = b1.button("Run sweep", type="primary", icon=":material/play_arrow:", key="sc_run", width="stretch",
                     disabled=not impls or not backends)
-    sw = st.session_state.get(sweep.SLOT)
+    sw = held.get(sweep.SLOT)
     running = run or (sw is not None and sw.status == "running")  # this run may start one
     cancel = b2.button("Cancel", icon=":material/stop:", key="sc_cancel", width="stretch", disabled=not running)
     if n_max > CPUS:
@@ -61,7 +63,7 @@ progress = st.empty()
 backends = [b for b in sweep.BACKENDS if b in backends]  # pool first, whatever the click order
 config = (kernel, side, tuple(impls), n_max, repeats, tuple(backends),
           current.key if current is not None else source_name)
-sw = st.session_state.get(sweep.SLOT)
+sw = held.get(sweep.SLOT)
 if cancel and sw is not None and sw.status == "running":
     sw.stop("cancelled", "cancelled: the runs measured so far are kept")
 elif run:
@@ -84,4 +86,7 @@ else:
         st.error(f"Sweep failed: {sw.message}", icon=":material/error:")
     if sw.config != config and sw.runs:
         st.caption(":material/history: These results are from earlier settings.")
+    serial_pending = sw.status != "running" and sw.runs and sweep.serial_seconds(sw) is None
     sweep.charts_row(sw)
+    if serial_pending and sweep.measure_serial(sw) is not None:
+        st.rerun()  # draw the reference line, now that the best serial code is measured

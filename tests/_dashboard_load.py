@@ -65,6 +65,11 @@ CHOICES = [("sobel", "gaussian", 1, 1), ("box_5x5", "laplacian", 2, 1), ("sharpe
            ("scharr_x", "gaussian_7x7", 2, 2)]
 
 
+def held(at):
+    """The session's holdings (pages/_ui/holdings.py): its image, result, job and sweep."""
+    return at.session_state["pfl_held"]
+
+
 @contextlib.contextmanager
 def concurrent_apptests():
     """Let AppTests run in concurrent threads of this process; yields the shared mock runtime."""
@@ -138,7 +143,7 @@ def _session(i: int, runs: int, want: dict, shape: tuple, timeout: float, figure
             at.button(key="lab_run").click().run()
             wait = time.perf_counter() - t0
             assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
-            res = at.session_state["lab_result"]
+            res = held(at).get("result")
             assert res.image.array.shape == shape and res.kernels[0].name == ka and res.kernels[1].name == kb
             bad = [n for n, o in zip((ka, kb), res.outputs) if not np.array_equal(o, want[n])]
             with lock:
@@ -146,7 +151,7 @@ def _session(i: int, runs: int, want: dict, shape: tuple, timeout: float, figure
                 figures["wrong"].extend((i, r, n) for n in bad)
                 figures["waits"].append(wait)
     finally:
-        pending = at.session_state["lab_job"] if "lab_job" in at.session_state else None
+        pending = held(at).get("job") if "pfl_held" in at.session_state else None
         if pending is not None:
             pending.job.cancel()
             pending.job.exception(timeout=60)
@@ -206,7 +211,8 @@ def scenario(sessions: int = 8, runs: int = 2, waves: int = 2, timeout: float = 
                 runtime.media_file_mgr.clear_session_refs(SESSION_ID)
                 runtime.media_file_mgr.remove_orphaned_files()
                 # the engine's scratch pool: kept mapped between jobs by design (POOL_SEGMENTS, POOL_BYTES);
-                # results the sessions dropped join it at the next job, or here
+                # results the sessions dropped (the engine's own output segments) join it when collected
+                gc.collect()
                 eng._take_returned()  # noqa: SLF001
                 return dict(_memory(), pool_bytes=eng._scratch.nbytes(), pool_segments=len(eng._scratch))  # noqa: SLF001
 

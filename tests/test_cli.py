@@ -196,3 +196,25 @@ def test_sweep_removes_only_dead_processes_segments():
         for path in (stale, alive):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+@pytest.mark.parametrize("when", ["before any output", "after the first line"])
+def test_a_reader_that_closes_the_pipe_early_is_a_normal_end(when):
+    """``python -m engine kernels | head -1``: exit 0 and nothing on stderr (was: exit 1 with
+    "error: BrokenPipeError")."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "kernels"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    if when == "after the first line":
+        assert proc.stdout.readline().startswith(b"identity")
+    proc.stdout.close()  # as head does once it has its lines
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0, err
+    assert err == ""
+
+
+def test_head_in_a_shell_pipeline_exits_0():
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m engine kernels | head -3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == "", (res.returncode, res.stderr)
+    assert len(res.stdout.splitlines()) == 3

@@ -12,12 +12,15 @@ from __future__ import annotations
 import gc
 import io
 import json
+import re
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
@@ -34,6 +37,11 @@ APP = str(ROOT / "dashboard.py")
 TIMEOUT = 60
 
 
+def held(at):
+    """The session's holdings (pages/_ui/holdings.py): its image, result, job and sweep."""
+    return at.session_state["pfl_held"]
+
+
 @pytest.fixture
 def at():
     """A fresh session of the whole app, released (with its shared arrays) after the test."""
@@ -41,7 +49,7 @@ def at():
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     yield app
-    pending = app.session_state["lab_job"] if "lab_job" in app.session_state else None
+    pending = held(app).get("job") if "pfl_held" in app.session_state else None
     if pending is not None:
         pending.job.cancel()
     del app, pending
@@ -93,6 +101,17 @@ def _chart_rows(app: AppTest, description: str):
     raise AssertionError(f"no chart described {description!r}")
 
 
+def _chart_text(app: AppTest) -> str:
+    """Every chart's spec and data as one string (Streamlit moves an Altair chart's datasets out of
+    its spec into Arrow tables)."""
+    parts = []
+    for el in list(app.get("arrow_vega_lite_chart")) + list(app.get("vega_lite_chart")):
+        parts.append(el.proto.spec)
+        for d in el.proto.datasets:
+            parts.append(dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data).to_csv())
+    return " ".join(parts)
+
+
 def _decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
@@ -110,14 +129,16 @@ def test_lab_pair_is_the_engines_output_and_the_timeline_has_one_bar_per_band(at
     at.button(key="lab_run").click().run()
     _no_errors(at)
 
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     original = engine.load_image(images.SAMPLES_DIR / "digits.png")
     assert np.array_equal(r.image.array, original)
     for i, (name, p) in enumerate([("edge_y", 2), ("box_5x5", 1)]):
         expected = eng.filter_image(original, name, processes=p, border="reflect", output="abs")
         assert r.outputs[i].dtype == expected.dtype and np.array_equal(r.outputs[i], expected), name
-        # what the page shows is that output, mapped for display
-        assert np.array_equal(_decode_png(r.png[i]), images.to_display(expected))
+        # what the page shows is that output, mapped for display (the preview is a JPEG of it)
+        assert np.array_equal(r.screens[i].display, images.to_display(expected))
+        shown = _decode_png(r.screens[i].preview.data)
+        assert r.screens[i].preview.format == "JPEG" and shown.shape[:2] == images.to_display(expected, 512).shape[:2]
     captions = [c for im in at.image for c in im.captions]
     assert any(c.startswith("A · edge_y · 2 processes") for c in captions), captions
     assert any(c.startswith("B · box_5x5 · 1 process") for c in captions), captions
@@ -138,7 +159,7 @@ def test_lab_pair_is_the_engines_output_and_the_timeline_has_one_bar_per_band(at
 def test_lab_figures_for_a_report_download_as_png_svg_and_pdf(at, deferred):
     at.button(key="lab_run").click().run()
     _no_errors(at)
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     stem = Path(r.image.name).stem
     for fmt in ("png", "svg", "pdf"):
         at.session_state["lab_fig_format"] = fmt
@@ -196,7 +217,7 @@ def test_bad_upload_shows_the_error_and_the_app_keeps_working(at, eng, name, dat
     # still on the sample, and a run still works
     at.button(key="lab_run").click().run()
     assert not at.exception
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     assert r.image.name == images.DEFAULT_SAMPLE
     assert np.array_equal(r.outputs[1], eng.filter_image(r.image.array, "gaussian", processes=1))
 
@@ -210,7 +231,7 @@ def test_16_bit_tiff_upload_stays_16_bit(at, eng):
     at.selectbox(key="lab_output").set_value("offset").run()
     at.button(key="lab_run").click().run()
     _no_errors(at)
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     assert r.image.name == "ramp16.tif" and r.image.array.dtype == np.uint16
     expected = eng.filter_image(ramp[:, :, None], "laplacian", processes=1, output="offset")
     assert r.outputs[0].dtype == np.uint16 and np.array_equal(r.outputs[0], expected)
@@ -233,7 +254,7 @@ def test_custom_kernel_from_the_table_is_used(at, eng):
     at.selectbox(key="lab_output").set_value("abs").run()
     at.button(key="lab_run").click().run()
     _no_errors(at)
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     weights = np.array([[0, 0, 0], [-1, 0, 1], [0, 0, 0]], float)
     assert np.array_equal(r.kernels[0].weights, weights)
     expected = eng.filter_image(r.image.array, weights, processes=1, output="abs")
@@ -248,36 +269,36 @@ def test_bad_custom_kernel_text_shows_the_parser_message(at):
     assert any("every row needs the same number of weights" in e.value for e in at.error)
     at.button(key="lab_run").click().run()
     assert not at.exception
-    assert "lab_result" not in at.session_state or at.session_state["lab_result"] is None
+    assert held(at).get("result") is None
     at.text_area(key="lab_text_B").input("1/16 2/16 1/16; 2/16 4/16 2/16; 1/16 2/16 1/16").run()
     at.button(key="lab_run").click().run()
     _no_errors(at)
-    assert at.session_state["lab_result"].kernels[1].weights.sum() == pytest.approx(1.0)
+    assert held(at).get("result").kernels[1].weights.sum() == pytest.approx(1.0)
 
 
 def test_a_stale_job_is_cancelled_when_the_settings_change(at, app_engine):
     """A job made for other settings (as if a widget changed while it ran) is cancelled, not awaited."""
     slow = np.random.default_rng(1).integers(0, 256, (256, 256, 1), dtype=np.uint8)
     job = app_engine.submit(slow, engine.FilterRequest(["gaussian"], implementation="python"), processes=2)
-    at.session_state["lab_job"] = jobs.Pending(job, settings=("other image",))
+    held(at)["job"] = jobs.Pending(job, settings=("other image",))
     at.run()
     _no_errors(at)
     assert any("cancelled" in t.value for t in at.toast)
     job.exception(timeout=30)
     assert job.state() == "cancelled"
-    assert at.session_state["lab_job"] is None
+    assert held(at).get("job") is None
 
 
 def test_run_clicked_again_restarts_instead_of_queueing(at, app_engine):
     slow = np.random.default_rng(2).integers(0, 256, (256, 256, 1), dtype=np.uint8)
     job = app_engine.submit(slow, engine.FilterRequest(["gaussian"], implementation="python"), processes=2)
-    at.session_state["lab_job"] = jobs.Pending(job, settings=("whatever",))
+    held(at)["job"] = jobs.Pending(job, settings=("whatever",))
     at.button(key="lab_run").click().run()
     _no_errors(at)
     job.exception(timeout=30)
     assert job.state() == "cancelled"
     assert any("restarted" in t.value for t in at.toast)
-    assert at.session_state["lab_result"].run_id == 1
+    assert held(at).get("result").run_id == 1
 
 
 def test_python_implementation_on_a_big_image_explains_itself(at):
@@ -298,7 +319,7 @@ def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
     at.run()
     at.button(key="sc_run").click().run()
     _no_errors(at)
-    sw = at.session_state["sweep"]
+    sw = held(at)["sweep"]
     assert sw.status == "done"
     runs = sw.frame()
     assert len(runs) == 3 * 2 * 2
@@ -330,7 +351,7 @@ def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
     from pages._ui import sweep
 
     sw = sweep.Sweep(("other",), "gaussian", np.zeros((8, 8, 1), np.uint8), [("opencv", 1, 1)], 1)
-    at.session_state["sweep"] = sw
+    held(at)["sweep"] = sw
     at.run()
     assert not at.exception
     assert sw.status == "stopped"
@@ -375,7 +396,7 @@ def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     at.button(key="lab_run").click().run()
     at.switch_page("pages/how_it_works.py").run()
     _no_errors(at)
-    r = at.session_state["lab_result"]
+    r = held(at).get("result")
     h, w, _ = r.image.shape
     # the plan pictured is the plan the engine ran
     plan_a = explain.plan(eng, h, w, r.kernels[0], 3, "replicate")
@@ -499,3 +520,335 @@ def _png_claiming(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
+
+
+# -- issue 13: what a first-time user trips over -------------------------------------------------------
+def _png(a: np.ndarray) -> bytes:
+    return engine.save_image(a[:, :, None] if a.ndim == 2 else a)
+
+
+def test_helpers_doctests_pass():
+    """The examples in the UI helpers' docstrings (pytest.ini leaves pages/ out of --doctest-modules)."""
+    import doctest
+
+    from pages._ui import estimate, fmt, holdings
+
+    for module in (fmt, images, kernels, jobs, estimate, holdings, sweep):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("weights", [engine.KERNELS["identity"].weights, np.ones((1, 1))])
+def test_an_all_pass_response_is_drawn_flat(weights):
+    """Item 1: gains 0.9999999999999998..1.0 must not stretch over the whole colour scale."""
+    spec = kernels.chart_spec("frequency", "k", np.asarray(weights, float))
+    gains = pd.DataFrame(next(iter(spec["datasets"].values())))["gain"]
+    lo, hi = spec["encoding"]["color"]["scale"]["domain"]
+    assert hi - lo >= kernels.FLAT_SPAN * gains.max() * 0.999
+    assert (gains.max() - gains.min()) / (hi - lo) < 1e-6  # one colour
+    assert kernels.frequency_sentence(engine.Kernel("k", weights)).startswith("All-pass: every frequency keeps gain 1.00")
+    # a real response still spans the whole scale
+    g = kernels.chart_spec("frequency", "gaussian", engine.KERNELS["gaussian"].weights)
+    lo, hi = g["encoding"]["color"]["scale"]["domain"]
+    gg = pd.DataFrame(next(iter(g["datasets"].values())))["gain"]
+    assert (lo, hi) == pytest.approx((gg.min(), gg.max()), rel=1e-3)
+
+
+def test_huge_weights_print_as_significant_digits_and_equal_weights_are_separable(at):
+    """Item 2: nine weights of 1e300 read 9.00e+300, not 300 digits, and are rank 1."""
+    at.selectbox(key="lab_kernel_A").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_A").input("1e300 1e300 1e300; 1e300 1e300 1e300; 1e300 1e300 1e300").run()
+    _no_errors(at)
+    text = " ".join(c.value for c in at.caption)
+    assert "9.00e+300" in text and "sum 9e+300" in text
+    assert "separable: a row pass then a column pass" in text
+    assert not re.search(r"\d{12,}", text), text
+    assert kernels._cell_label(1e300) == "1e+300"
+
+
+def test_weights_whose_sum_overflows_are_refused_with_one_clear_line(at):
+    """Item 2: the table path shows the engine's overflow message before Run, and nothing runs."""
+    at.selectbox(key="lab_kernel_A").set_value(kernels.TABLE).run()
+    at.session_state["lab_table_A_3x3"] = {"edited_rows": {i: {str(j): 1e308 for j in range(3)} for i in range(3)},
+                                           "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "overflows float64" in errors[0] and "scale them down" in errors[0], errors
+    assert "\n" not in errors[0] and "Traceback" not in errors[0]
+    at.button(key="lab_run").click().run()
+    assert held(at).get("result") is None
+
+
+def test_the_table_editor_says_its_limits(at):
+    """Item 9: the box ignores 99 with no more than a red outline, so the label says 1-31."""
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TABLE).run()
+    labels = [n.label for n in at.number_input]
+    assert labels == [f"Rows (1–{kernels.SIDE_MAX})", f"Columns (1–{kernels.SIDE_MAX})"]
+
+
+def test_a_result_in_a_sliver_of_the_range_says_so_and_offers_a_mapping(at):
+    """Item 3: a Laplacian of a smooth blob is a few gray levels: looks black under clip. The page
+    says so beside it, and 'normalize' runs again with the whole range."""
+    yy, xx = np.mgrid[0:120, 0:160]
+    blob = (200 * np.exp(-((yy - 60) ** 2 + (xx - 80) ** 2) / (2 * 30.0**2))).astype(np.uint8)
+    at.file_uploader(key="lab_upload").upload("blob.png", _png(blob), "image/png").run()
+    at.selectbox(key="lab_kernel_A").set_value("laplacian").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    lo, hi = r.spans[0]
+    assert hi < 0.1 * 255
+    notes = [c.value for c in at.caption if c.value.startswith(":material/contrast: A")]
+    assert len(notes) == 1 and f"uses only levels {lo} to {hi} of 255" in notes[0] and "looks black" in notes[0]
+    assert not any(c.value.startswith(":material/contrast: B") for c in at.caption)  # the blur uses its range
+    at.button(key="lab_show_A_normalize").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    assert r.output == "normalize" and r.run_id == 2 and at.selectbox(key="lab_output").value == "normalize"
+    assert r.spans[0][1] - r.spans[0][0] > 200
+    assert not any(c.value.startswith(":material/contrast: A") for c in at.caption)
+
+
+def test_after_an_upload_the_gallery_no_longer_highlights_the_sample(at):
+    """Item 6: in the very run that reads the upload (the uploader's on_change), not one later."""
+    assert at.button(key=f"sample_{images.DEFAULT_SAMPLE}").label.startswith("**")
+    at.file_uploader(key="lab_upload").upload("ramp.png", _png(np.tile(np.arange(64, dtype=np.uint8), (48, 1))),
+                                              "image/png").run()
+    _no_errors(at)
+    assert held(at)["image"].name == "ramp.png"
+    assert not any(b.label.startswith("**") for b in at.button if b.key and b.key.startswith("sample_"))
+
+
+def test_a_one_pixel_image_is_shown_enlarged(at):
+    """Item 7: a 1x1 upload fills the preview and the before/after with its colour, enlarged."""
+    at.file_uploader(key="lab_upload").upload("dot.png", _png(np.full((1, 1, 3), (200, 30, 90), np.uint8)),
+                                              "image/png").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    small = _decode_png(r.image.small.data)
+    assert min(small.shape[:2]) >= 200 and (small == (200, 30, 90)).all()
+    compare = [im for im in at.image if any("left of the line" in c for c in im.captions)]
+    assert len(compare) == 1
+    pic = _decode_png(r.memo(("ba", "Original", "A", 50), lambda: None).data)
+    assert pic.shape[:2] == (images.SCREEN_MIN_SIDE, images.SCREEN_MIN_SIDE)
+    left = pic[:, : images.SCREEN_MIN_SIDE // 2 - 3]
+    assert (left == (200, 30, 90)).all()  # the original's colour, not a divider over the only pixel
+    assert any("1x1 pixels, shown 256x larger" in c.value for c in at.caption)
+
+
+def test_a_long_run_is_estimated_and_warned_about_before_it_starts(at):
+    """Item 5: numpy at 16 MP with an 11x11 kernel: the page says the time before Run."""
+    at.segmented_control(key="lab_size").set_value("16 MP")
+    at.selectbox(key="lab_kernel_A").set_value("gaussian_11x11")
+    at.selectbox(key="lab_impl").set_value("numpy").run()
+    _no_errors(at)
+    warnings = [w.value for w in at.warning if "This run will take about" in w.value]
+    assert len(warnings) == 1 and "numpy on 16.8 MP" in warnings[0] and "opencv implementation" in warnings[0]
+    assert re.search(r"about \*\*\d+ min", warnings[0]), warnings[0]
+    assert held(at).get("job") is None  # nothing started
+    at.selectbox(key="lab_impl").set_value("opencv").run()
+    assert not [w for w in at.warning if "This run will take" in w.value]
+    assert any(c.value.startswith(":material/timer: about") for c in at.caption)
+
+
+def test_the_estimate_grows_with_the_work_and_learns_from_runs():
+    from pages._ui import estimate
+
+    tp = estimate.Throughput()
+    k5, k11 = engine.KERNELS["gaussian"], engine.KERNELS["gaussian_11x11"]
+    shape = (4096, 4096, 3)
+    one = tp.estimate(shape, np.uint8, (k11, k5), (1, 1), (1, 1), "clip", "numpy", cpus=2)
+    four = tp.estimate(shape, np.uint8, (k11, k5), (4, 4), (8, 8), "clip", "numpy", cpus=2)
+    assert one.long and one.pair > four.pair >= sum(one.serial) / 2  # two CPUs at most
+    assert estimate.units(shape, k11, "opencv") == 4096 * 4096 * 3 * 22  # separable: 11 + 11 taps
+    assert estimate.units(shape, k11, "numpy") == 4096 * 4096 * 3 * 121
+    assert estimate.units((10, 10, 4), k5, "python", "normalize") == 100 * 3 * 25 * 2  # alpha is copied
+    tp.learn("numpy", 8, seconds=1.0, work=1e9)  # measured: 1 ns a unit
+    assert tp.cost("numpy", 8) == pytest.approx(1e-9)
+    tp.learn("numpy", 8, seconds=3.0, work=1e9)
+    assert tp.cost("numpy", 8) == pytest.approx(2e-9)  # moving average
+
+
+class _StuckJob:
+    """A job whose one long band reports no progress for ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.until = time.perf_counter() + seconds
+
+    def done(self):
+        return time.perf_counter() >= self.until
+
+    def state(self):
+        return "running"
+
+    def progress(self):
+        return 0, 2
+
+    def exception(self, timeout=None):
+        time.sleep(min(timeout or 0, max(0.0, self.until - time.perf_counter())))
+        if not self.done():
+            raise TimeoutError
+        return None
+
+    def result(self):
+        return "the result"
+
+
+def test_progress_moves_every_second_while_a_long_band_runs():
+    """Item 5: 57 s of a frozen progress text was the complaint; the text now counts seconds."""
+    bar = _Bar()
+    pending = jobs.Pending(_StuckJob(2.6), settings=None, estimate=137.0)
+    times = []
+    real_progress = bar.progress
+
+    def progress(value, text=""):
+        times.append(time.perf_counter())
+        real_progress(value, text)
+
+    bar.progress = progress
+    assert jobs.wait(pending, bar, "gaussian_11x11 and sobel", cap=8) == "the result"
+    texts = [t for t in bar.texts if t]
+    assert texts[0] == "gaussian_11x11 and sobel: 0 of 2 bands done · 0 s of about 2 min 17 s"
+    assert texts[-1].endswith("2 s of about 2 min 17 s") and len(texts) == 3  # once per second, not per poll
+    assert max(b - a for a, b in zip(times, times[1:])) < 1.2
+
+
+def test_released_holdings_free_the_arrays_even_though_streamlit_keeps_the_downloads(at, app_engine):
+    """Memory for closed tabs: a release (session end, idle, cap) leaves nothing that keeps the
+    session's shared arrays alive: not the fragments, not the deferred downloads Streamlit holds."""
+    import weakref
+
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    h = held(at)
+    r = h["result"]
+    refs = [weakref.ref(r.outputs[0]), weakref.ref(r.outputs[1]), weakref.ref(h["image"].array)]
+    shared_before = len(app_engine._shared)  # noqa: SLF001
+    del r
+    freed = h.release("released when the session ended")
+    assert freed > 3 * 512 * 512 * 3 * 0.99
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+    assert len(app_engine._shared) <= shared_before - 3  # noqa: SLF001 - the image and both outputs
+    # the next run says why, and makes the image again
+    at.run()
+    _no_errors(at)
+    assert any("were released when the session ended" in i.value for i in at.info), [i.value for i in at.info]
+    assert held(at)["image"].array.shape == (512, 512, 3) and held(at).get("result") is None
+
+
+def test_serial_reference_is_measured_after_the_pair_and_shown_with_the_route(at):
+    """Issue 11, item 6: beside each wall time, the best serial code on the same image and kernel,
+    once per image and kernel; which route ran; the speedup line draws it."""
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    metrics = {m.label: m.value for m in at.metric}
+    cache = lab.serial_times()
+    t_a = cache[lab.serial_key(r, 0)]
+    assert metrics["A: serial"] == lab.ms(t_a) and metrics["B: serial"] == lab.ms(cache[lab.serial_key(r, 1)])
+    text = " ".join(c.value for c in at.caption)
+    assert r.result.routes == ("direct", "direct")
+    assert "one OpenCV call on one thread" in text and engine.ROUTES["direct"][:40] in text
+    # once per image and kernel: a second run with other process counts measures nothing new
+    n = len(cache)
+    at.slider(key="lab_p_A").set_value(2).run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    assert len(cache) == n
+    assert "one OpenCV call, 1 thread" in _chart_text(at)
+
+
+def test_scaling_draws_the_best_serial_code_as_a_reference(at):
+    at.switch_page("pages/scaling.py").run()
+    at.select_slider(key="sc_side").set_value(256)
+    at.slider(key="sc_nmax").set_value(2)
+    at.slider(key="sc_repeats").set_value(1)
+    at.run()
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    sw = held(at)["sweep"]
+    assert sw.status == "done" and sweep.serial_seconds(sw) is not None
+    assert _chart_text(at).count("one OpenCV call, 1 thread") >= 2  # the time chart and the speedup chart
+    assert any("best serial code, one OpenCV call on one thread" in c.value for c in at.caption)
+
+
+# -- the holdings registry, with a clock of the test's own ------------------------------------------------
+class _Held:
+    def __init__(self, nbytes, busy=False):
+        self.nbytes, self.busy, self.cancelled = nbytes, busy, False
+
+    def held_bytes(self):
+        return self.nbytes
+
+    def in_flight(self):
+        return self.busy
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_registry_releases_ended_idle_and_least_recently_used_sessions():
+    from pages._ui.holdings import Holdings, Registry
+
+    clock = _Clock()
+    idle_calls = []
+    reg = Registry(idle_seconds=600, cap_bytes=100, on_idle=lambda: idle_calls.append(clock()), clock=clock)
+    a, b, c = (Holdings(clock) for _ in range(3))
+    tokens = [reg.start(h) for h in (a, b, c)]
+    a["image"], b["image"], c["image"] = _Held(40), _Held(40), _Held(10)
+    job = _Held(0, busy=True)
+    c["job"] = job
+    assert reg.total_bytes() == 90 and reg.sweep() == []
+    # a tab closes: its session's holdings go at once
+    reg.end(tokens[0])
+    assert a.nbytes() == 0 and a.take_note() == "released when the session ended" and reg.total_bytes() == 50
+    # over the cap: the least recently used session goes first, never the one whose page runs
+    clock.t += 10
+    b.touch()
+    a["image"] = _Held(70)  # a came back (a reconnect) with a bigger image
+    a.touch()
+    done = reg.sweep(keep=a)
+    assert b.nbytes() == 0 and a.nbytes() == 70 and c.nbytes() == 10 and len(done) == 1 and "under" in done[0]
+    # idle: everything not touched for idle_seconds goes, except a session with work in flight
+    clock.t += 601
+    reg.sweep()
+    assert a.nbytes() == 0 and c.nbytes() == 10 and not job.cancelled
+    job.busy = False
+    reg.sweep()
+    assert c.nbytes() == 0 and "without use" in c.take_note() and not idle_calls
+    # no session connected and nothing held for idle_seconds: the engine may close
+    for t in tokens[1:]:
+        reg.end(t)
+    reg.sweep()
+    clock.t += 601
+    assert reg.sweep() == ["idle: nothing held and no session for a while"] and idle_calls == [clock.t]
+
+
+def test_holdings_release_cancels_work_and_forgets_the_session():
+    import weakref
+
+    from pages._ui.holdings import Holdings, Registry
+
+    reg = Registry(idle_seconds=600, cap_bytes=1 << 30)
+    h = Holdings()
+    reg.adopt(h)
+    job = _Held(5, busy=True)
+    h["job"] = job
+    assert h.busy() and h.release("released when the session ended") == 5 and job.cancelled
+    with pytest.raises(KeyError, match="unknown holdings key"):
+        h["lab_result"] = 1
+    ref = weakref.ref(h)
+    del h
+    gc.collect()
+    assert ref() is None and reg.sessions() == []  # the registry holds sessions weakly

@@ -30,6 +30,11 @@ APP = str(ROOT / "dashboard.py")
 TIMEOUT = 120
 
 
+def held(at):
+    """The session's holdings (pages/_ui/holdings.py): its image, result, job and sweep."""
+    return at.session_state["pfl_held"]
+
+
 @pytest.fixture
 def dask_cluster():
     """Closes the page's cached LocalCluster (and with it every Dask worker) after the test."""
@@ -43,7 +48,7 @@ def at():
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     yield app
-    sw = app.session_state["sweep"] if "sweep" in app.session_state else None
+    sw = held(app).get("sweep") if "pfl_held" in app.session_state else None
     if sw is not None and sw.status == "running":
         sw.stop("cancelled", "test over")
     del app, sw
@@ -68,7 +73,7 @@ def test_scaling_sweep_runs_on_dask_beside_the_process_pool(at, dask_cluster, ap
     at.button(key="sc_run").click().run()
     _no_errors(at)
 
-    sw = at.session_state["sweep"]
+    sw = held(at)["sweep"]
     assert sw.status == "done", sw.message
     runs = sw.frame()
     assert list(runs.columns[:2]) == ["backend", "implementation"]

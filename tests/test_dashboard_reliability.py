@@ -56,6 +56,11 @@ TIMEOUT = 120
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", ".tif": "image/tiff"}
 
 
+def held(at):
+    """The session's holdings (pages/_ui/holdings.py): its image, result, job and sweep."""
+    return at.session_state["pfl_held"]
+
+
 @pytest.fixture(scope="module")
 def corpus():
     return make_corpus(BAD)
@@ -69,7 +74,7 @@ def _session() -> AppTest:
 
 
 def _release(at: AppTest) -> None:
-    pending = at.session_state["lab_job"] if "lab_job" in at.session_state else None
+    pending = held(at).get("job") if "pfl_held" in at.session_state else None
     if pending is not None:
         pending.job.cancel()
         pending.job.exception(timeout=60)
@@ -82,7 +87,7 @@ def _upload(at: AppTest, name: str, data: bytes) -> None:
 def _run(at: AppTest):
     at.button(key="lab_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    return at.session_state["lab_result"]
+    return held(at).get("result")
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ def test_every_odd_but_valid_file_is_used_and_filtered_like_the_engine(corpus, e
             _upload(at, name, corpus[name].read_bytes())
             assert not at.exception and not at.error, (name, [e.value for e in at.exception], [e.value for e in at.error])
             want = engine.load_image(corpus[name])
-            assert np.array_equal(at.session_state["lab_uploaded"]["array"], want), name
+            assert np.array_equal(held(at)["upload"].array, want), name
             r = _run(at)
             assert not at.error, (name, [e.value for e in at.error])
             assert r.image.name == name and np.array_equal(r.image.array, want), name
@@ -143,7 +148,7 @@ def test_bad_kernels_show_the_parser_message_and_nothing_runs(eng):
             at.button(key="lab_run").click().run()
             assert not at.exception
             assert any("Fix the custom kernel above first" in e.value for e in at.error), label
-            assert at.session_state["lab_result"].run_id == first, f"{label}: a run happened with a bad kernel"
+            assert held(at).get("result").run_id == first, f"{label}: a run happened with a bad kernel"
         at.text_area(key="lab_text_B").input("0 1 0; 1 -4 1; 0 1 0").run()
         r = _run(at)
         assert not at.error and r.run_id == first + 1

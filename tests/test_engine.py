@@ -507,3 +507,32 @@ def test_serial_time_is_one_band_on_one_worker(eng):
         eng.serial_time(img, "gaussian", repeats=0)
     with pytest.raises(ValueError, match=r"^kernel 'nope' is not a known kernel"):
         eng.serial_time(img, "nope")
+
+
+def _deleted_mappings(pids) -> int:
+    """Mappings of unlinked segments of ours in these processes (still holding their memory)."""
+    n = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/maps") as f:
+            n += sum(1 for line in f if f"/dev/shm/{_shm.PREFIX}" in line and "(deleted)" in line)
+    return n
+
+
+def test_workers_unmap_a_shared_array_the_caller_dropped():
+    """A dropped ``shared_array`` is unmapped by the workers that used it, not only unlinked:
+    otherwise a server that makes a new input (or out=) array per image keeps every old one's
+    memory alive inside its workers (the dashboard, issue 13)."""
+    with engine.Engine(max_workers=2) as e:
+        img = rgb(256, 64)
+        for _ in range(4):
+            src = e.shared_array(img.shape, img.dtype)
+            src[...] = img
+            outs = (e.shared_array(img.shape, img.dtype), e.shared_array(img.shape, img.dtype))
+            e.filter_pair(src, "sobel", "gaussian", processes=(1, 1), out=outs)
+            del src, outs
+            gc.collect()
+        # idle workers are told at once, not at their next job
+        deadline = time.monotonic() + 5
+        while _deleted_mappings(e.idle_workers()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _deleted_mappings(e.idle_workers()) == 0

@@ -2,9 +2,11 @@
 
 Pages (``pages/*.py``) read widgets, call ``engine`` and draw; the helpers here hold the
 engine (``state``) and the Scaling page's optional Dask LocalCluster (``cluster``) for the
-server process, turn arrays into pictures (``images``), pick and draw kernels (``kernels``),
-build the charts (``charts``), run jobs without blocking or leaking work across reruns
-(``jobs``), and hold the sections of each page (``lab``, ``sweep``, ``explain``). They import
+server process, keep each session's shared arrays and let go of them (``holdings``), turn
+arrays into pictures (``images``), pick and draw kernels (``kernels``), build the charts
+(``charts``), run jobs without blocking or leaking work across reruns (``jobs``), estimate a
+run's time (``estimate``), print numbers (``fmt``), and hold the sections of each page (``lab``,
+``sweep``, ``explain``). They import
 only ``engine``'s public names (``Engine.plan`` and ``Engine.workers`` when the engine has them).
 
     dashboard.py -> app(): page config + st.navigation(top) -> pages/lab.py | scaling.py | how_it_works.py
@@ -46,3 +48,6 @@ def page_guard() -> None:
         PagesManager.uses_pages_directory = False
         app()
         st.stop()
+    from .state import page_start
+
+    page_start()  # this session is in use; the registry's rules for the others (holdings.py)

@@ -88,6 +88,20 @@ def gantt_chart(df: pd.DataFrame, wall_ms: float | None = None) -> alt.Chart:
     return chart.properties(height=height, autosize=FIT_X, description="band timeline")
 
 
+def first_starts(df: pd.DataFrame) -> dict[str, float]:
+    """Milliseconds from the job's start to each filter's first band starting."""
+    return {slot: float(g["start_ms"].min()) for slot, g in df.groupby("filter")}
+
+
+def start_gap_ms(df: pd.DataFrame) -> float | None:
+    """How far apart (ms) the two filters' first bands started: about 0 when A and B run at the
+    same time, a whole filter's time when one waits for the other. None for one filter."""
+    starts = first_starts(df)
+    if len(starts) < 2:
+        return None
+    return abs(starts["B"] - starts["A"])
+
+
 def history_speedup_frame(history: list[dict], key: tuple) -> pd.DataFrame:
     """Best time per process count for one (image, kernel, options) key, with speedup vs the
     fewest processes measured. Empty unless at least two process counts were run."""
@@ -101,7 +115,10 @@ def history_speedup_frame(history: list[dict], key: tuple) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
-def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int) -> alt.Chart:
+def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int, reference: float | None = None) -> alt.Chart:
+    """Measured speedup against the fewest processes run, the ideal line, the CPUs, and (when
+    known) ``reference``: the speedup that the best serial code (one OpenCV call on one thread)
+    has over the fewest-process run, as a horizontal line: points above it beat serial code."""
     long = pd.concat(
         [
             df.assign(series="measured", value=df["speedup"]),
@@ -122,7 +139,23 @@ def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int) -> alt.Chart:
         )
     )
     rule = alt.Chart(pd.DataFrame({"cpus": [cpus]})).mark_rule(color="#c0c6cc", strokeDash=[2, 2]).encode(x="cpus:Q")
-    return (rule + line).properties(height=200, autosize=FIT_X)
+    layers = [rule, line]
+    if reference is not None:
+        layers += serial_rule(y=reference, label="one OpenCV call, 1 thread")
+    return alt.layer(*layers).properties(height=200, autosize=FIT_X, description="speedup line")
+
+
+SERIAL_COLOR = "#3e4c59"
+
+
+def serial_rule(y: float, label: str, field: str = "y") -> list[alt.Chart]:
+    """A horizontal reference line at ``y`` with its label: the best serial code."""
+    df = pd.DataFrame({field: [y], "label": [label]})
+    rule = alt.Chart(df).mark_rule(color=SERIAL_COLOR, strokeDash=[6, 3], strokeWidth=1.5).encode(
+        y=f"{field}:Q", tooltip=[alt.Tooltip("label:N", title="reference"), alt.Tooltip(f"{field}:Q", format=".3~g")])
+    text = alt.Chart(df).mark_text(align="left", baseline="bottom", dx=4, dy=-2, fontSize=10,
+                                   color=SERIAL_COLOR).encode(x=alt.value(0), y=f"{field}:Q", text="label:N")
+    return [rule, text]
 
 
 # -- scaling sweeps ---------------------------------------------------------------------------
@@ -201,8 +234,10 @@ def _p_title(summary: pd.DataFrame) -> str:
     return "processes / Dask workers" if DASK in set(summary["backend"]) else "processes"
 
 
-def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
-    """Every run as a dot, the median as a line, per backend and implementation."""
+def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int,
+               serial_ms: float | None = None) -> alt.Chart:
+    """Every run as a dot, the median as a line, per backend and implementation; ``serial_ms``:
+    the best serial code (one OpenCV call, one thread) as a horizontal line."""
     color = _series_color(summary)
     x = _p_axis(n_max, _p_title(summary))
     dots = (
@@ -213,12 +248,29 @@ def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int)
                 tooltip=["backend", "implementation", "processes", "repeat", alt.Tooltip("ms:Q", format=".2f")])
     )
     line = alt.Chart(summary).mark_line(point=True).encode(x=x, y="ms:Q", color=color)
-    return (_cpu_rule(cpus) + dots + line).properties(height=240, autosize=FIT_X)
+    layers = [_cpu_rule(cpus), dots, line]
+    if serial_ms is not None:
+        layers += serial_rule(serial_ms, "one OpenCV call, 1 thread", field="ms")
+    return alt.layer(*layers).properties(height=240, autosize=FIT_X)
 
 
-def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
+def serial_speedups(summary: pd.DataFrame, serial_ms: float) -> pd.DataFrame:
+    """Per series, the speedup the best serial code has over that series' 1 process: where its
+    line crosses, the processes beat one OpenCV call on one thread."""
+    rows = []
+    for series, g in summary.groupby("series", sort=False):
+        one = g[g["processes"] == 1]
+        if not one.empty and serial_ms > 0:
+            rows.append({"series": series, "backend": one["backend"].iloc[0],
+                         "implementation": one["implementation"].iloc[0],
+                         "serial_speedup": float(one["ms"].iloc[0]) / serial_ms})
+    return pd.DataFrame(rows, columns=["series", "backend", "implementation", "serial_speedup"])
+
+
+def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int, serial_ms: float | None = None) -> alt.Chart:
     """Measured speedup, the ideal line ``y = p`` and the Amdahl fit (dashed), per backend and
-    implementation (each against its own backend's 1 process)."""
+    implementation (each against its own backend's 1 process); ``serial_ms``: the best serial
+    code, drawn per series as the speedup it has over that series' 1 process (dash-dot)."""
     color = _series_color(summary)
     x = _p_axis(n_max, _p_title(summary))
     ideal = pd.DataFrame({"processes": np.arange(1, n_max + 1), "ideal": np.arange(1, n_max + 1)})
@@ -242,6 +294,15 @@ def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
                 x=x, y="amdahl:Q", color=color
             )
         )
+    if serial_ms is not None:
+        refs = serial_speedups(summary, serial_ms)
+        if not refs.empty:
+            layers.append(alt.Chart(refs).mark_rule(strokeDash=[6, 3, 1, 3], strokeWidth=1.5).encode(
+                y="serial_speedup:Q", color=color,
+                tooltip=["series", alt.Tooltip("serial_speedup:Q", title="one OpenCV call (x)", format=".2f")]))
+            layers.append(alt.Chart(refs.head(1).assign(label="one OpenCV call, 1 thread")).mark_text(
+                align="left", baseline="bottom", dx=4, dy=-2, fontSize=10, color=SERIAL_COLOR).encode(
+                x=alt.value(0), y="serial_speedup:Q", text="label:N"))
     return alt.layer(*layers).properties(height=240, autosize=FIT_X)
 
 
@@ -282,6 +343,9 @@ def band_plan_frame(plans: dict[str, tuple], workers: dict[str, dict[int, str]])
     return pd.DataFrame(rows)
 
 
+#: Legend columns of the band plan by the chart's width (a Vega expression): 3 side by side need
+#: about 480 px; a 390 px phone gets one column instead of entries cut off at the edge.
+LEGEND_COLUMNS = "width < 480 ? 1 : 3"
 _PLAN_FIXED = {"input image": "#d9dee3", "rows it writes": "#8fa3b5", "halo rows": "#e8384f"}
 _PALETTE = ["#1c83e1", "#ff8700", "#21a366", "#9a5cf0", "#e8384f", "#0fb5ae", "#a16207", "#db2777"]
 _LANE_WIDTH = {"input": 1.0, "reads": 0.9, "output": 1.6}
@@ -336,7 +400,9 @@ def band_plan_chart(df: pd.DataFrame, height: int, segments: dict[str, str],
         y=alt.Y("y:Q", scale=rows, title="image row"),
         y2="y2:Q",
         color=alt.Color("part:N", scale=alt.Scale(domain=domain, range=palette),
-                        legend=alt.Legend(title=None, orient="bottom", columns=3)),
+                        # one column when the chart is narrow (a phone): every entry stays in view
+                        legend=alt.Legend(title=None, orient="bottom", columns=alt.ExprRef(LEGEND_COLUMNS),
+                                          labelLimit=180)),
         tooltip=[alt.Tooltip("tip:N", title="what")],
     )
     labelled = rdf[rdf["label"] != ""].assign(ym=lambda d: (d["y"] + d["y2"]) / 2, xm=lambda d: (d["x"] + d["x2"]) / 2)

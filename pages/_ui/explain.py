@@ -57,7 +57,7 @@ def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: di
     """The image (display version) with each band tinted by its worker (alternating grey tints when
     workers are not known yet), band boundaries drawn, and halo rows in red (at least 2 pixels
     tall so they stay visible when scaled down)."""
-    disp = images.as_rgb(images.to_display(image, max_side)).astype(np.float32)
+    disp = images.as_rgb(images.for_screen(image, max_side)[0]).astype(np.float32)  # tiny images enlarged
     h = image.shape[0]
     s = disp.shape[0] / h
     tint = np.zeros_like(disp)
@@ -102,27 +102,36 @@ class FlowNumbers:
 
 
 def data_flow_dot(n: FlowNumbers) -> str:
-    """Graphviz source of the path from the upload to the page, with this image's numbers."""
+    """Graphviz source of the path from the upload to the page, with this image's numbers.
+
+    Top to bottom, at most two boxes side by side (A and B): about 320 points wide, so it stays
+    readable in a 390-pixel phone column instead of shrinking to a third (issue 13)."""
     h, w, c = n.shape
-    big = 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1c83e1"'
+    big = 'style="rounded,filled", fillcolor="#dbeafe", color="#1c83e1"'
+
+    def procs(i):
+        p, b = n.processes[i], n.bands[i]
+        return f"{p} process{'es' if p > 1 else ''}, {b} band{'s' if b > 1 else ''}"
+
     return f"""digraph flow {{
-  rankdir=LR; bgcolor="transparent"; nodesep=0.25; ranksep=0.35;
-  node [shape=box, style="rounded,filled", fillcolor="#f1f4f7", color="#9aa5b1", fontname="Helvetica", fontsize=10];
-  edge [color="#7b8794", fontname="Helvetica", fontsize=9];
-  file [label="{n.name}\\n{n.file_format}, {n.file_kb:,.0f} KB"];
-  decode [label="load_image\\nPillow decode, EXIF turn\\n{w}x{h}x{c} {n.dtype}"];
-  shm [{big}, label="input segment\\nEngine.shared_array, {n.mb:.1f} MB\\ncopied in once per image"];
-  job [label="Engine.submit\\nvalidate, plan bands\\nlease {sum(n.processes)} worker processes"];
-  wa [label="A: {n.kernels[0]}\\n{n.processes[0]} process(es), {n.bands[0]} band(s)\\n{n.implementation}"];
-  wb [label="B: {n.kernels[1]}\\n{n.processes[1]} process(es), {n.bands[1]} band(s)\\n{n.implementation}"];
-  oa [{big}, label="output segment A\\n{n.mb:.1f} MB, rows written\\nin place by workers"];
-  ob [{big}, label="output segment B\\n{n.mb:.1f} MB"];
-  res [label="PairResult\\ntimeline, phases"];
-  page [label="page: 8-bit preview\\n(at most 1024 px)\\nPNG download (16-bit kept)"];
+  rankdir=TB; bgcolor="transparent"; nodesep=0.2; ranksep=0.22; margin=0;
+  node [shape=box, style="rounded,filled", fillcolor="#f1f4f7", color="#9aa5b1", fontname="Helvetica",
+        fontsize=10, margin="0.08,0.04"];
+  edge [color="#7b8794", fontname="Helvetica", fontsize=9, arrowsize=0.6];
+  file [label="{n.name}\n{n.file_format}, {n.file_kb:,.0f} KB"];
+  decode [label="load_image: decode, EXIF turn\n{w}x{h}x{c} {n.dtype}"];
+  shm [{big}, label="input segment, {n.mb:.1f} MB\n(Engine.shared_array)\ncopied in once per image"];
+  job [label="Engine.submit: validate,\nplan bands, lease {sum(n.processes)} workers"];
+  wa [label="A: {n.kernels[0]}\n{procs(0)}\n{n.implementation}"];
+  wb [label="B: {n.kernels[1]}\n{procs(1)}\n{n.implementation}"];
+  oa [{big}, label="output A, {n.mb:.1f} MB\nrows written in place"];
+  ob [{big}, label="output B, {n.mb:.1f} MB\nrows written in place"];
+  res [label="PairResult: outputs,\ntimeline, phases"];
+  page [label="page: JPEG previews\n(512 px, 1024 before/after)\nPNG downloads (16-bit kept)"];
   file -> decode -> shm -> job;
   job -> wa; job -> wb;
-  shm -> wa [style=dashed, label="read rows + halo"];
-  shm -> wb [style=dashed];
+  shm -> wa [style=dashed, constraint=false];
+  shm -> wb [style=dashed, constraint=false, label=" rows + halo"];
   wa -> oa; wb -> ob;
   oa -> res; ob -> res; res -> page;
 }}"""

@@ -35,8 +35,18 @@ DEFAULT_SAMPLE = "astronaut.png"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
 #: Size presets for timing demos: target pixel counts (None keeps the original).
 PRESETS = {"original": None, "1 MP": 1 << 20, "4 MP": 1 << 22, "16 MP": 1 << 24}
-#: Longest side of the pictures sent to the browser (the engine always works at full size).
+#: Longest side of the before/after and difference pictures (the engine always works at full size).
 DISPLAY_MAX_SIDE = 1024
+#: Longest side of the results row's previews: three side by side on a 1280 px page are ~400 px
+#: wide each; half of DISPLAY_MAX_SIDE, so a preview is one fast 2x2 area step from the display
+#: version. The before/after view gets DISPLAY_MAX_SIDE.
+PREVIEW_SIDE = 512
+#: Pictures smaller than this (longest side) are enlarged by whole pixels (nearest neighbour) for
+#: the screen: a 1x1 image would otherwise be one dot, and a before/after split would cover it.
+SCREEN_MIN_SIDE = 256
+#: JPEG quality of the previews (lossy, but 10-20x faster to encode than PNG and 8x smaller;
+#: downloads are exact PNG, and statistics use the full arrays).
+JPEG_QUALITY = 90
 
 
 def sample_names() -> list[str]:
@@ -128,11 +138,7 @@ def to_display(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarra
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
-    h, w = a.shape[:2]
-    if max(h, w) > max_side:
-        s = max_side / max(h, w)
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], a.shape[2])
+    a = shrink(a, max_side)
     if a.dtype == np.uint16:
         a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif a.dtype != np.uint8:
@@ -146,6 +152,76 @@ def to_display(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarra
     return np.ascontiguousarray(a)
 
 
+def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
+    """``(H, W, C)`` area-averaged down so that its longest side is ``max_side`` (as is if smaller).
+
+    In two steps, because OpenCV's area resize is 2-3x faster for a whole-number factor: first by
+    ``k = floor(side / max_side)`` on the largest block of whole k x k cells (dropping at most k - 1
+    edge rows and columns, invisible at screen size), then by the remaining factor under 2.
+    """
+    h, w, c = a.shape
+    if max(h, w) <= max_side:
+        return a
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    k = max(h, w) // max_side
+    if k > 1 and h >= k and w >= k:
+        hh, ww = h // k * k, w // k * k
+        a = cv2.resize(a[:hh, :ww], (ww // k, hh // k), interpolation=cv2.INTER_AREA).reshape(hh // k, ww // k, c)
+    if (a.shape[1], a.shape[0]) != size:
+        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], c)
+    return a
+
+
+def enlarge(display: np.ndarray, min_side: int = SCREEN_MIN_SIDE) -> tuple[np.ndarray, int]:
+    """``display`` repeated ``f`` times along both axes (nearest neighbour: every pixel a block)
+    so that its longest side is at least ``min_side``; returns ``(picture, f)``, ``f = 1`` when it
+    is big enough already. Keeps 2-D and 3-D shapes.
+
+    >>> pic, f = enlarge(np.array([[7]], np.uint8)); pic.shape, f, int(pic.min()), int(pic.max())
+    ((256, 256), 256, 7, 7)
+    """
+    h, w = display.shape[:2]
+    f = -(-min_side // max(h, w)) if max(h, w) < min_side else 1
+    if f == 1:
+        return display, 1
+    return np.ascontiguousarray(np.repeat(np.repeat(display, f, axis=0), f, axis=1)), f
+
+
+def for_screen(image: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """The display version at most ``max_side`` (``to_display``), enlarged when tiny (``enlarge``)."""
+    return enlarge(to_display(image, max_side))
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What the page shows of one image: the display version (before/after, difference), how
+    much it was enlarged, and the results-row preview, encoded once."""
+
+    display: np.ndarray
+    factor: int
+    preview: "Picture"
+
+    def held_bytes(self) -> int:
+        return self.display.nbytes + len(self.preview.data)
+
+
+def screen(image: np.ndarray) -> Screen:
+    """``image`` (any engine array) made ready for the page: ``for_screen`` at DISPLAY_MAX_SIDE,
+    then the preview at PREVIEW_SIDE from that (not from the full image again)."""
+    display, factor = for_screen(image, DISPLAY_MAX_SIDE)
+    small = to_display(display, PREVIEW_SIDE) if factor == 1 else display
+    return Screen(display, factor, picture(small, enlarged=factor > 1))
+
+
+def scale_note(shape: tuple[int, ...], factor: int) -> str:
+    """What the screen shows of an image of ``shape`` enlarged ``factor`` times ('' if not)."""
+    if factor <= 1:
+        return ""
+    h, w = shape[:2]
+    return f"{w}x{h} pixels, shown {factor}x larger (each pixel a block)"
+
+
 def as_rgb(display: np.ndarray) -> np.ndarray:
     """A display array as 3-channel RGB (alpha composited over a light checker)."""
     if display.ndim == 2:
@@ -157,6 +233,37 @@ def as_rgb(display: np.ndarray) -> np.ndarray:
         alpha = display[:, :, 3:4].astype(np.float32) / 255
         return np.rint(display[:, :, :3] * alpha + checker * (1 - alpha)).astype(np.uint8)
     return display
+
+
+def encode_jpeg(display: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an 8-bit display array for the screen (alpha composited over a checker;
+    full colour resolution, 4:4:4, so thin coloured edges keep their colour)."""
+    a = as_rgb(display) if display.ndim == 3 else display
+    if a.ndim == 3:
+        a = a[:, :, ::-1]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 array of these shapes
+        raise ValueError(f"could not encode a {display.shape} image")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class Picture:
+    """Encoded bytes for ``st.image``, with the format to pass as ``output_format`` (then
+    Streamlit sends the bytes as they are)."""
+
+    data: bytes
+    format: str  # "JPEG" or "PNG"
+
+
+def picture(display: np.ndarray, enlarged: bool = False) -> Picture:
+    """A display array encoded for the screen: JPEG, or PNG for enlarged tiny images (JPEG would
+    smear their pixel blocks; they are small anyway)."""
+    if enlarged:
+        return Picture(encode_png(display), "PNG")
+    return Picture(encode_jpeg(display), "JPEG")
 
 
 def encode_png(display: np.ndarray, compression: int = 1) -> bytes:
@@ -222,3 +329,52 @@ def difference(a: np.ndarray, b: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -
 def thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:
     """A square-cropped display thumbnail, at most ``side`` pixels."""
     return to_display(center_square(image, min(side, *image.shape[:2])), side)
+
+
+#: A result whose values span less than this fraction of the dtype's range looks flat or black.
+SLIVER = 0.1
+#: What each output mapping does for such a result, for the advice beside it.
+MAPPING_HELP = {
+    "abs": "edges of both signs bright",
+    "normalize": "its lowest value black, its highest white",
+    "offset": "zero at mid-gray, negatives darker",
+}
+
+
+def value_span(a: np.ndarray) -> tuple[int, int]:
+    """Lowest and highest value over the colour channels (alpha, C = 2 or 4, left out)."""
+    c = a.shape[2] if a.ndim == 3 else 1
+    color = a if c in (1, 3) else a[:, :, : c - 1]
+    return int(color.min()), int(color.max())
+
+
+@dataclass(frozen=True)
+class Sliver:
+    """A result that uses a sliver of its range, and the output mappings that would show it."""
+
+    text: str
+    offers: tuple[str, ...]
+
+
+def sliver(lo: int, hi: int, maxval: int, output: str) -> Sliver | None:
+    """Advice for a result whose values span ``lo..hi`` of ``0..maxval`` under ``output``, or None
+    when it uses at least ``SLIVER`` of the range.
+
+    >>> sliver(0, 7, 255, "clip").text
+    'uses only levels 0 to 7 of 255 (3% of the range), so it looks black; negative responses were clipped to 0'
+    >>> sliver(0, 7, 255, "clip").offers
+    ('abs', 'normalize', 'offset')
+    >>> sliver(0, 200, 255, "clip") is None, sliver(128, 128, 255, "offset").offers
+    (True, ('abs', 'normalize'))
+    """
+    span = hi - lo
+    if span >= SLIVER * maxval:
+        return None
+    if span == 0:
+        text = f"is flat: every pixel is {lo}"
+    else:
+        look = "black" if hi < 0.25 * maxval else "white" if lo > 0.75 * maxval else "flat gray"
+        text = f"uses only levels {lo} to {hi} of {maxval} ({span / maxval:.0%} of the range), so it looks {look}"
+    if output == "clip" and lo == 0:
+        text += "; negative responses were clipped to 0"
+    return Sliver(text, tuple(o for o in ("abs", "normalize", "offset") if o != output))

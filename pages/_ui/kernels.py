@@ -17,11 +17,19 @@ import streamlit as st
 
 import engine
 
+from .fmt import sig
+
 TABLE = "custom: edit a table"
 TEXT = "custom: type or paste"
 NOTEBOOK_FILTERS = ("identity", "edge_x", "edge_y", "sobel", "gaussian")
 FFT_SIZE = 64
+#: The frequency picture's grid: enough for kernels up to 31 wide, ~4 px a cell on the page.
+CHART_FFT = 32
 SIDE_MAX = 31
+#: The frequency picture's colour scale spans at least this fraction of the largest gain: a flat
+#: response (identity: gains 0.9999999999999998..1.0) is one colour, not stretched rounding noise.
+#: The same fraction decides "all-pass" in ``frequency_sentence``.
+FLAT_SPAN = 0.05
 
 
 def options() -> list[str]:
@@ -39,10 +47,25 @@ def fingerprint(k: engine.Kernel) -> str:
 
 
 def describe(k: engine.Kernel) -> str:
+    """Shape, sum and the pass the engine runs (``Kernel.separable``: rank 1 within
+    ``engine``'s relative tolerance, so nine equal weights of any size are separable)."""
     kh, kw = k.shape
     path = "separable: a row pass then a column pass" if k.separable else "2-D pass (not separable)"
-    total = float(k.weights.sum())
-    return f"{kh}x{kw} · sum {total:.4g} · {path}"
+    with np.errstate(over="ignore"):
+        total = float(k.weights.sum())
+    return f"{kh}x{kw} · sum {sig(total, 4, trim=True)} · {path}"
+
+
+def problem(k: engine.Kernel, check) -> str | None:
+    """What the engine will refuse about ``k`` (its own one-line message), or None.
+
+    ``check`` is the engine's validation of a kernel (``Engine.plan`` runs it): the page shows
+    the message before Run, e.g. weights whose sum overflows float64."""
+    try:
+        check(k)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def _default_table(rows: int, cols: int) -> pd.DataFrame:
@@ -53,8 +76,11 @@ def _default_table(rows: int, cols: int) -> pd.DataFrame:
 
 def _table_kernel(slot: str) -> engine.Kernel | None:
     c1, c2 = st.columns(2)
-    rows = c1.number_input("Rows", 1, SIDE_MAX, 3, key=f"lab_rows_{slot}", persist_state="session")
-    cols = c2.number_input("Columns", 1, SIDE_MAX, 3, key=f"lab_cols_{slot}", persist_state="session")
+    # the limit is in the label: the box refuses 99 with no more than a red outline
+    rows = c1.number_input(f"Rows (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_rows_{slot}", persist_state="session",
+                           help=f"Kernels have 1 to {SIDE_MAX} rows.")
+    cols = c2.number_input(f"Columns (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_cols_{slot}",
+                           persist_state="session", help=f"Kernels have 1 to {SIDE_MAX} columns.")
     ekey = f"lab_table_{slot}_{rows}x{cols}"
     base_key, saved_key = f"{ekey}_base", f"{ekey}_saved"
     if ekey not in st.session_state or base_key not in st.session_state:
@@ -73,7 +99,8 @@ def _table_kernel(slot: str) -> engine.Kernel | None:
     if not np.isfinite(w).all():
         st.error("Every cell of the table needs a finite number (an empty cell is not one).")
         return None
-    return engine.Kernel(f"custom_{slot.lower()}", w, f"custom {rows}x{cols} table", "user")
+    with np.errstate(over="ignore"):  # weights whose sum overflows: the engine's check says so next
+        return engine.Kernel(f"custom_{slot.lower()}", w, f"custom {rows}x{cols} table", "user")
 
 
 def _text_kernel(slot: str) -> engine.Kernel | None:
@@ -93,8 +120,11 @@ def _text_kernel(slot: str) -> engine.Kernel | None:
     return k
 
 
-def picker(slot: str, default: str) -> engine.Kernel | None:
-    """Widgets for filter ``slot`` ('A' or 'B'); the chosen kernel, or None after showing an error."""
+def picker(slot: str, default: str, check=None) -> engine.Kernel | None:
+    """Widgets for filter ``slot`` ('A' or 'B'); the chosen kernel, or None after showing an error.
+
+    ``check(kernel)`` raises the engine's ``ValueError`` for a kernel it would refuse (see
+    ``problem``); custom kernels are checked with it before anything else uses them."""
     choice = st.selectbox(
         "Kernel",
         options(),
@@ -112,6 +142,9 @@ def picker(slot: str, default: str) -> engine.Kernel | None:
     if k is None:
         return None
     if choice in (TABLE, TEXT):
+        if check is not None and (msg := problem(k, check)):
+            st.error(msg, icon=":material/error:")
+            return None
         total = float(k.weights.sum())
         usable = abs(total) > 1e-12
         norm = st.toggle(
@@ -133,7 +166,7 @@ def _cell_label(v: float) -> str:
         return "0"
     if float(v).is_integer() and abs(v) < 1000:
         return str(int(v))
-    return f"{v:.2g}".replace("e-0", "e-")
+    return sig(v, 2, trim=True)
 
 
 def weights_chart(k: engine.Kernel, size: int = 190) -> alt.Chart:
@@ -178,30 +211,57 @@ def frequency_response(weights: np.ndarray, n: int = FFT_SIZE) -> np.ndarray:
 
 
 def frequency_chart(k: engine.Kernel, size: int = 190) -> alt.Chart:
-    """The frequency response as a heat map over (fx, fy) in cycles per pixel."""
-    mag = frequency_response(k.weights)
+    """The frequency response as a heat map over (fx, fy) in cycles per pixel.
+
+    Drawn on a ``CHART_FFT`` grid (each cell ~4 px on the page) with only each cell's indices
+    and gain in the data (the browser computes the frequencies): 20 KB of spec instead of 390 KB,
+    which Streamlit serializes on every rerun.
+    """
+    mag = frequency_response(k.weights, CHART_FFT)
     n = mag.shape[0]
-    f = np.fft.fftshift(np.fft.fftfreq(n))
-    fy, fx = np.meshgrid(f, f, indexing="ij")
-    step = 1.0 / n
-    df = pd.DataFrame({"fx": fx.ravel(), "fy": -fy.ravel(), "gain": mag.ravel()})
-    df["fx2"], df["fy2"] = df["fx"] + step, df["fy"] + step
+    lo, hi = color_domain(mag)
+    jj, ii = np.indices(mag.shape)
+    gains = [float(sig(g, 4)) for g in mag.ravel()]
+    df = pd.DataFrame({"i": ii.ravel(), "j": jj.ravel(), "gain": gains})
     axis = alt.Axis(values=[-0.5, 0, 0.5], labelFontSize=9, titleFontSize=10, grid=False)
+    # cell (row j, column i) spans fx in [(i - n/2)/n, (i + 1 - n/2)/n]; fy points up
     return (
         alt.Chart(df)
+        .transform_calculate(fx=f"(datum.i - {n // 2}) / {n}", fx2=f"(datum.i + 1 - {n // 2}) / {n}",
+                             fy=f"({n // 2} - datum.j) / {n}", fy2=f"({n // 2} - datum.j - 1) / {n}")
         .mark_rect()
         .encode(
             x=alt.X("fx:Q", scale=alt.Scale(domain=[-0.5, 0.5], nice=False), axis=axis, title="fx (cycles/px)"),
-            x2="fx2",
+            x2="fx2:Q",
             y=alt.Y("fy:Q", scale=alt.Scale(domain=[-0.5, 0.5], nice=False), axis=axis, title="fy"),
-            y2="fy2",
-            color=alt.Color("gain:Q", scale=alt.Scale(scheme="viridis"), legend=None),
+            y2="fy2:Q",
+            color=alt.Color("gain:Q", scale=alt.Scale(scheme="viridis", domain=[lo, hi], clamp=True), legend=None),
             tooltip=[alt.Tooltip("fx:Q", format=".3f"), alt.Tooltip("fy:Q", format=".3f"),
-                     alt.Tooltip("gain:Q", format=".3f")],
+                     alt.Tooltip("gain:Q", format=".4~g")],
         )
         .properties(width=size - 50, height=size - 50, autosize=alt.AutoSizeParams(type="pad"),
-                    title=alt.TitleParams("frequency response |H|", fontSize=12, anchor="start"))
+                    title=alt.TitleParams("frequency response |H|", fontSize=12, anchor="start"),
+                    description="frequency response")
     )
+
+
+def color_domain(mag: np.ndarray) -> tuple[float, float]:
+    """The colour scale's ``(low, high)`` for a frequency response: its range, widened to at
+    least ``FLAT_SPAN`` of the largest gain (below it, from the top), so that a flat response is
+    one colour.
+
+    >>> color_domain(np.array([0.9999999999999998, 1.0]))
+    (0.95, 1.0)
+    >>> color_domain(np.array([0.0, 2.0])), color_domain(np.zeros(3))
+    ((0.0, 2.0), (0.0, 1.0))
+    """
+    lo, hi = float(mag.min()), float(mag.max())
+    span = FLAT_SPAN * abs(hi)
+    if not span:
+        return 0.0, 1.0
+    if hi - lo < span:
+        return hi - span, hi
+    return lo, hi
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -234,13 +294,14 @@ def frequency_sentence(k: engine.Kernel) -> str:
         direction = " It responds to changes along x: vertical edges."
     elif along_y > 3 * along_x + 1e-9:
         direction = " It responds to changes along y: horizontal edges."
-    if float(mag.max() - mag.min()) < 0.05 * peak:
-        return f"All-pass: every frequency keeps gain {peak:.2f}, so the image keeps all its detail."
+    if float(mag.max() - mag.min()) < FLAT_SPAN * peak:
+        return f"All-pass: every frequency keeps gain {sig(peak)}, so the image keeps all its detail."
     if dc >= 0.95 * peak and rim < 0.5 * dc:
-        return f"Low-pass (a blur): smooth areas keep gain {dc:.2f}; fine detail is damped to {rim:.2f}.{direction}"
+        return (f"Low-pass (a blur): smooth areas keep gain {sig(dc)}; fine detail is damped to "
+                f"{sig(rim)}.{direction}")
     if dc < 0.05 * peak:
         if r_peak < 0.35 and rim < 0.6 * peak:
-            return (f"Band-pass: flat areas go to zero, edges a few pixels wide pass (up to {peak:.2f}) and the "
+            return (f"Band-pass: flat areas go to zero, edges a few pixels wide pass (up to {sig(peak)}) and the "
                     f"finest pixel-to-pixel changes are damped.{direction}")
-        return f"High-pass: flat areas go to zero; edges and fine detail pass (up to {peak:.2f}).{direction}"
-    return f"Sharpening: smooth areas keep gain {dc:.2f} and detail is boosted up to {peak:.2f}.{direction}"
+        return f"High-pass: flat areas go to zero; edges and fine detail pass (up to {sig(peak)}).{direction}"
+    return f"Sharpening: smooth areas keep gain {sig(dc)} and detail is boosted up to {sig(peak)}.{direction}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Hashable
 
@@ -14,14 +16,19 @@ import streamlit as st
 
 import engine
 
-from . import charts, images, jobs, kernels, report
-from .state import CPUS, PROCESS_MAX, WORKER_CAP, CurrentImage, get_engine, shared_image, shared_outputs
+from . import charts, estimate, images, jobs, kernels, report
+from .fmt import duration, ms, sig
+from .holdings import weakly
+from .state import CPUS, PROCESS_MAX, WORKER_CAP, CurrentImage, get_engine, holdings, shared_image
 
 THEME_RGB = (11, 114, 133)  # .streamlit/config.toml primaryColor
-IMAGE_SLOT = "lab_image"
-JOB_SLOT = "lab_job"
-RESULT_SLOT = "lab_result"
+#: Keys of the session's holdings (``state.holdings()``): its heavy objects.
+IMAGE, UPLOAD, JOB, RESULT = "image", "upload", "job", "result"
+#: Small things stay in st.session_state.
 HISTORY_SLOT = "lab_history"
+AUTORUN = "lab_autorun"  # set by the "show it with ..." buttons: run once with the new mapping
+#: Pixels per timing metric: "0.0423 ms" in the metric's font needs ~165 (150 cut it to "0.0423 …").
+METRIC_WIDTH = 172
 
 
 # -- 1. the image --------------------------------------------------------------------------------
@@ -68,29 +75,47 @@ def gallery() -> None:
                 )
 
 
+@dataclass(eq=False)
+class Upload:
+    """The last good upload, decoded (its array is plain memory until it becomes the image)."""
+
+    name: str
+    file_id: str
+    sha1: str
+    array: np.ndarray
+    facts: images.Facts
+
+    def held_bytes(self) -> int:
+        return self.array.nbytes
+
+
 def _read_upload() -> None:
-    """Decode a new upload once; keep the last good one when a new one is bad."""
+    """Decode a new upload once; keep the last good one when a new one is bad.
+
+    The uploader's ``on_change`` runs this before the page script, so the gallery drawn above the
+    uploader already knows the upload replaced the sample; every run calls it again (cheap) to
+    decode the file anew if the session's holdings were released meanwhile."""
     up = st.session_state.get("lab_upload")
     if up is None:
         st.session_state.pop("lab_upload_error", None)
         return
-    if st.session_state.get("lab_upload_seen") == up.file_id:
+    h = holdings()
+    kept = h.get(UPLOAD)
+    if (kept is not None and kept.file_id == up.file_id) or st.session_state.get("lab_upload_bad") == up.file_id:
         return
-    st.session_state["lab_upload_seen"] = up.file_id
+    new = st.session_state.get("lab_upload_id") != up.file_id
     data = up.getvalue()
     try:
         a = engine.load_image(data)  # refuses more than engine.MAX_PIXELS, quoting it
     except (engine.ImageError, ValueError, TypeError) as e:
         st.session_state["lab_upload_error"] = f"{up.name}: {e}"
+        st.session_state["lab_upload_bad"] = up.file_id
         return
     st.session_state.pop("lab_upload_error", None)
-    st.session_state["lab_uploaded"] = {
-        "name": up.name,
-        "sha1": hashlib.sha1(data).hexdigest(),
-        "array": a,
-        "facts": images.facts_of(data, a),
-    }
-    st.session_state["lab_source"] = "upload"
+    h[UPLOAD] = Upload(up.name, up.file_id, hashlib.sha1(data).hexdigest(), a, images.facts_of(data, a))
+    st.session_state["lab_upload_id"] = up.file_id
+    if new:  # a new file replaces the sample; the same file decoded again (after a release) does not
+        st.session_state["lab_source"] = "upload"
 
 
 def upload_box() -> None:
@@ -98,22 +123,23 @@ def upload_box() -> None:
         "Or upload an image",
         type=images.UPLOAD_TYPES,
         key="lab_upload",
+        on_change=_read_upload,
         help=f"PNG, JPEG, TIFF (16-bit too), BMP, GIF or WebP, up to {engine.MAX_PIXELS:,} pixels.",
     )
     _read_upload()
     if err := st.session_state.get("lab_upload_error"):
         st.error(f"This file cannot be used: {err}", icon=":material/broken_image:")
-    kept = st.session_state.get("lab_uploaded")
+    kept = holdings().get(UPLOAD)
     if kept and st.session_state.get("lab_source") == "sample":
-        st.button(f"Use the uploaded {kept['name']} again", key="lab_use_upload",
+        st.button(f"Use the uploaded {kept.name} again", key="lab_use_upload",
                   on_click=lambda: st.session_state.update(lab_source="upload"), type="tertiary")
 
 
 def current_image() -> CurrentImage:
     """The chosen sample or upload at the chosen size, resident in engine shared memory."""
-    kept = st.session_state.get("lab_uploaded")
+    kept = holdings().get(UPLOAD)
     if st.session_state.get("lab_source") == "upload" and kept:
-        name, ident, original, facts = kept["name"], kept["sha1"], kept["array"], kept["facts"]
+        name, ident, original, facts = kept.name, kept.sha1, kept.array, kept.facts
         source = "upload"
     else:
         name = st.session_state.get("lab_sample", images.DEFAULT_SAMPLE)
@@ -124,7 +150,7 @@ def current_image() -> CurrentImage:
     preset = st.session_state.get("lab_size", "original")
     shape = images.preset_shape(original.shape[0], original.shape[1], images.PRESETS.get(preset))
     key = (source, ident, shape)
-    return shared_image(IMAGE_SLOT, key, name, facts, lambda: images.resample(original, shape))
+    return shared_image(key, name, facts, lambda: images.resample(original, shape))
 
 
 def size_picker() -> None:
@@ -146,12 +172,13 @@ def image_facts(img: CurrentImage) -> None:
     rows = img.facts.rows()
     table = f"| :material/image: | **{img.name}** |\n|---|---|\n" + "\n".join(f"| {k} | **{v}** |" for k, v in rows)
     mb = img.array.nbytes / 2**20
-    table += f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {mb:.1f} MB in shared memory |"
+    table += f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {sig(mb)} MB in shared memory |"
     st.markdown(table)
 
 
 def image_preview(img: CurrentImage) -> None:
-    st.image(img.small, caption=images.display_note(img.array.dtype) or None, output_format="PNG")
+    notes = [n for n in (images.display_note(img.array.dtype), images.scale_note(img.shape, img.screen.factor)) if n]
+    st.image(img.small.data, caption="; ".join(notes) or None, output_format=img.small.format)
 
 
 # -- 2. the filters ------------------------------------------------------------------------------
@@ -160,7 +187,7 @@ def filter_column(slot: str, default: str, default_p: int) -> tuple[engine.Kerne
     the job runs)."""
     color = "blue" if slot == "A" else "orange"
     st.markdown(f"#### :{color}[Filter {slot}]")
-    k = kernels.picker(slot, default)
+    k = kernels.picker(slot, default, check=check_kernel)
     if k is not None:
         st.caption(f"{k.description} · {kernels.describe(k)}" if k.description else kernels.describe(k))
     p = st.slider(f"Processes for {slot}", 1, PROCESS_MAX, default_p, key=f"lab_p_{slot}", persist_state="session")
@@ -168,6 +195,12 @@ def filter_column(slot: str, default: str, default_p: int) -> tuple[engine.Kerne
         st.caption(f":material/warning: {p} processes on {CPUS} CPUs: they will share cores, "
                    "so expect no further speedup.")
     return k, p, st.container()
+
+
+def check_kernel(k: engine.Kernel) -> None:
+    """Raise the engine's own ``ValueError`` for a kernel it would refuse (``Engine.plan``
+    validates it as ``submit`` does), so that the page says so before Run."""
+    get_engine().plan((1, 1), k, 1)
 
 
 def kernel_pictures(box, k: engine.Kernel | None) -> None:
@@ -180,7 +213,9 @@ def kernel_pictures(box, k: engine.Kernel | None) -> None:
         st.caption(kernels.frequency_sentence(k))
 
 
-def options_row() -> tuple[str, str, str, bool]:
+def options_row() -> tuple[str, str, str, bool, object]:
+    """Border, output mapping, implementation, whether to run, and a placeholder under the Run
+    button for ``estimate_note``."""
     c1, c2, c3, c4 = st.columns([1, 1, 1, 0.8], vertical_alignment="top")
     border = c1.selectbox("Border", list(engine.BORDERS), key="lab_border", persist_state="session")
     c1.caption(engine.BORDERS[border])
@@ -191,10 +226,46 @@ def options_row() -> tuple[str, str, str, bool]:
     with c4:
         st.space("small")
         run = st.button("Run A and B", type="primary", icon=":material/play_arrow:", key="lab_run", width="stretch")
-    return border, output, impl, run
+        note = st.empty()
+    run = run or bool(st.session_state.pop(AUTORUN, False))
+    return border, output, impl, run, note
 
 
 # -- 3. running ---------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def throughput() -> estimate.Throughput:
+    """Cost per unit of work, learned from every session's runs (``estimate``)."""
+    return estimate.Throughput()
+
+
+def estimate_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> estimate.Estimate | None:
+    if ka is None or kb is None:
+        return None
+    eng = get_engine()
+    try:
+        bands = [len(eng.plan(img.shape, k, p, border=border)) for k, p in ((ka, pa), (kb, pb))]
+    except (ValueError, TypeError):
+        return None
+    return throughput().estimate(img.shape, img.array.dtype, (ka, kb), (pa, pb), bands, output, impl, CPUS)
+
+
+def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, ka, kb, impl: str) -> None:
+    """Into ``box``, under the Run button: the expected time; above ``WARN_SECONDS`` a warning
+    before the run, with what makes it long and what would be fast."""
+    if est is None:
+        return
+    if not est.long:
+        box.caption(f":material/timer: about {duration(est.pair)}")
+        return
+    fast = ""
+    if impl != "opencv":
+        ref = throughput().estimate(img.shape, img.array.dtype, (ka, kb), (1, 1), (1, 1), "clip", "opencv", CPUS)
+        fast = f" The opencv implementation does the same in about {duration(ref.pair)}."
+    box.warning(f"This run will take about **{duration(est.pair)}** ({impl} on {img.megapixels:.1f} MP with "
+                f"{ka.name} and {kb.name}).{fast} Changing any setting or clicking Run again stops it.",
+                icon=":material/hourglass_top:")
+
+
 @dataclass(eq=False)
 class LabResult:
     """A finished pair, with everything the page shows about it."""
@@ -208,14 +279,42 @@ class LabResult:
     output: str
     implementation: str
     result: engine.PairResult
-    display: tuple[np.ndarray, np.ndarray]
-    png: tuple[bytes, bytes]
+    screens: tuple[images.Screen, images.Screen]  # display versions and previews, made once
+    spans: tuple[tuple[int, int], tuple[int, int]]  # lowest and highest value of each output
     timeline: pd.DataFrame
-    gantt: dict  # Vega-Lite spec of the band timeline, built once
+    _gantt: dict | None = None
+    _memo: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    MEMO_ENTRIES = 8
 
     @property
     def outputs(self) -> tuple[np.ndarray, np.ndarray]:
         return self.result.outputs
+
+    @property
+    def gantt(self) -> dict:
+        """Vega-Lite spec of the band timeline, built once (after the pictures are on screen)."""
+        if self._gantt is None:
+            self._gantt = charts.gantt_chart(self.timeline).to_dict()
+        return self._gantt
+
+    def memo(self, key: Hashable, make):
+        """``make()`` once per ``key`` (the last few kept): pictures that did not change are not
+        composed and encoded again on every rerun."""
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+        value = make()
+        with self._lock:
+            self._memo[key] = value
+            while len(self._memo) > self.MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        return value
+
+    def held_bytes(self) -> int:
+        return sum(o.nbytes for o in self.outputs) + sum(s.held_bytes() for s in self.screens)
 
 
 def settings_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> Hashable:
@@ -224,12 +323,15 @@ def settings_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> Hash
     return (img.key, fa, fb, pa, pb, border, output, impl)
 
 
-def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings) -> jobs.Pending | None:
-    """Start the pair on the engine; shows the engine's validation message on a bad setting."""
+def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings,
+           est: estimate.Estimate | None = None) -> jobs.Pending | None:
+    """Start the pair on the engine; shows the engine's validation message on a bad setting.
+
+    No ``out=``: each result is the engine's own output segment (pooled again when dropped), so
+    the workers write into pages they have already mapped."""
     try:
-        outs = shared_outputs(img.array, 2)
         request = engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl)
-        job = get_engine().submit(img.array, request, processes=(pa, pb), out=outs)
+        job = get_engine().submit(img.array, request, processes=(pa, pb))
     except (ValueError, TypeError, RuntimeError) as e:  # validation, or a closed engine
         st.error(str(e), icon=":material/error:")
         return None
@@ -237,31 +339,31 @@ def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings) ->
     st.session_state["lab_runs"] = run_id
     meta = {"image": img, "kernels": (ka, kb), "processes": (pa, pb), "border": border, "output": output,
             "implementation": impl, "run_id": run_id}
-    pending = jobs.Pending(job, settings, meta)
-    st.session_state[JOB_SLOT] = pending
+    pending = jobs.Pending(job, settings, meta, estimate=est.pair if est is not None and est.long else None)
+    holdings()[JOB] = pending
     return pending
 
 
 def finish(pending: jobs.Pending, bar) -> LabResult | None:
     """Wait for the job with a progress bar; turn its result into a ``LabResult``."""
     m = pending.meta
+    h = holdings()
     what = f"{m['kernels'][0].name} and {m['kernels'][1].name}"
     try:
         res = jobs.wait(pending, bar, what, WORKER_CAP)
     except engine.JobCancelled:
-        st.session_state[JOB_SLOT] = None
+        h[JOB] = None
         return None
     except engine.WorkerError as e:
-        st.session_state[JOB_SLOT] = None
+        h[JOB] = None
         st.error(f"{e}", icon=":material/error:")
         return None
     except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: the engine was closed meanwhile
-        st.session_state[JOB_SLOT] = None
+        h[JOB] = None
         st.error(str(e), icon=":material/error:")
         return None
-    st.session_state[JOB_SLOT] = None
+    h[JOB] = None
     names = tuple(k.name for k in m["kernels"])
-    display = tuple(images.to_display(o) for o in res.outputs)
     out = LabResult(
         settings=pending.settings,
         run_id=m["run_id"],
@@ -272,16 +374,16 @@ def finish(pending: jobs.Pending, bar) -> LabResult | None:
         output=m["output"],
         implementation=m["implementation"],
         result=res,
-        display=display,
-        png=tuple(images.encode_png(d) for d in display),
-        timeline=(timeline := charts.timeline_frame(res, names)),
-        gantt=charts.gantt_chart(timeline).to_dict(),
+        screens=tuple(images.screen(o) for o in res.outputs),
+        spans=tuple(images.value_span(o) for o in res.outputs),
+        timeline=charts.timeline_frame(res, names),
     )
-    st.session_state[RESULT_SLOT] = out
+    h[RESULT] = out
     history = st.session_state.setdefault(HISTORY_SLOT, [])
     for i, k in enumerate(out.kernels):
         history.append({"key": history_key(out, i), "processes": out.processes[i],
                         "ms": res.filter_walls[i] * 1e3, "kernel": k.name})
+    throughput().learn_from(res, out.image.shape, out.image.array.dtype, out.output, out.implementation)
     return out
 
 
@@ -293,8 +395,8 @@ def history_key(r: LabResult, i: int) -> tuple:
 def result_caption(r: LabResult, i: int) -> str:
     slot = "AB"[i]
     p = r.processes[i]
-    wall = r.result.filter_walls[i] * 1e3
-    return f"{slot} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall:.1f} ms (run #{r.run_id})"
+    wall = ms(r.result.filter_walls[i])
+    return f"{slot} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall} (run #{r.run_id})"
 
 
 def original_caption(r: LabResult) -> str:
@@ -307,22 +409,50 @@ def results_titles(r: LabResult) -> list[str]:
     return [original_caption(r)] + [result_caption(r, i) for i in range(2)]
 
 
+def _show_with(output: str) -> None:
+    st.session_state["lab_output"] = output
+    st.session_state[AUTORUN] = True
+
+
+def sliver_advice(r: LabResult, i: int) -> images.Sliver | None:
+    """Advice for a result that uses a sliver of its range (``images.sliver``)."""
+    lo, hi = r.spans[i]
+    return images.sliver(lo, hi, int(np.iinfo(r.image.array.dtype).max), r.output)
+
+
 def results_row(r: LabResult, stale: bool) -> None:
-    note = images.display_note(r.image.array.dtype)
+    notes = [n for n in (images.display_note(r.image.array.dtype), images.scale_note(r.image.shape, r.screens[0].factor))
+             if n]
     if stale:
         st.info("These results are from earlier settings: press **Run A and B** to update them.",
                 icon=":material/history:")
     cols = st.columns(3, gap="small")
-    cols[0].image(r.image.preview, caption=original_caption(r), width="stretch", output_format="PNG")
+    pre = r.image.screen.preview
+    cols[0].image(pre.data, caption=original_caption(r), width="stretch", output_format=pre.format)
     for i in range(2):
-        cols[i + 1].image(r.png[i], caption=result_caption(r, i), width="stretch", output_format="PNG")
-    if note:
-        st.caption(f":material/info: {note}.")
+        pic = r.screens[i].preview
+        cols[i + 1].image(pic.data, caption=result_caption(r, i), width="stretch", output_format=pic.format)
+        if (adv := sliver_advice(r, i)) is not None:
+            with cols[i + 1]:
+                st.caption(f":material/contrast: {'AB'[i]} {adv.text}. Show it with:")
+                with st.container(horizontal=True, gap="xsmall", wrap=True):
+                    for o in adv.offers:
+                        st.button(f"**{o}**", key=f"lab_show_{'AB'[i]}_{o}", on_click=_show_with, args=(o,),
+                                  help=f"Output mapping {o}: {images.MAPPING_HELP[o]}. Runs A and B again.",
+                                  type="secondary", icon=":material/visibility:")
+    if notes:
+        st.caption(f":material/info: {'; '.join(notes)}. Previews are JPEG; downloads are exact PNG.")
 
 
 @st.fragment
-def compare_view(r: LabResult) -> None:
-    """Before/after with a movable split, or a difference heat map; reruns only this fragment."""
+def compare_view() -> None:
+    """Before/after with a movable split, or a difference heat map; reruns only this fragment.
+
+    Takes no argument: Streamlit keeps a fragment's arguments for as long as the session lives,
+    so it looks the result up in the session's holdings instead."""
+    r = holdings().get(RESULT)
+    if r is None:
+        return
     views = ["Before / after", "Difference"]
     left_col, right_col = st.columns([3, 2], gap="medium")
     with right_col:
@@ -334,53 +464,153 @@ def compare_view(r: LabResult) -> None:
             a = st.selectbox("Left of the split", list(names), index=0, key="lab_ba_left", persist_state="session")
             b = st.selectbox("Right of the split", list(names), index=1, key="lab_ba_right", persist_state="session")
             split = st.slider("Split", 0, 100, 50, format="%d%%", key="lab_ba_split", persist_state="session")
-            pic = images.before_after(_disp(r, names[a]), _disp(r, names[b]), split / 100)
+            pic = r.memo(("ba", a, b, split), lambda: images.picture(
+                images.before_after(_disp(r, names[a]), _disp(r, names[b]), split / 100), r.screens[0].factor > 1))
             caption = f"{label[a]} left of the line, {label[b]} right of it"
             st.caption("Move the split to wipe between the two images.")
         else:
             pair = st.selectbox("Compare", ["A vs original", "B vs original", "A vs B"], key="lab_diff",
                                 persist_state="session")
             x, y = {"A vs original": (0, None), "B vs original": (1, None), "A vs B": (0, 1)}[pair]
-            pic, stats = images.difference(_full(r, x), _full(r, y))
+
+            def diff():
+                heat, stats = images.difference(_full(r, x), _full(r, y))
+                heat, factor = images.enlarge(heat)
+                return images.picture(heat, factor > 1), stats
+
+            pic, stats = r.memo(("diff", pair), diff)
             caption = f"|{pair.replace(' vs ', ' − ')}|, largest over colour channels"
             if stats.max == 0:
                 st.success("Identical: every pixel is the same.", icon=":material/check_circle:")
             else:
                 st.markdown(
                     f"- largest difference **{stats.max}** of {stats.levels} gray levels\n"
-                    f"- mean difference **{stats.mean:.2f}**\n"
+                    f"- mean difference **{sig(stats.mean)}**\n"
                     f"- **{stats.changed:.1%}** of pixels differ"
                 )
             st.caption("Black means equal; the brightest colour is the largest difference (stretched).")
     with left_col:
-        st.image(images.encode_png(pic), caption=caption, width="stretch", output_format="PNG")
+        st.image(pic.data, caption=caption, width="stretch", output_format=pic.format)
 
 
 def _disp(r: LabResult, i: int | None) -> np.ndarray:
-    return r.image.display if i is None else r.display[i]
+    return r.image.display if i is None else r.screens[i].display
 
 
 def _full(r: LabResult, i: int | None) -> np.ndarray:
     return r.image.array if i is None else r.outputs[i]
 
 
-def timing(r: LabResult) -> None:
+# -- the serial reference (issue 11): the best serial code on the same image and kernel ------------
+@st.cache_resource(show_spinner=False)
+def serial_times() -> dict:
+    """Seconds of ``Engine.serial_time`` by (image, kernel, border, output): measured once for the
+    server, whatever session asked first. Small floats; the oldest go past 1024 entries."""
+    return OrderedDict()
+
+
+def serial_key(r: LabResult, i: int) -> tuple:
+    return (r.image.key, kernels.fingerprint(r.kernels[i]), r.border, r.output)
+
+
+def serial_time(r: LabResult, i: int) -> float | None:
+    return serial_times().get(serial_key(r, i))
+
+
+def route_text(r: LabResult, i: int) -> str:
+    """Which route computed filter ``i`` (``PairResult.routes``), in ``engine.ROUTES``' words."""
+    routes = getattr(r.result, "routes", ()) or ()
+    if i >= len(routes):
+        return ""
+    return f"**{routes[i]}**: {engine.ROUTES.get(routes[i], '')}"
+
+
+def serial_sentence(r: LabResult, i: int, t: float) -> str:
+    """What the processes bought over the best serial code, for filter ``i``."""
+    slot, wall, p = "AB"[i], r.result.filter_walls[i], r.processes[i]
+    routes = getattr(r.result, "routes", ()) or ()
+    what = ("one OpenCV call" if r.implementation == "opencv" and i < len(routes) and routes[i] == "direct"
+            else "the OpenCV band kernel on the whole image")
+    ratio = t / wall if wall > 0 else float("inf")
+    verdict = (f"the processes bought **{ratio:.2f}x**" if ratio >= 1 else
+               f"the run took **{1 / ratio:.2f}x as long** as the serial code")
+    return (f"{slot} on {p} process{'es' if p > 1 else ''}: {ms(wall)}; the best serial code, {what} on one "
+            f"thread, takes {ms(t)}: {verdict}.")
+
+
+def timing(r: LabResult) -> dict:
+    """The timing metrics, the band timeline and what they mean. Returns the placeholders of
+    the serial references still to be measured (``measure_references`` fills them after the
+    rest of the page is drawn)."""
     ph = r.result.phases
     walls = r.result.filter_walls
+    slots = {}
     metrics = [
-        ("A: wall", walls[0] * 1e3, 1, "First band start to last band end of filter A."),
-        ("B: wall", walls[1] * 1e3, 1, "First band start to last band end of filter B."),
-        ("Pair: wall", ph.wall * 1e3, 1, "The whole job, both filters at the same time."),
-        ("Copy in", ph.copy_in * 1e3, 2, "Copying the image into shared memory. About zero: it already lives there."),
-        ("Compute", ph.compute * 1e3, 1, "From the first band sent to the last band done."),
-        ("Copy out", ph.copy_out * 1e3, 2,
-         "Copying results out of shared memory. About zero: the workers wrote into the page's arrays."),
+        ("A: wall", walls[0], "First band start to last band end of filter A."),
+        ("A: serial", 0, "The best serial code on the same image and kernel: Engine.serial_time, the band kernel "
+                         "on the whole image as one band, on one worker with one OpenCV thread (one OpenCV call "
+                         "on the direct route), best of 3."),
+        ("B: wall", walls[1], "First band start to last band end of filter B."),
+        ("B: serial", 1, "The same for filter B."),
+        ("Pair: wall", ph.wall, "The whole job, both filters at the same time."),
+        ("Copy in", ph.copy_in, "Copying the image into shared memory. About zero: it already lives there."),
+        ("Compute", ph.compute, "From the first band sent to the last band done."),
+        ("Copy out", ph.copy_out,
+         "Copying results out of shared memory. About zero: the workers wrote the results in place."),
     ]
-    with st.container(horizontal=True, wrap=True, gap="medium"):  # six in a row, or two on a phone
-        for label, ms, digits, why in metrics:
-            st.metric(label, f"{ms:.{digits}f} ms", help=why, width=150)
+    with st.container(horizontal=True, wrap=True, gap="medium"):  # a row, or two a line on a phone
+        for label, value, why in metrics:
+            if label.endswith("serial"):
+                t = serial_time(r, value)
+                slot = st.empty()
+                slot.metric(label, ms(t) if t is not None else "…", help=why, width=METRIC_WIDTH)
+                if t is None:
+                    slots[value] = (slot, label, why)
+            else:
+                st.metric(label, ms(value), help=why, width=METRIC_WIDTH)
+    sentences = st.empty()
+    slots["sentences"] = sentences
+    _reference_sentences(r, sentences)
     st.vega_lite_chart(copy.deepcopy(r.gantt), width="stretch")  # Streamlit takes the spec apart
     st.caption(gantt_sentence(r))
+    return slots
+
+
+def _reference_sentences(r: LabResult, box) -> None:
+    lines = []
+    for i in range(2):
+        t = serial_time(r, i)
+        if t is not None:
+            lines.append(serial_sentence(r, i, t))
+        if rt := route_text(r, i):
+            lines.append(f"{'AB'[i]} ran on the route {rt}.")
+    if any(serial_time(r, i) is None for i in range(2)):
+        lines.append("Measuring the best serial code on this image now (after the results: it needs the workers)…")
+    box.caption("  \n".join(lines))
+
+
+def measure_references(r: LabResult, slots: dict) -> None:
+    """Measure the serial references the page is missing, after everything else is drawn, and
+    fill their placeholders. Runs on the engine's workers like any job (it waits for free ones),
+    once per image, kernel, border and output for the whole server."""
+    missing = [i for i in range(2) if i in slots]
+    if not missing:
+        return
+    cache = serial_times()
+    eng = get_engine()
+    for i in missing:
+        key = serial_key(r, i)
+        if key not in cache:
+            try:
+                cache[key] = eng.serial_time(r.image.array, r.kernels[i], border=r.border, output=r.output,
+                                             implementation="opencv")
+            except (ValueError, TypeError, RuntimeError, engine.WorkerError, engine.JobCancelled):
+                return  # the engine closed or a worker died: the next run measures again
+            while len(cache) > 1024:
+                cache.popitem(last=False)
+        slot, label, why = slots[i]
+        slot.metric(label, ms(cache[key]), help=why, width=METRIC_WIDTH)
+    _reference_sentences(r, slots["sentences"])
 
 
 def gantt_sentence(r: LabResult) -> str:
@@ -389,13 +619,16 @@ def gantt_sentence(r: LabResult) -> str:
         t = r.timeline[r.timeline["filter"] == slot]
         parts.append(
             f"{slot} ({r.kernels[i].name}) cut {r.image.shape[0]} rows into {_n(len(t), 'band')} on "
-            f"{_n(t['pid'].nunique(), 'process', 'processes')} and took "
-            f"{r.result.filter_walls[i] * 1e3:.1f} ms"
+            f"{_n(t['pid'].nunique(), 'process', 'processes')} and took {ms(r.result.filter_walls[i])}"
         )
     total = sum(r.processes)
     share = (f" {total} processes on {CPUS} CPUs: A and B shared the cores, so bars may stretch."
              if total > CPUS else "")
-    return "; ".join(parts) + ". Each bar is one band; a process runs one band at a time." + share
+    gap = charts.start_gap_ms(r.timeline)
+    together = (f" The first bands of A and B started {sig(gap, 2)} ms apart: both filters ran at the same time."
+                if gap is not None and gap < 1.0 else
+                f" The first bands of A and B started {sig(gap, 2)} ms apart." if gap is not None else "")
+    return "; ".join(parts) + ". Each bar is one band; a process runs one band at a time." + together + share
 
 
 def _n(count: int, one: str, many: str | None = None) -> str:
@@ -410,14 +643,18 @@ def speedup_lines(r: LabResult) -> None:
         df = charts.history_speedup_frame(history, history_key(r, i))
         if df.empty:
             continue
+        t = serial_time(r, i)
+        reference = float(df["ms"].iloc[0]) / (t * 1e3) if t else None
         with cols[shown]:
             st.markdown(f"**Speedup of {r.kernels[i].name} on this image** (best run per process count)")
-            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[slot], CPUS), width="stretch",
-                            key=f"lab_speedup_{slot}")
+            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[slot], CPUS, reference),
+                            width="stretch", key=f"lab_speedup_{slot}")
             best = df.iloc[df["speedup"].idxmax()]
+            ref = (f" Dashed dark line: one OpenCV call on one thread ({ms(t)}); above it the processes beat the "
+                   "best serial code." if t else "")
             st.caption(f"Fastest: {int(best['processes'])} processes, {best['speedup']:.2f}x against "
                        f"{int(df['processes'].iloc[0])}. The two filters ran at the same time, so each "
-                       "time includes sharing the CPUs with the other.")
+                       "time includes sharing the CPUs with the other." + ref)
         shown += 1
     if not shown:
         st.caption(":material/trending_up: Run the same image and filter again with other process counts: "
@@ -434,15 +671,16 @@ def engine_status() -> None:
 
 
 def downloads(r: LabResult) -> None:
+    """Deferred downloads: the files are made when clicked, from the result held weakly (the
+    callables outlive the run inside Streamlit; see ``holdings``)."""
     stem = Path(r.image.name).stem
     sixteen = r.image.array.dtype == np.uint16
     cols = st.columns(3, gap="small")
     for i, slot in enumerate("AB"):
-        out = r.outputs[i]
         k = r.kernels[i].name
         cols[i].download_button(
             f"{slot} as {'16-bit ' if sixteen else ''}PNG",
-            data=lambda out=out: engine.save_image(out),
+            data=weakly(r, lambda r, i=i: engine.save_image(r.outputs[i])),
             file_name=f"{stem}_{slot}_{k}_{r.processes[i]}p.png",
             mime="image/png",
             icon=":material/download:",
@@ -452,7 +690,7 @@ def downloads(r: LabResult) -> None:
         )
     cols[2].download_button(
         "Timeline as CSV",
-        data=r.timeline.to_csv(index=False),
+        data=weakly(r, lambda r: r.timeline.to_csv(index=False)),
         file_name=f"{stem}_timeline_run{r.run_id}.csv",
         mime="text/csv",
         icon=":material/table_view:",
@@ -460,9 +698,10 @@ def downloads(r: LabResult) -> None:
         key="lab_dl_csv",
         width="stretch",
     )
+    titles = results_titles(r)
     report.downloads("lab_fig_format", [
         report.ReportFigure("lab_fig_results", "Results row", f"{stem}_results_run{r.run_id}",
-                            lambda: engine.plot.results(r.image.array, r.result, titles=results_titles(r))),
+                            weakly(r, lambda r: engine.plot.results(r.image.array, r.result, titles=titles))),
         report.ReportFigure("lab_fig_timing", "Timing chart", f"{stem}_timing_run{r.run_id}",
-                            lambda: engine.plot.timeline(r.result)),
+                            weakly(r, lambda r: engine.plot.timeline(r.result))),
     ])

@@ -26,7 +26,12 @@ class ReportFigure:
     key: str
     label: str
     stem: str
-    make: Callable  # () -> matplotlib.figure.Figure
+    make: Callable  # () -> matplotlib.figure.Figure (or b"" once the data it drew is released)
+
+
+def _render(fig, fmt: str) -> bytes:
+    # a figure held weakly (holdings.weakly) whose data was released since the page ran: b""
+    return fig if isinstance(fig, (bytes, str)) else engine.plot.render(fig, fmt)
 
 
 @st.fragment
@@ -38,7 +43,7 @@ def downloads(key: str, figures: list[ReportFigure]) -> None:
     for col, f in zip(cols[1:], figures):
         col.download_button(
             f"{f.label} as {fmt.upper()}",
-            data=lambda make=f.make: engine.plot.render(make(), fmt),
+            data=lambda make=f.make: _render(make(), fmt),
             file_name=f"{f.stem}.{fmt}",
             mime=engine.plot.FORMATS[fmt],
             icon=":material/insert_chart:",

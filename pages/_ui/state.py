@@ -2,15 +2,19 @@
 
 ::
 
-    server process (all sessions)                    one browser session (st.session_state)
-    -----------------------------                    --------------------------------------
-    get_engine(): st.cache_resource, first call      "lab_image": CurrentImage
-      Engine(max_workers=WORKER_CAP)                   .array = eng.shared_array(...): pixels
-      a warm-up job starts 2 x CPUs workers in           copied in once, when the image or its
-        the background (never at import time:            size changes; every run reads it in
-        workers are spawned and re-import __main__)      place (no copy in)
-      closed by on_release (get_engine.clear())      each run writes into fresh shared outputs
-        and at interpreter exit (atexit)               (no copy out); old ones are dropped
+    server process (all sessions)                    one browser session
+    -----------------------------                    -------------------
+    get_engine(): st.cache_resource, first call      holdings() (st.session_state["pfl_held"]):
+      Engine(max_workers=WORKER_CAP)                   "image": CurrentImage
+      a warm-up job starts 2 x CPUs workers in           .array = eng.shared_array(...): pixels
+        the background (never at import time:            copied in once, when the image or its
+        workers are spawned and re-import __main__)      size changes; every run reads it in
+      closed by on_release (get_engine.clear()),         place (no copy in)
+        at interpreter exit (atexit), and by the       "result": the engine's own output arrays
+        registry once no session is connected and        (no out=: pooled again when dropped)
+        nothing is held for IDLE_SECONDS               released when the tab closes, after
+    registry(): st.cache_resource, the Registry        IDLE_SECONDS without use, or to keep
+      of every session's holdings (holdings.py)        every session's total under CAP_BYTES
 
 The engine owns every segment: a shared array's segment is unlinked when the session lets go
 of the array (garbage collection) or when the engine closes. Work is bounded across sessions by
@@ -21,6 +25,7 @@ are free wait in FIFO order (``Job.state() == "waiting"``).
 from __future__ import annotations
 
 import atexit
+import os
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -29,7 +34,8 @@ import streamlit as st
 
 import engine
 
-from .images import Facts, encode_png, to_display
+from .holdings import Holdings, Registry
+from .images import Facts, Picture, Screen, picture, screen, to_display
 
 #: CPUs this server may run on (``os.sched_getaffinity``).
 CPUS = engine.available_cpus()
@@ -39,6 +45,27 @@ PROCESS_MAX = 2 * CPUS
 WORKER_CAP = 2 * PROCESS_MAX
 #: Width of the image card's preview, in pixels (sent at exactly this size: no resampling by Streamlit).
 SMALL_SIDE = 220
+#: A session's images and results are released after this long without a page run
+#: (``PFL_IDLE_MINUTES``, default 10); the page makes the image again on the next run.
+IDLE_SECONDS = float(os.environ.get("PFL_IDLE_MINUTES", "10")) * 60
+
+
+def _default_cap() -> int:
+    """2 GiB, or a quarter of /dev/shm when that is smaller (``PFL_HELD_CAP_MB`` overrides)."""
+    if "PFL_HELD_CAP_MB" in os.environ:
+        return int(float(os.environ["PFL_HELD_CAP_MB"]) * 2**20)
+    try:
+        st_ = os.statvfs("/dev/shm")
+        shm = st_.f_blocks * st_.f_frsize
+    except OSError:  # pragma: no cover - not Linux
+        shm = 8 << 30
+    return min(2 << 30, shm // 4)
+
+
+#: Every session's images and results together stay under this; the least recently used
+#: session's are released first (never the one running, never one with a job in flight).
+CAP_BYTES = _default_cap()
+HELD = "pfl_held"
 
 
 def _release(eng: engine.Engine) -> None:
@@ -60,6 +87,66 @@ def close_engine() -> None:
     get_engine.clear()
 
 
+def _close_registry(reg: Registry) -> None:
+    reg.close()
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_registry)
+def registry() -> Registry:
+    """Every session's holdings, swept on each page run and by a daemon thread (``holdings``)."""
+    reg = Registry(IDLE_SECONDS, CAP_BYTES, on_idle=close_engine)
+    reg.run_sweeper(min(Registry.SWEEP_SECONDS, IDLE_SECONDS / 2))
+    return reg
+
+
+class _Token:
+    """A session's connection, as Streamlit's session-scoped cache sees it."""
+
+    def __init__(self, reg: Registry, h: Holdings):
+        self.registry, self.id = reg, reg.start(h)
+
+
+def _end_session(token: _Token) -> None:
+    token.registry.end(token.id)
+
+
+@st.cache_resource(scope="session", show_spinner=False, on_release=_end_session)
+def _session_token() -> _Token:
+    # Made once per session; Streamlit releases session-scoped resources when the tab's
+    # connection closes, which calls _end_session: the session's holdings are released then.
+    return _Token(registry(), _holdings_object())
+
+
+def _holdings_object() -> Holdings:
+    h = st.session_state.get(HELD)
+    if not isinstance(h, Holdings):
+        h = st.session_state[HELD] = Holdings()
+        registry().adopt(h)
+    return h
+
+
+def holdings() -> Holdings:
+    """This session's holdings (the only strong references to its shared arrays), marked used."""
+    h = _holdings_object()
+    _session_token()
+    h.touch()
+    return h
+
+
+def page_start() -> None:
+    """Every page, first: mark the session used and apply the registry's rules to the others."""
+    h = holdings()
+    registry().sweep(keep=h)
+
+
+def release_note() -> None:
+    """Say once why this session's image and results are gone, if the registry released them."""
+    note = holdings().take_note()
+    if note:
+        st.info(f"This tab's image and results were {note}, to free the server's memory. The image is "
+                "back; press **Run** for new results.", icon=":material/memory:")
+
+
 @dataclass(eq=False)
 class CurrentImage:
     """The image a session works on, resident in engine shared memory."""
@@ -68,9 +155,8 @@ class CurrentImage:
     name: str  # file name, for captions and download names
     facts: Facts  # the file as decoded: format, size, mode, dtype
     array: np.ndarray  # (H, W, C) uint8/uint16, an Engine.shared_array
-    preview: bytes  # PNG of the display version (at most DISPLAY_MAX_SIDE)
-    small: bytes  # PNG at most SMALL_SIDE wide, for the image card
-    display: np.ndarray  # the 8-bit display version itself, for compositions
+    screen: Screen  # the display version (enlarged when tiny) and the results-row preview
+    small: Picture  # at most SMALL_SIDE wide, for the image card
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -80,27 +166,32 @@ class CurrentImage:
     def megapixels(self) -> float:
         return self.array.shape[0] * self.array.shape[1] / 1e6
 
+    @property
+    def display(self) -> np.ndarray:
+        return self.screen.display
 
-def shared_image(slot: str, key: Hashable, name: str, facts: Facts, pixels: Callable[[], np.ndarray]) -> CurrentImage:
-    """The session's image under ``slot``, copied into shared memory only when ``key`` changes.
+    def held_bytes(self) -> int:
+        return self.array.nbytes + self.screen.held_bytes()
+
+
+def shared_image(key: Hashable, name: str, facts: Facts, pixels: Callable[[], np.ndarray]) -> CurrentImage:
+    """The session's image, copied into shared memory only when ``key`` changes.
 
     ``pixels()`` is called only then (decode, resample); every other rerun reuses the array.
     """
-    current = st.session_state.get(slot)
+    h = holdings()
+    current = h.get("image")
     if isinstance(current, CurrentImage) and current.key == key:
         return current
+    h["image"] = None  # let the old one go first: at 16 MP it is 48 MiB of shared memory
+    del current
     a = pixels()
     shared = get_engine().shared_array(a.shape, a.dtype)
     shared[...] = a
-    display = to_display(shared)
-    h, w = display.shape[:2]
-    small = to_display(display, max_side=max(1, round(SMALL_SIDE * max(h, w) / w)))
-    current = CurrentImage(key, name, facts, shared, encode_png(display), encode_png(small), display)
-    st.session_state[slot] = current
+    scr = screen(shared)
+    d = scr.display
+    hh, w = d.shape[:2]
+    small = to_display(d, max_side=max(1, round(SMALL_SIDE * max(hh, w) / w)))
+    current = CurrentImage(key, name, facts, shared, scr, picture(small, enlarged=scr.factor > 1))
+    h["image"] = current
     return current
-
-
-def shared_outputs(like: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """``n`` fresh shared arrays shaped like ``like``: the workers write results straight in."""
-    eng = get_engine()
-    return tuple(eng.shared_array(like.shape, like.dtype) for _ in range(n))

@@ -26,9 +26,11 @@ import engine
 
 from . import charts, cluster, jobs, report
 from .charts import DASK, POOL
-from .state import CPUS, WORKER_CAP, get_engine
+from .fmt import ms
+from .holdings import weakly
+from .state import CPUS, WORKER_CAP, get_engine, holdings
 
-SLOT = "sweep"
+SLOT = "sweep"  # the key in the session's holdings
 SIDES = [128, 256, 512, 1024, 2048, 4096]
 PYTHON_MAX_SIDE = 256
 #: The backends a sweep can run on, as the page names them.
@@ -69,6 +71,17 @@ class Sweep:
             self.pending = None
         self.status, self.message = status, message
 
+    # what the session's holdings ask of what they hold (holdings.py)
+    def held_bytes(self) -> int:
+        return self.image.nbytes + sum(o.nbytes for o in self.outputs.values())
+
+    def in_flight(self) -> bool:
+        return self.status == "running"
+
+    def cancel(self) -> None:
+        if self.status == "running":
+            self.stop("cancelled", "cancelled: the session's memory was released")
+
 
 def plan(impls: list[str], n_max: int, repeats: int, backends=(POOL,)) -> list[tuple[str, str, int, int]]:
     """The runs of a sweep, backend by backend; repeat 0 is an unrecorded warm-up.
@@ -99,14 +112,17 @@ def plan(impls: list[str], n_max: int, repeats: int, backends=(POOL,)) -> list[t
 
 def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_max: int, repeats: int,
           backends=(POOL,)) -> Sweep:
-    old = st.session_state.get(SLOT)
+    h = holdings()
+    old = h.get(SLOT)
     if isinstance(old, Sweep) and old.status == "running":
         old.stop("cancelled", "restarted")
+    h[SLOT] = None  # the old sweep's image and outputs go before the new image is made
+    del old
     shared = get_engine().shared_array(image.shape, image.dtype)
     shared[...] = image
     todo = plan(impls, n_max, repeats, backends)
     sw = Sweep(config, kernel, shared, todo, len(todo))
-    st.session_state[SLOT] = sw
+    h[SLOT] = sw
     return sw
 
 
@@ -299,6 +315,46 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def serial_key(sw: Sweep) -> tuple:
+    """The serial reference's key in the server's cache (``lab.serial_times``): the sweep's image
+    (its source and size, in ``config``), kernel, and the sweep's border and output."""
+    return ("sweep", sw.config[-1], sw.config[1], sw.kernel, "replicate", "clip")
+
+
+def serial_seconds(sw: Sweep) -> float | None:
+    from .lab import serial_times
+
+    return serial_times().get(serial_key(sw))
+
+
+def measure_serial(sw: Sweep) -> float | None:
+    """``Engine.serial_time`` of the sweep's filter on its image (OpenCV, one thread), once per
+    image and kernel for the server; after the sweep, never before (it needs the workers)."""
+    from .lab import serial_times
+
+    cache = serial_times()
+    key = serial_key(sw)
+    if key not in cache and sw.status in ("done", "cancelled", "stopped") and sw.runs:
+        try:
+            cache[key] = get_engine().serial_time(sw.image, sw.kernel, border="replicate", output="clip",
+                                                  implementation="opencv")
+        except (ValueError, TypeError, RuntimeError, engine.WorkerError, engine.JobCancelled):
+            return None
+    return cache.get(key)
+
+
+def serial_sentence(summary: pd.DataFrame, serial_s: float) -> str:
+    """Where each series stands against the best serial code."""
+    parts = []
+    for series, g in summary.groupby("series", sort=False):
+        best = g.loc[g["ms"].idxmin()]
+        ratio = serial_s * 1e3 / float(best["ms"])
+        parts.append(f"**{series}** at best {ratio:.2f}x its speed" if ratio >= 1 else
+                     f"**{series}** at best {1 / ratio:.2f}x its time")
+    return (f"Dark dashed line: the best serial code, one OpenCV call on one thread, {ms(serial_s)} "
+            f"(Engine.serial_time); " + "; ".join(parts) + ".")
+
+
 def charts_row(sw: Sweep) -> None:
     """Time, speedup and efficiency side by side, each with a sentence; the table; CSV export."""
     runs = sw.frame()
@@ -306,15 +362,20 @@ def charts_row(sw: Sweep) -> None:
         return
     n_max = int(runs["processes"].max())
     summary = charts.sweep_summary(runs, CPUS)
+    serial_s = serial_seconds(sw)
+    serial_ms = serial_s * 1e3 if serial_s is not None else None
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
         st.markdown("**Time** (each dot one run, line the median)")
-        st.altair_chart(charts.time_chart(runs, summary, CPUS, n_max), width="stretch")
+        st.altair_chart(charts.time_chart(runs, summary, CPUS, n_max, serial_ms), width="stretch")
         st.caption(time_sentence(summary))
+        if serial_s is not None:
+            st.caption(serial_sentence(summary, serial_s))
     with c2:
         st.markdown("**Speedup** against the ideal line and Amdahl's law")
-        st.altair_chart(charts.speedup_chart(summary, CPUS, n_max), width="stretch")
-        st.caption(speedup_sentence(summary))
+        st.altair_chart(charts.speedup_chart(summary, CPUS, n_max, serial_ms), width="stretch")
+        st.caption(speedup_sentence(summary) + (
+            " Dash-dot: where each series would equal one OpenCV call on one thread." if serial_s is not None else ""))
     with c3:
         st.markdown("**Efficiency** (speedup / processes)")
         st.altair_chart(charts.efficiency_chart(summary, CPUS, n_max), width="stretch")
@@ -328,7 +389,7 @@ def charts_row(sw: Sweep) -> None:
     st.download_button("Runs as CSV", runs.to_csv(index=False), file_name=f"scaling_{sw.kernel}.csv",
                        mime="text/csv", icon=":material/download:", on_click="ignore", key="sc_csv")
     report.downloads("sc_fig_format", [report.ReportFigure("sc_fig", "Scaling charts", f"scaling_{sw.kernel}",
-                                                           lambda: figure(sw))])
+                                                           weakly(sw, figure))])
 
 
 def figure(sw: Sweep):
