@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from anywhere: the checkout's engine, not an installed one
     sys.path.insert(0, str(ROOT))
 
-from engine import Kernel, PairResult  # noqa: E402
+from engine import Kernel, JobResult  # noqa: E402
 from engine._kernels import SEPARABLE_RTOL  # noqa: E402
 
 # -- images and kernels ------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class Samples:
 
     wall: list = field(default_factory=list)
     phases: list = field(default_factory=list)
-    spans: list = field(default_factory=list)  # PairResult.filter_walls per call
+    spans: list = field(default_factory=list)  # JobResult.filter_walls per call
 
     def median(self) -> float:
         return statistics.median(self.wall)
@@ -162,7 +162,7 @@ def interleave(candidates: dict, repeats: int, label: str = "") -> dict:
             res = c.run()
             t1 = time.perf_counter()
             out[n].wall.append(t1 - t0)
-            if isinstance(res, PairResult):
+            if isinstance(res, JobResult):
                 out[n].phases.append(res.phases)
                 out[n].spans.append(res.filter_walls)
             del res

@@ -593,7 +593,7 @@ def main(sizes=None, repeats=None, quick: bool = False, markdown: str | None = N
             emit(f"### filter_pair at {pair_size}x{pair_size}: both filters at once (1 + 1 processes) against each "
                  f"alone\n\n{_pair_table(pair)}\n\n" + _caption(
                      "'Each filter's band span' is the time from a filter's first band start to its last band end "
-                     f"(`PairResult.filter_walls`). This table alone: {_cmd('--sizes', pair_size)}."))
+                     f"(`JobResult.filter_walls`). This table alone: {_cmd('--sizes', pair_size)}."))
             emit("### The notebook's algorithm\n\n" + _notebook_table(nb, n1024, cpus) + "\n\n" + _caption(
                 f"Both loops run in this process on a {crop}x{crop} crop of the same noise image (µs per pixel cover "
                 f"its 3 channels); their times are scaled by pixel count (x{NOTEBOOK_SIZE**2 // crop**2:,} to "

@@ -15,7 +15,7 @@ from ._errors import ImageError, JobCancelled, WorkerError
 from ._image import MAX_PIXELS, load_image, save_image
 from ._kernels import KERNELS, Kernel, parse_kernel
 from ._options import BORDERS, IMPLEMENTATIONS, OUTPUTS, ROUTES
-from ._pool import BandRecord, Engine, Job, PairResult, Phases, available_cpus, default_engine
+from ._pool import BandRecord, Engine, Job, JobResult, Phases, available_cpus, default_engine
 from ._request import FilterRequest
 from ._stores import filter_zarr
 from ._scaling import Scaling, ScalingRun, amdahl_fit, amdahl_speedup, measure_scaling
@@ -39,7 +39,7 @@ __all__ = [
     "Engine",
     "Job",
     "JobCancelled",
-    "PairResult",
+    "JobResult",
     "BandRecord",
     "Phases",
     "WorkerError",
@@ -120,7 +120,7 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     computed in float64, rounded to nearest, except where the response lies within the
     arithmetic's error of a .5 tie (float32 sums are used only where that error is at most a
     quarter level: ``Kernel.precision``); there it may round either way. How a request is
-    computed (``PairResult.routes``, see ``ROUTES``) depends on the request alone, so results are
+    computed (``JobResult.routes``, see ``ROUTES``) depends on the request alone, so results are
     bit-identical for every process count and run.
 
     Examples
@@ -143,11 +143,11 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
 
 def filter_pair(image: np.ndarray, kernel_a, kernel_b, *, processes: tuple[int, int] | None = None,
                 border: str = "replicate", output: str = "clip", implementation: str = "opencv",
-                out: tuple | None = None) -> PairResult:
+                out: tuple | None = None) -> JobResult:
     """Run two filters on the same image at the same time, each on its own worker processes.
 
     ``processes=(a, b)`` (default: the CPUs split between them, at least one each). The input
-    is copied into shared memory once and read by both groups. Returns a ``PairResult`` with
+    is copied into shared memory once and read by both groups. Returns a ``JobResult`` with
     ``outputs`` (two arrays), ``timeline`` (one ``BandRecord`` per band) and ``phases``.
     Other parameters as in ``filter_image``; ``out=(a, b)``.
     """

@@ -69,14 +69,14 @@ def _padded(src: np.ndarray, band: Band, shape: tuple[int, int], border: str) ->
 _local = threading.local()
 
 
-def _scratch(shape, dtype, slot=0) -> np.ndarray:
-    """A reusable buffer, one per thread, dtype and ``slot``: no fresh pages per band."""
+def _scratch(shape, dtype, which=0) -> np.ndarray:
+    """A reusable buffer, one per thread, dtype and ``which``: no fresh pages per band."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
     bufs = _local.__dict__.setdefault("bufs", {})
-    buf = bufs.get((dtype, slot))
+    buf = bufs.get((dtype, which))
     if buf is None or buf.size < n:
-        buf = bufs[dtype, slot] = np.empty(max(n, 1), dtype=dtype)
+        buf = bufs[dtype, which] = np.empty(max(n, 1), dtype=dtype)
     return buf[:n].reshape(shape)
 
 

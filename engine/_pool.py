@@ -26,7 +26,7 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              finally: pool the input segment,
                                tell workers to unmap retired ones,
                                return workers to the engine
-    result() <-------------- PairResult(outputs, timeline, phases, routes)
+    result() <-------------- JobResult(outputs, timeline, phases, routes)
 
 Ownership: this process creates and unlinks every segment (``_shm.Segment``) and every token
 pipe (the workers get a duplicate of its read end for one pass and close it); workers only
@@ -69,7 +69,7 @@ from ._request import FilterRequest
 from ._shm import Segment, SegmentPool, SegmentRef, sweep_stale
 from ._validate import check_out, check_processes
 
-__all__ = ["Engine", "Job", "PairResult", "BandRecord", "Phases", "available_cpus", "default_engine"]
+__all__ = ["Engine", "Job", "JobResult", "BandRecord", "Phases", "available_cpus", "default_engine"]
 
 #: Upper bound of Engine(max_workers=...): enough to show oversubscription, not enough to let a
 #: typo start thousands of processes.
@@ -123,14 +123,18 @@ class Phases:
 
 
 @dataclass(frozen=True)
-class PairResult:
+class JobResult:
+    """What a job gives back, for one filter or a pair: per filter its output, its process count,
+    its band span (``filter_walls``: first band's start to last band's end, seconds) and its route
+    (``engine.ROUTES``); every band's ``BandRecord`` (``timeline``); the job's ``Phases``."""
+
     outputs: tuple
     timeline: tuple
     phases: Phases
     kernels: tuple
     processes: tuple
-    filter_walls: tuple = ()  # per filter: first band start .. last band end, seconds
-    routes: tuple = ()  # per filter: how its bands were computed (``engine.ROUTES``)
+    filter_walls: tuple = ()
+    routes: tuple = ()
 
     def __iter__(self):  # a, b = engine.filter_pair(...)
         return iter(self.outputs)
@@ -301,7 +305,7 @@ class _Shared:
 
 
 class Job:
-    """A submitted job. ``result()`` gives a ``PairResult`` (one output for one kernel)."""
+    """A submitted job. ``result()`` gives a ``JobResult`` (one output for one kernel)."""
 
     _ids = itertools.count(1)
 
@@ -350,7 +354,7 @@ class Job:
         """``waiting`` (for free workers), ``running``, ``done``, ``failed`` or ``cancelled``."""
         return self._state
 
-    def result(self, timeout: float | None = None) -> PairResult:
+    def result(self, timeout: float | None = None) -> JobResult:
         return self._future.result(timeout)
 
     def exception(self, timeout: float | None = None):
@@ -391,7 +395,7 @@ class Job:
             self._state = "cancelled" if isinstance(outcome, JobCancelled) else "failed"
             self._future.set_exception(outcome)
 
-    def _execute(self, workers, temps) -> PairResult:
+    def _execute(self, workers, temps) -> JobResult:
         t_start = time.perf_counter()
         src, dsts, views, results = self._segments(temps)
         t_compute = time.perf_counter()
@@ -402,7 +406,7 @@ class Job:
         t_out = time.perf_counter()
         outputs = self._outputs(views, results, temps)
         t_end = time.perf_counter()
-        return PairResult(
+        return JobResult(
             outputs=tuple(outputs),
             timeline=tuple(sorted(passes.records, key=lambda r: (r.start, r.filter, r.band))),
             phases=Phases(t_compute - t_start, t_out - t_compute, t_end - t_out, t_end - t_start),
@@ -540,7 +544,7 @@ class Engine:
         return _wait(job).outputs[0]
 
     def filter_pair(self, image, kernel_a, kernel_b, *, processes=None, border="replicate", output="clip",
-                    implementation="opencv", out=None) -> PairResult:
+                    implementation="opencv", out=None) -> JobResult:
         """Run two filters at the same time on separate process groups; see ``engine.filter_pair``."""
         request = FilterRequest([kernel_a, kernel_b], border=border, output=output, implementation=implementation)
         return _wait(self.submit(image, request, processes=processes, out=out))
@@ -932,7 +936,7 @@ def _answering(workers, timeout):
     return list({id(by_handle[h]): by_handle[h] for h in woke}.values())
 
 
-def _wait(job: Job) -> PairResult:
+def _wait(job: Job) -> JobResult:
     """Block on a job; Ctrl-C cancels it at once, killing its busy workers (they are replaced
     for the next job; no orphan band, no leaked segment), and re-raises."""
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._pool import PairResult, _wait, default_engine
+from ._pool import JobResult, _wait, default_engine
 from ._request import FilterRequest
 
 __all__ = ["ScalingRun", "Scaling", "measure_scaling", "amdahl_fit", "amdahl_speedup"]
@@ -83,8 +83,8 @@ class ScalingRun:
     bands: int | None = None
 
     @classmethod
-    def from_result(cls, result: PairResult, repeat: int) -> ScalingRun:
-        """The run of a one-filter ``PairResult`` (``Engine.submit(image, [kernel], ...)``)."""
+    def from_result(cls, result: JobResult, repeat: int) -> ScalingRun:
+        """The run of a one-filter ``JobResult`` (``Engine.submit(image, [kernel], ...)``)."""
         ph = result.phases
         return cls(int(result.processes[0]), repeat, ph.wall, ph.copy_in, ph.compute, ph.copy_out,
                    len(result.timeline))

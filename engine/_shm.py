@@ -35,7 +35,7 @@ from multiprocessing import shared_memory
 import _posixshmem
 import numpy as np
 
-__all__ = ["PREFIX", "Segment", "SegmentRef", "SegmentPool", "Attachments", "attach", "sweep_stale",
+__all__ = ["PREFIX", "Segment", "SegmentRef", "SegmentPool", "Attachments", "attach", "sweep_stale", "sweep_owner",
            "our_segments", "live_segments"]
 
 PREFIX = "pfl_"
@@ -275,13 +275,13 @@ def our_segments() -> list[str]:
 
 
 def sweep_dead_owners(folder: str, names, owner_pid) -> list[str]:
-    """Unlink the files ``names`` in ``folder`` whose owner process (``owner_pid(name)``, None
-    for a name that carries no pid) is gone; return the names removed. Shared by the segment
-    sweep and the batch command's temp files."""
+    """Unlink the files ``names`` in ``folder`` whose owner process (``owner_pid(name)``: None
+    for a name that carries no pid, -1 for an owner known to be gone) is gone; return the names
+    removed. Shared by the segment sweeps and the batch command's temp files."""
     removed = []
     for name in names:
         pid = owner_pid(name)
-        if pid is None or pid == os.getpid() or _pid_alive(pid):
+        if pid is None or pid == os.getpid() or (pid >= 0 and _pid_alive(pid)):
             continue
         try:
             os.unlink(os.path.join(folder, name))
@@ -296,6 +296,13 @@ def _creator(name: str) -> int | None:
         return int(name[len(PREFIX) :].split("_", 1)[0])
     except ValueError:
         return None
+
+
+def sweep_owner(pid: int) -> list[str]:
+    """Unlink every segment that process ``pid`` created; for a worker whose parent died (it may
+    still be a zombie, which ``sweep_stale`` would count as alive)."""
+    prefix = f"{PREFIX}{pid}_"
+    return sweep_dead_owners(SHM_DIR, [n for n in our_segments() if n.startswith(prefix)], lambda _n: -1)
 
 
 def sweep_stale() -> list[str]:

@@ -17,13 +17,13 @@ __all__ = ["TimelineStyle", "TIMELINE_STYLE"]
 
 @dataclass(frozen=True)
 class TimelineStyle:
-    """Colours and labels of a band timeline (``BandRecord.filter`` 0 is slot ``"A"``).
+    """Colours and labels of a band timeline (``BandRecord.filter`` 0 is letter ``"A"``).
 
     >>> TIMELINE_STYLE.worker(1, 4242), TIMELINE_STYLE.legend("A"), TIMELINE_STYLE.colors["B"]
     ('B · pid 4242', 'filter A', '#ff8700')
     """
 
-    slots: tuple = ("A", "B")
+    letters: tuple = ("A", "B")
     colors: types.MappingProxyType = field(
         default_factory=lambda: types.MappingProxyType({"A": "#1c83e1", "B": "#ff8700"}))
     x_title: str = "milliseconds since the job started"
@@ -31,15 +31,15 @@ class TimelineStyle:
     bar_height: float = 0.72  # of a worker's row
     label_color: str = "white"  # the band number on each bar
 
-    def slot(self, filter_index: int) -> str:
-        return self.slots[filter_index]
+    def letter(self, filter_index: int) -> str:
+        return self.letters[filter_index]
 
     def worker(self, filter_index: int, pid: int) -> str:
         """The row label of a worker process of filter ``filter_index``."""
-        return f"{self.slots[filter_index]} · pid {pid}"
+        return f"{self.letters[filter_index]} · pid {pid}"
 
-    def legend(self, slot: str) -> str:
-        return self.legend_prefix + slot
+    def legend(self, letter: str) -> str:
+        return self.legend_prefix + letter
 
 
 TIMELINE_STYLE = TimelineStyle()

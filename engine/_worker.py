@@ -36,7 +36,7 @@ from multiprocessing import reduction
 from ._bands import Band
 from ._compute import band_range, filter_band
 from ._kernels import Kernel
-from ._shm import Attachments, SegmentRef, sweep_stale
+from ._shm import Attachments, SegmentRef, sweep_owner
 
 __all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
            "TOKEN_BYTES"]
@@ -109,41 +109,50 @@ def init(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked: see _pool._Worker
 
-    def watch():
+    def watch():  # a worker busy in a long band notices too
         while os.getppid() == parent_pid:
             time.sleep(0.2)
-        # The parent is gone, even by SIGKILL (a Jupyter kernel killed at shutdown, the OOM
-        # killer): it cannot unlink its segments any more, so its workers do, with the sweep
-        # every new engine runs (only names whose creator is gone), then exit: no orphans.
-        with contextlib.suppress(Exception):
-            sweep_stale()
-        os._exit(0)
+        _orphaned(parent_pid)
 
     threading.Thread(target=watch, name="pfl-parent-watch", daemon=True).start()
 
 
+def _orphaned(parent_pid: int) -> None:
+    """Exit; first, if the parent died (even by SIGKILL: a Jupyter kernel killed at shutdown,
+    the OOM killer), unlink the segments it can no longer unlink. Every worker of the dead parent
+    tries; the first one wins. A parent's pipe closes before the kernel reparents its children,
+    so wait a moment for the reparenting."""
+    deadline = time.monotonic() + 2.0
+    while os.getppid() == parent_pid and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if os.getppid() != parent_pid:
+        with contextlib.suppress(Exception):
+            sweep_owner(parent_pid)
+    os._exit(0)
+
+
 def serve(conn, parent_pid: int, bands_done) -> None:
-    """The worker's loop: answer the parent's messages in order."""
+    """The worker's loop: answer the parent's messages in order, until ``Stop`` (or the parent's
+    end of the pipe closes: then ``_orphaned``)."""
     init(parent_pid)
-    conn.send(os.getpid())
-    while True:
-        try:
+    try:
+        conn.send(os.getpid())
+        while True:
             msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if isinstance(msg, Stop):
-            return
-        if isinstance(msg, Release):
-            _ATTACHED.release(msg.names)
-            continue
-        try:
+            if isinstance(msg, Stop):
+                return
+            if isinstance(msg, Release):
+                _ATTACHED.release(msg.names)
+                continue
             answer = run_pass(conn, msg, bands_done)
-        except (EOFError, OSError):
-            return  # the parent went away while handing over the token pipe
-        try:
-            conn.send(answer)
-        except Exception as e:  # noqa: BLE001 - an exception that does not pickle
-            conn.send(PassFailed(RuntimeError(f"{type(answer.error).__name__}: {answer.error} ({e})")))
+            try:
+                conn.send(answer)
+            except (EOFError, OSError):
+                raise
+            except Exception as e:  # noqa: BLE001 - an exception that does not pickle
+                conn.send(PassFailed(RuntimeError(f"{type(answer.error).__name__}: {answer.error} ({e})")))
+    except (EOFError, OSError):  # the parent went away (or closed the pipe without a Stop)
+        _orphaned(parent_pid)
 
 
 def claim(fd: int) -> int | None:

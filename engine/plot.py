@@ -55,11 +55,11 @@ def results(image: np.ndarray, outputs, *, titles=None, max_side: int = MAX_SIDE
     ----------
     image : numpy.ndarray
         ``(H, W)`` or ``(H, W, C)``, uint8 or uint16, C in 1..4.
-    outputs : numpy.ndarray, sequence of numpy.ndarray or PairResult
-        Results with the image's shape; a ``PairResult`` gives its two outputs and titles.
+    outputs : numpy.ndarray, sequence of numpy.ndarray or JobResult
+        Results with the image's shape; a ``JobResult`` gives its two outputs and titles.
     titles : sequence of str, optional
         One per panel: the original's, then each output's. Default ``"original"`` and
-        ``"result 1"``, ... (for a ``PairResult``: slot, kernel, processes and wall time).
+        ``"result 1"``, ... (for a ``JobResult``: letter, kernel, processes and wall time).
     max_side : int
         Larger images are downscaled (area averaging) to this many pixels a side first.
 
@@ -104,7 +104,7 @@ def timeline(result, *, kernel_names=None) -> Figure:
 
     Parameters
     ----------
-    result : PairResult
+    result : JobResult
         From ``filter_pair`` or ``Engine.submit(...).result()`` (one or two filters).
     kernel_names : sequence of str, optional
         Names for the title; default the result's kernels' names.
@@ -138,7 +138,7 @@ def timeline(result, *, kernel_names=None) -> Figure:
 def pair(image: np.ndarray, result, *, titles=None, max_side: int = MAX_SIDE) -> Figure:
     """``results`` above ``timeline`` in one figure: a whole ``filter_pair`` run for a report.
 
-    Parameters as in ``results`` (``result`` is the ``PairResult``) and ``timeline``.
+    Parameters as in ``results`` (``result`` is the ``JobResult``) and ``timeline``.
 
     Examples
     --------
@@ -274,7 +274,7 @@ _METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"Creation
 def _outputs(image, outputs) -> tuple[list[np.ndarray], list[str]]:
     """``[image, *outputs]`` as validated 3-D arrays, and their default titles."""
     img = check_image(image, "image")
-    if hasattr(outputs, "outputs") and hasattr(outputs, "timeline"):  # a PairResult
+    if hasattr(outputs, "outputs") and hasattr(outputs, "timeline"):  # a JobResult
         arrays = list(outputs.outputs)
         default = ["original"] + [_pair_title(outputs, i) for i in range(len(arrays))]
     else:
@@ -294,7 +294,7 @@ def _outputs(image, outputs) -> tuple[list[np.ndarray], list[str]]:
 
 def _pair_title(result, i: int) -> str:
     p = result.processes[i]
-    t = f"{TIMELINE_STYLE.slot(i)} · {result.kernels[i].name} · {p} process{'es' if p > 1 else ''}"
+    t = f"{TIMELINE_STYLE.letter(i)} · {result.kernels[i].name} · {p} process{'es' if p > 1 else ''}"
     walls = getattr(result, "filter_walls", ())
     return t + (f" · {walls[i] * 1e3:.1f} ms" if len(walls) > i else "")
 
@@ -340,7 +340,7 @@ def _draw_results(fig, panels, titles, max_side: int) -> None:
 def _records(result, kernel_names):
     records = getattr(result, "timeline", None)
     if records is None:
-        raise TypeError(f"result must be a PairResult (with a timeline), got {type(result).__name__}")
+        raise TypeError(f"result must be a JobResult (with a timeline), got {type(result).__name__}")
     if not records:
         raise ValueError("result.timeline is empty: there are no bands to draw")
     if kernel_names is None:
@@ -359,12 +359,12 @@ def _draw_timeline(fig, records, kernel_names) -> None:
     row = {w: i for i, w in enumerate(workers)}
     for f in sorted({r.filter for r in records}):
         mine = [r for r in records if r.filter == f]
-        slot = style.slot(f)
+        letter = style.letter(f)
         ys = [row[(r.filter, r.pid)] for r in mine]
         starts = np.array([r.start for r in mine]) * 1e3
         widths = np.array([r.end - r.start for r in mine]) * 1e3
-        ax.barh(ys, widths, left=starts, height=style.bar_height, color=style.colors[slot],
-                label=style.legend(slot))
+        ax.barh(ys, widths, left=starts, height=style.bar_height, color=style.colors[letter],
+                label=style.legend(letter))
         for y, x0, dx, r in zip(ys, starts, widths, mine):
             ax.text(x0 + dx / 2, y, str(r.band), ha="center", va="center", fontsize=7, color=style.label_color,
                     clip_on=True)
@@ -374,7 +374,7 @@ def _draw_timeline(fig, records, kernel_names) -> None:
     ax.set_xlabel(style.x_title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize=8, ncols=2, frameon=False)
-    names = " · ".join(f"{style.slot(i)}: {n}" for i, n in enumerate(kernel_names))
+    names = " · ".join(f"{style.letter(i)}: {n}" for i, n in enumerate(kernel_names))
     ax.set_title("Band timeline" + (f" ({names})" if names else ""), fontsize=10, loc="left")
 
 

@@ -4,7 +4,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 import engine
-from pages._ui import charts, explain, images, kernels, lab, page_guard, state
+from pages._ui import charts, explain, images, lab, page_guard, state
 from pages._ui.state import PROCESS_MAX, get_engine
 
 page_guard()
@@ -18,11 +18,9 @@ state.release_note()
 
 # What to explain: the lab's current image and filters (defaults if the lab was never opened)
 img = lab.current_image()
-snap = st.session_state.get("lab_snapshot") or {}
-ka, kb = snap.get("kernels") or (engine.KERNELS["sobel"], engine.KERNELS["gaussian"])
-ka, kb = ka or engine.KERNELS["sobel"], kb or engine.KERNELS["gaussian"]
-lab_pa, lab_pb = snap.get("processes", (1, 1))
-border, output, impl = snap.get("border", "replicate"), snap.get("output", "clip"), snap.get("implementation", "opencv")
+snap = st.session_state.get("lab_snapshot") or lab.run_of(engine.KERNELS["sobel"], engine.KERNELS["gaussian"], 1, 1,
+                                                          "replicate", "clip", "opencv")
+(ka, kb), (lab_pa, lab_pb), border = snap.kernels, snap.processes, snap.border
 h, w, c = img.shape
 info_col, pa_col, pb_col = st.columns([3, 1, 1], gap="medium", vertical_alignment="center")
 info_col.info(
@@ -44,18 +42,17 @@ eng = get_engine()
 plans = {"A": explain.plan(eng, h, w, ka, pa, border), "B": explain.plan(eng, h, w, kb, pb, border)}
 result = state.holdings().get(lab.RESULT)
 same = result is not None and result.image.key == img.key and result.processes == (pa, pb) \
-    and tuple(kernels.fingerprint(k) for k in result.kernels) == (kernels.fingerprint(ka), kernels.fingerprint(kb)) \
-    and result.border == border
+    and result.kernels == (ka, kb) and result.border == border
 workers = {s: explain.workers_from_timeline(result.timeline, s) for s in "AB"} if same else {}
 colors = explain.worker_colors(workers)
 cols = st.columns(2, gap="large")
-for col, slot, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
-    bands = plans[slot]
+for col, letter, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
+    bands = plans[letter]
     top, bottom = (bands[0].halo_top or bands[-1].halo_top), (bands[0].halo_bottom or bands[-1].halo_bottom)
     with col:
-        st.markdown(f"**Filter {slot}: {k.name}** ({k.shape[0]}x{k.shape[1]}) on {p} process{'es' if p > 1 else ''}: "
+        st.markdown(f"**Filter {letter}: {k.name}** ({k.shape[0]}x{k.shape[1]}) on {p} process{'es' if p > 1 else ''}: "
                     f"{len(bands)} band{'s' if len(bands) > 1 else ''}")
-        pic = images.picture(explain.bands_on_image(img.array, bands, workers.get(slot, {}), colors))
+        pic = images.picture(explain.bands_on_image(img.array, bands, workers.get(letter, {}), colors))
         st.image(pic.data, width="stretch", output_format=pic.format)
         st.caption(
             f"Tint = the worker that ran the band (grey stripes before a run); red = halo rows: a "
@@ -64,10 +61,10 @@ for col, slot, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
             + ("Workers are the ones the last run used." if same else
                "Which worker takes which band is decided at run time (the first free one); run the lab to see it.")
         )
-if h * w < 2 * explain.MIN_BAND_PIXELS:
-    st.caption(f":material/lightbulb: This image has {h * w:,} pixels: the engine gives small images one band per "
-               f"process (a band under {explain.MIN_BAND_PIXELS:,} pixels is not worth a trip to a worker). Pick the "
-               "4 MP size in the lab to see two bands per process that idle workers take in turn.")
+if len(plans["A"]) <= pa and len(plans["B"]) <= pb:
+    st.caption(f":material/lightbulb: This image has {h * w:,} pixels: the engine gives a small image one band per "
+               "process (smaller bands are not worth a trip to a worker). Pick the 4 MP size in the lab to see two "
+               "bands per process that idle workers take in turn.")
 segments = {"input": f"{h}x{w}x{c} {img.array.dtype}, {img.array.nbytes / 2**20:.1f} MB"}
 df = charts.band_plan_frame(plans, {s: {b: f"worker {v}" for b, v in m.items()} for s, m in workers.items()})
 chart_colors = {f"worker {name}": explain.hex_color(rgb) for name, rgb in colors.items()}
@@ -83,7 +80,7 @@ st.subheader("2 · From upload to result", divider="gray")
 numbers = explain.FlowNumbers(
     name=img.name, file_format=img.facts.format, file_kb=img.facts.nbytes / 1024, shape=img.shape,
     dtype=str(img.array.dtype), mb=img.array.nbytes / 2**20, kernels=(ka.name, kb.name), processes=(pa, pb),
-    bands=(len(plans["A"]), len(plans["B"])), implementation=impl,
+    bands=(len(plans["A"]), len(plans["B"])), implementation=snap.implementation,
 )
 flow_col, text_col = st.columns([2, 3], gap="large")  # on a phone: one above the other
 flow_col.graphviz_chart(explain.data_flow_dot(numbers), width="content")  # its natural size: ~320 px

@@ -35,26 +35,27 @@ with col_b, st.container(border=True):
     kb, pb, pictures_b = lab.filter_column("B", "gaussian", 1)
 if pa + pb > CPUS:
     st.caption(f":material/info: A and B run at the same time: {pa + pb} processes on {CPUS} CPUs share cores.")
-border, output, impl, run, estimate_box = lab.options_row()
-est = lab.estimate_of(img, ka, kb, pa, pb, border, output, impl)
-lab.estimate_note(estimate_box, est, img, ka, kb, impl)
+border, output, impl, clicked, estimate_box = lab.options_row()
+run = lab.run_of(ka, kb, pa, pb, border, output, impl)  # None while a custom kernel is not valid
+est = lab.estimate_of(img, run)
+lab.estimate_note(estimate_box, est, img, run)
 progress = st.empty()
 
 # 3. run: a second click or any change cancels the stale job instead of queueing another
 held = state.holdings()
-settings = lab.settings_of(img, ka, kb, pa, pb, border, output, impl)
-if reason := jobs.cancel_if_stale(held, lab.JOB, settings, run):
+settings = lab.settings_of(img, run)
+if reason := jobs.cancel_if_stale(held, lab.JOB, settings, clicked):
     st.toast(f"The previous run was {reason}.", icon=":material/cancel:")
 pending = held.get(lab.JOB)
-if run:
-    if ka is None or kb is None:
+if clicked:
+    if run is None:
         st.error("Fix the custom kernel above first.", icon=":material/error:")
     else:
-        pending = lab.submit(img, ka, kb, pa, pb, border, output, impl, settings, est)
+        pending = lab.submit(img, run, settings, est)
         if pending is not None:
             jobs.settle(pending)  # off the GIL while the job thread starts A and B
-st.session_state["lab_snapshot"] = {"kernels": (ka, kb), "processes": (pa, pb), "border": border,
-                                    "output": output, "implementation": impl}
+if run is not None:
+    st.session_state["lab_snapshot"] = run  # what the How it works page explains
 # the kernels' pictures: while a job runs, or after the results when it is done already (a small
 # job is done by the end of settle: its results then reach the screen ~20-30 ms sooner)
 pictures_later = pending is not None and pending.job.done()

@@ -53,7 +53,7 @@ with st.container(border=True):
         c6.caption(f":material/info: For a Dask backend beside the process pool: `{cluster.INSTALL}`.")
     run = b1.button("Run sweep", type="primary", icon=":material/play_arrow:", key="sc_run", width="stretch",
                     disabled=not impls or not backends)
-    sw = held.get(sweep.SLOT)
+    sw = held.get(sweep.KEY)
     running = run or (sw is not None and sw.status == "running")  # this run may start one
     cancel = b2.button("Cancel", icon=":material/stop:", key="sc_cancel", width="stretch", disabled=not running)
     if n_max > CPUS:
@@ -63,7 +63,7 @@ progress = st.empty()
 backends = [b for b in sweep.BACKENDS if b in backends]  # pool first, whatever the click order
 config = (kernel, side, tuple(impls), n_max, repeats, tuple(backends),
           current.key if current is not None else source_name)
-sw = held.get(sweep.SLOT)
+sw = held.get(sweep.KEY)
 if cancel and sw is not None and sw.status == "running":
     sw.stop("cancelled", "cancelled: the runs measured so far are kept")
 elif run:

@@ -504,12 +504,6 @@ def test_frequency_response_reads_blur_edge_and_identity():
     assert "vertical edges" in kernels.frequency_sentence(engine.KERNELS["sobel"])
 
 
-def test_min_band_pixels_mirror_matches_the_engine():
-    from engine import _bands  # the page's caption quotes the engine's rule
-
-    assert explain.MIN_BAND_PIXELS == _bands.MIN_BAND_PIXELS
-
-
 def _png_claiming(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose IHDR says ``width`` x ``height`` (with a correct CRC)."""
     buf = io.BytesIO()
@@ -852,3 +846,17 @@ def test_holdings_release_cancels_work_and_forgets_the_session():
     del h
     gc.collect()
     assert ref() is None and reg.sessions() == []  # the registry holds sessions weakly
+
+
+_UI_MODULES = sorted(p.stem for p in (ROOT / "pages" / "_ui").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", _UI_MODULES)
+def test_the_ui_modules_doctests_hold(name):
+    """pytest collects doctests in engine/ only (pages/ holds Streamlit scripts): run the UI
+    helpers' examples here, so that none of them rots."""
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(f"pages._ui.{name}"), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.failed == 0, f"{res.failed} of {res.attempted} examples failed in pages/_ui/{name}.py"

@@ -121,7 +121,7 @@ def test_timeline_one_bar_per_band_with_the_dashboards_colours_and_labels(pair_r
     got = sorted((round(b.get_x(), 6), round(b.get_width(), 6), round(b.get_y() + b.get_height() / 2), to_hex(b.get_facecolor()))
                  for b in bars)
     want = sorted((round(r.start * 1e3, 6), round((r.end - r.start) * 1e3, 6), workers.index((r.filter, r.pid)),
-                   STYLE.colors[STYLE.slot(r.filter)]) for r in res.timeline)
+                   STYLE.colors[STYLE.letter(r.filter)]) for r in res.timeline)
     assert got == want
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(r.band for r in res.timeline)
     assert ax.get_xlabel() == STYLE.x_title == "milliseconds since the job started"
@@ -145,9 +145,9 @@ def test_timeline_of_one_filter_and_bad_input(eng):
     res = eng.submit(np.zeros((40, 8), np.uint8), engine.FilterRequest(["laplacian"]), processes=1).result()
     ax = plot.timeline(res, kernel_names=["mine"]).axes[0]
     assert len(ax.patches) == len(res.timeline) and ax.get_title(loc="left") == "Band timeline (A: mine)"
-    with pytest.raises(TypeError, match="result must be a PairResult"):
+    with pytest.raises(TypeError, match="result must be a JobResult"):
         plot.timeline(np.zeros((4, 4), np.uint8))
-    empty = engine.PairResult(outputs=(), timeline=(), phases=None, kernels=(), processes=())
+    empty = engine.JobResult(outputs=(), timeline=(), phases=None, kernels=(), processes=())
     with pytest.raises(ValueError, match="timeline is empty"):
         plot.timeline(empty)
 

@@ -7,7 +7,7 @@ arrays into pictures (``images``), pick and draw kernels (``kernels``), build th
 (``charts``), run jobs without blocking or leaking work across reruns (``jobs``), estimate a
 run's time (``estimate``), print numbers (``fmt``), and hold the sections of each page (``lab``,
 ``sweep``, ``explain``). They import
-only ``engine``'s public names (``Engine.plan`` and ``Engine.workers`` when the engine has them).
+only ``engine``'s public names.
 
     dashboard.py -> app(): page config + st.navigation(top) -> pages/lab.py | scaling.py | how_it_works.py
 """
@@ -33,6 +33,9 @@ def app() -> None:
 
 def page_guard() -> None:
     """Make sure a page runs under the app's navigation, even when Streamlit ran it alone.
+
+    (Streamlit 1.67 has no setting that turns the legacy ``pages/`` folder convention off; its
+    own advice is not to name the folder ``pages/``, which this project's layout requires.)
 
     Streamlit honours the old ``pages/`` folder convention until the first ``st.navigation``
     call: on the very first request after a server start that is a deep link (``/scaling``),

@@ -21,7 +21,7 @@ IMPL_COLORS = {"opencv": "#1c83e1", "numpy": "#21a366", "python": "#9a5cf0"}
 DASK_COLORS = {"opencv": "#e8384f", "numpy": "#ff8700", "python": "#a16207"}
 #: The Scaling page's backends, as they appear in the sweep's ``backend`` column.
 POOL, DASK = "process pool", "dask"
-_SLOTS = "".join(STYLE.slots)
+_LETTERS = "".join(STYLE.letters)
 #: Streamlit counts a spec's height as the whole chart (axes, legend, title) unless it is told to
 #: pad: with this, ``height`` is the plot area, as in plain Vega-Lite.
 PAD = alt.AutoSizeParams(type="pad")
@@ -30,14 +30,14 @@ PAD = alt.AutoSizeParams(type="pad")
 FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")
 
 
-def timeline_frame(result: engine.PairResult, kernel_names: tuple[str, ...]) -> pd.DataFrame:
+def timeline_frame(result: engine.JobResult, kernel_names: tuple[str, ...]) -> pd.DataFrame:
     """One row per band of the job: filter, kernel, band, rows, worker pid, start/end in ms."""
     rows = []
     for r in result.timeline:
-        slot = _SLOTS[r.filter]
+        letter = _LETTERS[r.filter]
         rows.append(
             {
-                "filter": slot,
+                "filter": letter,
                 "kernel": kernel_names[r.filter],
                 "band": r.band,
                 "first_row": r.first_row,
@@ -54,10 +54,10 @@ def timeline_frame(result: engine.PairResult, kernel_names: tuple[str, ...]) -> 
     return pd.DataFrame(rows, columns=cols)
 
 
-def gantt_chart(df: pd.DataFrame, wall_ms: float | None = None) -> alt.Chart:
+def gantt_chart(df: pd.DataFrame) -> alt.Chart:
     """Bands per worker process over time, coloured by filter: one bar per band."""
     order = sorted(df["worker"].unique(), key=lambda w: (w[0], int(w.split()[-1])))
-    present = [s for s in _SLOTS if s in set(df["filter"])]
+    present = [s for s in _LETTERS if s in set(df["filter"])]
     color = alt.Color(
         "filter:N",
         scale=alt.Scale(domain=present, range=[FILTER_COLORS[s] for s in present]),
@@ -90,7 +90,7 @@ def gantt_chart(df: pd.DataFrame, wall_ms: float | None = None) -> alt.Chart:
 
 def first_starts(df: pd.DataFrame) -> dict[str, float]:
     """Milliseconds from the job's start to each filter's first band starting."""
-    return {slot: float(g["start_ms"].min()) for slot, g in df.groupby("filter")}
+    return {letter: float(g["start_ms"].min()) for letter, g in df.groupby("filter")}
 
 
 def start_gap_ms(df: pd.DataFrame) -> float | None:
@@ -324,11 +324,11 @@ def efficiency_chart(summary: pd.DataFrame, cpus: int, n_max: int) -> alt.Chart:
 def band_plan_frame(plans: dict[str, tuple], workers: dict[str, dict[int, str]]) -> pd.DataFrame:
     """One row per band per filter: output rows, halo rows, the rows it reads, its worker."""
     rows = []
-    for slot, plan in plans.items():
+    for letter, plan in plans.items():
         for b in plan:
             rows.append(
                 {
-                    "filter": slot,
+                    "filter": letter,
                     "band": b.index,
                     "rows": f"{b.start}–{b.stop - 1}",
                     "start": b.start,
@@ -337,7 +337,7 @@ def band_plan_frame(plans: dict[str, tuple], workers: dict[str, dict[int, str]])
                     "halo_bottom": b.halo_bottom,
                     "read_start": b.read_start,
                     "read_stop": b.read_stop,
-                    "worker": workers.get(slot, {}).get(b.index, "first free worker of " + slot),
+                    "worker": workers.get(letter, {}).get(b.index, "first free worker of " + letter),
                 }
             )
     return pd.DataFrame(rows)

@@ -91,7 +91,7 @@ class Throughput:
             self._cost[key] = new if old is None or key not in self.measured else (1 - LEARN) * old + LEARN * new
             self.measured.add(key)
 
-    def learn_from(self, result: engine.PairResult, shape: tuple, dtype, output: str, implementation: str) -> None:
+    def learn_from(self, result: engine.JobResult, shape: tuple, dtype, output: str, implementation: str) -> None:
         """Every filter of a finished pair: its bands' time over its work."""
         for fi, k in enumerate(result.kernels):
             band_seconds = sum(r.end - r.start for r in result.timeline if r.filter == fi)

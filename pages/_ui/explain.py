@@ -12,9 +12,6 @@ import engine
 
 from . import images, kernels
 
-#: The engine's smallest band worth a trip to a worker (``engine._bands.MIN_BAND_PIXELS``), for the
-#: page's caption on small images; the plans themselves come from ``Engine.plan``.
-MIN_BAND_PIXELS = 1 << 18
 WORKER_COLORS = [(28, 131, 225), (255, 135, 0), (33, 163, 102), (154, 92, 240), (232, 56, 79), (15, 181, 174),
                  (161, 98, 7), (219, 39, 119)]
 
@@ -46,9 +43,9 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
     return "#%02x%02x%02x" % rgb
 
 
-def workers_from_timeline(timeline: pd.DataFrame, slot: str) -> dict[int, str]:
+def workers_from_timeline(timeline: pd.DataFrame, letter: str) -> dict[int, str]:
     """band index -> 'worker pid N' for one filter of a finished job."""
-    t = timeline[timeline["filter"] == slot]
+    t = timeline[timeline["filter"] == letter]
     return {int(b): f"pid {int(p)}" for b, p in zip(t["band"], t["pid"])}
 
 
@@ -126,7 +123,7 @@ def data_flow_dot(n: FlowNumbers) -> str:
   wb [label="B: {n.kernels[1]}\n{procs(1)}\n{n.implementation}"];
   oa [{big}, label="output A, {n.mb:.1f} MB\nrows written in place"];
   ob [{big}, label="output B, {n.mb:.1f} MB\nrows written in place"];
-  res [label="PairResult: outputs,\ntimeline, phases"];
+  res [label="JobResult: outputs,\ntimeline, phases"];
   page [label="page: JPEG previews\n(512 px, 1024 before/after)\nPNG downloads (16-bit kept)"];
   file -> decode -> shm -> job;
   job -> wa; job -> wb;

@@ -99,7 +99,7 @@ def progress_text(what: str, done: int, total: int, elapsed: float, estimate: fl
     return min(frac, 1.0), f"{what}: {done} of {total} bands done · {clock}"
 
 
-def wait(pending: Pending, bar, what: str, cap: int) -> engine.PairResult:
+def wait(pending: Pending, bar, what: str, cap: int) -> engine.JobResult:
     """Poll ``pending.job`` until it finishes, drawing progress into the ``bar`` placeholder.
 
     Raises whatever the job raised (``engine.JobCancelled``, ``engine.WorkerError``, ...).

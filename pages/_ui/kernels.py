@@ -74,14 +74,14 @@ def _default_table(rows: int, cols: int) -> pd.DataFrame:
     return pd.DataFrame(w, columns=[str(j) for j in range(cols)])
 
 
-def _table_kernel(slot: str) -> engine.Kernel | None:
+def _table_kernel(letter: str) -> engine.Kernel | None:
     c1, c2 = st.columns(2)
     # the limit is in the label: the box refuses 99 with no more than a red outline
-    rows = c1.number_input(f"Rows (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_rows_{slot}", persist_state="session",
+    rows = c1.number_input(f"Rows (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_rows_{letter}", persist_state="session",
                            help=f"Kernels have 1 to {SIDE_MAX} rows.")
-    cols = c2.number_input(f"Columns (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_cols_{slot}",
+    cols = c2.number_input(f"Columns (1–{SIDE_MAX})", 1, SIDE_MAX, 3, key=f"lab_cols_{letter}",
                            persist_state="session", help=f"Kernels have 1 to {SIDE_MAX} columns.")
-    ekey = f"lab_table_{slot}_{rows}x{cols}"
+    ekey = f"lab_table_{letter}_{rows}x{cols}"
     base_key, saved_key = f"{ekey}_base", f"{ekey}_saved"
     if ekey not in st.session_state or base_key not in st.session_state:
         # a new editor (first visit, new size, or back from another page): start from the last edit
@@ -100,28 +100,28 @@ def _table_kernel(slot: str) -> engine.Kernel | None:
         st.error("Every cell of the table needs a finite number (an empty cell is not one).")
         return None
     with np.errstate(over="ignore"):  # weights whose sum overflows: the engine's check says so next
-        return engine.Kernel(f"custom_{slot.lower()}", w, f"custom {rows}x{cols} table", "user")
+        return engine.Kernel(f"custom_{letter.lower()}", w, f"custom {rows}x{cols} table", "user")
 
 
-def _text_kernel(slot: str) -> engine.Kernel | None:
+def _text_kernel(letter: str) -> engine.Kernel | None:
     text = st.text_area(
         "Weights",
         "1 2 1\n2 4 2\n1 2 1",
-        key=f"lab_text_{slot}",
+        key=f"lab_text_{letter}",
         persist_state="session",
         help="Rows on lines or separated by ';', numbers by spaces or commas; fractions like 1/16 work.",
         height=110,
     )
     try:
-        k = engine.parse_kernel(text, name=f"custom_{slot.lower()}")
+        k = engine.parse_kernel(text, name=f"custom_{letter.lower()}")
     except (ValueError, TypeError) as e:
         st.error(str(e))
         return None
     return k
 
 
-def picker(slot: str, default: str, check=None) -> engine.Kernel | None:
-    """Widgets for filter ``slot`` ('A' or 'B'); the chosen kernel, or None after showing an error.
+def picker(letter: str, default: str, check=None) -> engine.Kernel | None:
+    """Widgets for filter ``letter`` ('A' or 'B'); the chosen kernel, or None after showing an error.
 
     ``check(kernel)`` raises the engine's ``ValueError`` for a kernel it would refuse (see
     ``problem``); custom kernels are checked with it before anything else uses them."""
@@ -130,13 +130,13 @@ def picker(slot: str, default: str, check=None) -> engine.Kernel | None:
         options(),
         index=options().index(default),
         format_func=option_label,
-        key=f"lab_kernel_{slot}",
+        key=f"lab_kernel_{letter}",
         persist_state="session",
     )
     if choice == TABLE:
-        k = _table_kernel(slot)
+        k = _table_kernel(letter)
     elif choice == TEXT:
-        k = _text_kernel(slot)
+        k = _text_kernel(letter)
     else:
         k = engine.KERNELS[choice]
     if k is None:
@@ -150,7 +150,7 @@ def picker(slot: str, default: str, check=None) -> engine.Kernel | None:
         norm = st.toggle(
             "Divide by the sum",
             value=False,
-            key=f"lab_norm_{slot}",
+            key=f"lab_norm_{letter}",
             persist_state="session",
             disabled=not usable,
             help="Makes the weights add up to 1, so flat areas keep their brightness. "

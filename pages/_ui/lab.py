@@ -25,7 +25,7 @@ THEME_RGB = (11, 114, 133)  # .streamlit/config.toml primaryColor
 #: Keys of the session's holdings (``state.holdings()``): its heavy objects.
 IMAGE, UPLOAD, JOB, RESULT = "image", "upload", "job", "result"
 #: Small things stay in st.session_state.
-HISTORY_SLOT = "lab_history"
+HISTORY_KEY = "lab_history"
 AUTORUN = "lab_autorun"  # set by the "show it with ..." buttons: run once with the new mapping
 #: Pixels per timing metric: "0.0423 ms" in the metric's font needs ~165 (150 cut it to "0.0423 …").
 METRIC_WIDTH = 172
@@ -182,15 +182,15 @@ def image_preview(img: CurrentImage) -> None:
 
 
 # -- 2. the filters ------------------------------------------------------------------------------
-def filter_column(slot: str, default: str, default_p: int) -> tuple[engine.Kernel | None, int, object]:
+def filter_column(letter: str, default: str, default_p: int) -> tuple[engine.Kernel | None, int, object]:
     """Picker, process count and an empty container for the kernel's pictures (drawn later, while
     the job runs)."""
-    color = "blue" if slot == "A" else "orange"
-    st.markdown(f"#### :{color}[Filter {slot}]")
-    k = kernels.picker(slot, default, check=check_kernel)
+    color = "blue" if letter == "A" else "orange"
+    st.markdown(f"#### :{color}[Filter {letter}]")
+    k = kernels.picker(letter, default, check=check_kernel)
     if k is not None:
         st.caption(f"{k.description} · {kernels.describe(k)}" if k.description else kernels.describe(k))
-    p = st.slider(f"Processes for {slot}", 1, PROCESS_MAX, default_p, key=f"lab_p_{slot}", persist_state="session")
+    p = st.slider(f"Processes for {letter}", 1, PROCESS_MAX, default_p, key=f"lab_p_{letter}", persist_state="session")
     if p > CPUS:
         st.caption(f":material/warning: {p} processes on {CPUS} CPUs: they will share cores, "
                    "so expect no further speedup.")
@@ -238,25 +238,27 @@ def throughput() -> estimate.Throughput:
     return estimate.Throughput()
 
 
-def estimate_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> estimate.Estimate | None:
-    if ka is None or kb is None:
+def estimate_of(img: CurrentImage, run: Run | None) -> estimate.Estimate | None:
+    if run is None:
         return None
     eng = get_engine()
     try:
-        bands = [len(eng.plan(img.shape, k, p, border=border)) for k, p in ((ka, pa), (kb, pb))]
+        bands = [len(eng.plan(img.shape, k, p, border=run.border)) for k, p in zip(run.kernels, run.processes)]
     except (ValueError, TypeError):
         return None
-    return throughput().estimate(img.shape, img.array.dtype, (ka, kb), (pa, pb), bands, output, impl, CPUS)
+    return throughput().estimate(img.shape, img.array.dtype, run.kernels, run.processes, bands, run.output,
+                                 run.implementation, CPUS)
 
 
-def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, ka, kb, impl: str) -> None:
+def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, run: Run | None) -> None:
     """Into ``box``, under the Run button: the expected time; above ``WARN_SECONDS`` a warning
     before the run, with what makes it long and what would be fast."""
-    if est is None:
+    if est is None or run is None:
         return
     if not est.long:
         box.caption(f":material/timer: about {duration(est.pair)}")
         return
+    (ka, kb), impl = run.kernels, run.implementation
     fast = ""
     if impl != "opencv":
         ref = throughput().estimate(img.shape, img.array.dtype, (ka, kb), (1, 1), (1, 1), "clip", "opencv", CPUS)
@@ -266,6 +268,40 @@ def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, ka, kb,
                 icon=":material/hourglass_top:")
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of the lab as its widgets set it: what to compute, validated once by the engine
+    (an ``engine.FilterRequest``: the two kernels and their options), and each filter's process
+    count. Hashable: with the image's key it is what a stale job is recognised by, and the How it
+    works page explains the last one."""
+
+    request: engine.FilterRequest
+    processes: tuple[int, int]
+
+    @property
+    def kernels(self) -> tuple[engine.Kernel, engine.Kernel]:
+        return self.request.kernels
+
+    @property
+    def border(self) -> str:
+        return self.request.border
+
+    @property
+    def output(self) -> str:
+        return self.request.output
+
+    @property
+    def implementation(self) -> str:
+        return self.request.implementation
+
+
+def run_of(ka, kb, pa: int, pb: int, border: str, output: str, impl: str) -> Run | None:
+    """The widgets' settings as a ``Run``; None while a custom kernel is not valid."""
+    if ka is None or kb is None:
+        return None
+    return Run(engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl), (pa, pb))
+
+
 @dataclass(eq=False)
 class LabResult:
     """A finished pair, with everything the page shows about it."""
@@ -273,12 +309,8 @@ class LabResult:
     settings: Hashable
     run_id: int
     image: CurrentImage
-    kernels: tuple[engine.Kernel, engine.Kernel]
-    processes: tuple[int, int]
-    border: str
-    output: str
-    implementation: str
-    result: engine.PairResult
+    run: Run
+    result: engine.JobResult
     screens: tuple[images.Screen, images.Screen]  # display versions and previews, made once
     spans: tuple[tuple[int, int], tuple[int, int]]  # lowest and highest value of each output
     timeline: pd.DataFrame
@@ -316,29 +348,44 @@ class LabResult:
     def held_bytes(self) -> int:
         return sum(o.nbytes for o in self.outputs) + sum(s.held_bytes() for s in self.screens)
 
+    @property
+    def kernels(self) -> tuple[engine.Kernel, engine.Kernel]:
+        return self.run.kernels
 
-def settings_of(img: CurrentImage, ka, kb, pa, pb, border, output, impl) -> Hashable:
-    fa = kernels.fingerprint(ka) if ka is not None else None
-    fb = kernels.fingerprint(kb) if kb is not None else None
-    return (img.key, fa, fb, pa, pb, border, output, impl)
+    @property
+    def processes(self) -> tuple[int, int]:
+        return self.run.processes
+
+    @property
+    def border(self) -> str:
+        return self.run.border
+
+    @property
+    def output(self) -> str:
+        return self.run.output
+
+    @property
+    def implementation(self) -> str:
+        return self.run.implementation
 
 
-def submit(img: CurrentImage, ka, kb, pa, pb, border, output, impl, settings,
-           est: estimate.Estimate | None = None) -> jobs.Pending | None:
-    """Start the pair on the engine; shows the engine's validation message on a bad setting.
+def settings_of(img: CurrentImage, run: Run | None) -> Hashable:
+    return (img.key, run)
+
+
+def submit(img: CurrentImage, run: Run, settings, est: estimate.Estimate | None = None) -> jobs.Pending | None:
+    """Start the pair on the engine; shows the engine's message if it refuses.
 
     No ``out=``: each result is the engine's own output segment (pooled again when dropped), so
     the workers write into pages they have already mapped."""
     try:
-        request = engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl)
-        job = get_engine().submit(img.array, request, processes=(pa, pb))
+        job = get_engine().submit(img.array, run.request, processes=run.processes)
     except (ValueError, TypeError, RuntimeError) as e:  # validation, or a closed engine
         st.error(str(e), icon=":material/error:")
         return None
     run_id = st.session_state.get("lab_runs", 0) + 1
     st.session_state["lab_runs"] = run_id
-    meta = {"image": img, "kernels": (ka, kb), "processes": (pa, pb), "border": border, "output": output,
-            "implementation": impl, "run_id": run_id}
+    meta = {"image": img, "run": run, "run_id": run_id}
     pending = jobs.Pending(job, settings, meta, estimate=est.pair if est is not None and est.long else None)
     holdings()[JOB] = pending
     return pending
@@ -348,7 +395,7 @@ def finish(pending: jobs.Pending, bar) -> LabResult | None:
     """Wait for the job with a progress bar; turn its result into a ``LabResult``."""
     m = pending.meta
     h = holdings()
-    what = f"{m['kernels'][0].name} and {m['kernels'][1].name}"
+    what = f"{m['run'].kernels[0].name} and {m['run'].kernels[1].name}"
     try:
         res = jobs.wait(pending, bar, what, WORKER_CAP)
     except engine.JobCancelled:
@@ -363,23 +410,19 @@ def finish(pending: jobs.Pending, bar) -> LabResult | None:
         st.error(str(e), icon=":material/error:")
         return None
     h[JOB] = None
-    names = tuple(k.name for k in m["kernels"])
+    names = tuple(k.name for k in m["run"].kernels)
     out = LabResult(
         settings=pending.settings,
         run_id=m["run_id"],
         image=m["image"],
-        kernels=m["kernels"],
-        processes=m["processes"],
-        border=m["border"],
-        output=m["output"],
-        implementation=m["implementation"],
+        run=m["run"],
         result=res,
         screens=tuple(images.screen(o) for o in res.outputs),
         spans=tuple(images.value_span(o) for o in res.outputs),
         timeline=charts.timeline_frame(res, names),
     )
     h[RESULT] = out
-    history = st.session_state.setdefault(HISTORY_SLOT, [])
+    history = st.session_state.setdefault(HISTORY_KEY, [])
     for i, k in enumerate(out.kernels):
         history.append({"key": history_key(out, i), "processes": out.processes[i],
                         "ms": res.filter_walls[i] * 1e3, "kernel": k.name})
@@ -393,10 +436,10 @@ def history_key(r: LabResult, i: int) -> tuple:
 
 # -- 4. results ---------------------------------------------------------------------------------
 def result_caption(r: LabResult, i: int) -> str:
-    slot = "AB"[i]
+    letter = "AB"[i]
     p = r.processes[i]
     wall = ms(r.result.filter_walls[i])
-    return f"{slot} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall} (run #{r.run_id})"
+    return f"{letter} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall} (run #{r.run_id})"
 
 
 def original_caption(r: LabResult) -> str:
@@ -518,23 +561,19 @@ def serial_time(r: LabResult, i: int) -> float | None:
 
 
 def route_text(r: LabResult, i: int) -> str:
-    """Which route computed filter ``i`` (``PairResult.routes``), in ``engine.ROUTES``' words."""
-    routes = getattr(r.result, "routes", ()) or ()
-    if i >= len(routes):
-        return ""
-    return f"**{routes[i]}**: {engine.ROUTES.get(routes[i], '')}"
+    """Which route computed filter ``i`` (``JobResult.routes``), in ``engine.ROUTES``' words."""
+    how = r.result.routes[i]
+    return f"**{how}**: {engine.ROUTES[how]}"
 
 
 def serial_sentence(r: LabResult, i: int, t: float) -> str:
     """What the processes bought over the best serial code, for filter ``i``."""
-    slot, wall, p = "AB"[i], r.result.filter_walls[i], r.processes[i]
-    routes = getattr(r.result, "routes", ()) or ()
-    what = ("one OpenCV call" if r.implementation == "opencv" and i < len(routes) and routes[i] == "direct"
-            else "the OpenCV band kernel on the whole image")
+    letter, wall, p = "AB"[i], r.result.filter_walls[i], r.processes[i]
+    what = "one OpenCV call" if r.result.routes[i] == "direct" else "the OpenCV band kernel on the whole image"
     ratio = t / wall if wall > 0 else float("inf")
     verdict = (f"the processes bought **{ratio:.2f}x**" if ratio >= 1 else
                f"the run took **{1 / ratio:.2f}x as long** as the serial code")
-    return (f"{slot} on {p} process{'es' if p > 1 else ''}: {ms(wall)}; the best serial code, {what} on one "
+    return (f"{letter} on {p} process{'es' if p > 1 else ''}: {ms(wall)}; the best serial code, {what} on one "
             f"thread, takes {ms(t)}: {verdict}.")
 
 
@@ -544,7 +583,7 @@ def timing(r: LabResult) -> dict:
     rest of the page is drawn)."""
     ph = r.result.phases
     walls = r.result.filter_walls
-    slots = {}
+    boxes = {}
     metrics = [
         ("A: wall", walls[0], "First band start to last band end of filter A."),
         ("A: serial", 0, "The best serial code on the same image and kernel: Engine.serial_time, the band kernel "
@@ -562,18 +601,18 @@ def timing(r: LabResult) -> dict:
         for label, value, why in metrics:
             if label.endswith("serial"):
                 t = serial_time(r, value)
-                slot = st.empty()
-                slot.metric(label, ms(t) if t is not None else "…", help=why, width=METRIC_WIDTH)
+                box = st.empty()
+                box.metric(label, ms(t) if t is not None else "…", help=why, width=METRIC_WIDTH)
                 if t is None:
-                    slots[value] = (slot, label, why)
+                    boxes[value] = (box, label, why)
             else:
                 st.metric(label, ms(value), help=why, width=METRIC_WIDTH)
     sentences = st.empty()
-    slots["sentences"] = sentences
+    boxes["sentences"] = sentences
     _reference_sentences(r, sentences)
     st.vega_lite_chart(copy.deepcopy(r.gantt), width="stretch")  # Streamlit takes the spec apart
     st.caption(gantt_sentence(r))
-    return slots
+    return boxes
 
 
 def _reference_sentences(r: LabResult, box) -> None:
@@ -589,11 +628,11 @@ def _reference_sentences(r: LabResult, box) -> None:
     box.caption("  \n".join(lines))
 
 
-def measure_references(r: LabResult, slots: dict) -> None:
+def measure_references(r: LabResult, boxes: dict) -> None:
     """Measure the serial references the page is missing, after everything else is drawn, and
     fill their placeholders. Runs on the engine's workers like any job (it waits for free ones),
     once per image, kernel, border and output for the whole server."""
-    missing = [i for i in range(2) if i in slots]
+    missing = [i for i in range(2) if i in boxes]
     if not missing:
         return
     cache = serial_times()
@@ -608,17 +647,17 @@ def measure_references(r: LabResult, slots: dict) -> None:
                 return  # the engine closed or a worker died: the next run measures again
             while len(cache) > 1024:
                 cache.popitem(last=False)
-        slot, label, why = slots[i]
-        slot.metric(label, ms(cache[key]), help=why, width=METRIC_WIDTH)
-    _reference_sentences(r, slots["sentences"])
+        box, label, why = boxes[i]
+        box.metric(label, ms(cache[key]), help=why, width=METRIC_WIDTH)
+    _reference_sentences(r, boxes["sentences"])
 
 
 def gantt_sentence(r: LabResult) -> str:
     parts = []
-    for i, slot in enumerate("AB"):
-        t = r.timeline[r.timeline["filter"] == slot]
+    for i, letter in enumerate("AB"):
+        t = r.timeline[r.timeline["filter"] == letter]
         parts.append(
-            f"{slot} ({r.kernels[i].name}) cut {r.image.shape[0]} rows into {_n(len(t), 'band')} on "
+            f"{letter} ({r.kernels[i].name}) cut {r.image.shape[0]} rows into {_n(len(t), 'band')} on "
             f"{_n(t['pid'].nunique(), 'process', 'processes')} and took {ms(r.result.filter_walls[i])}"
         )
     total = sum(r.processes)
@@ -636,10 +675,10 @@ def _n(count: int, one: str, many: str | None = None) -> str:
 
 
 def speedup_lines(r: LabResult) -> None:
-    history = st.session_state.get(HISTORY_SLOT, [])
+    history = st.session_state.get(HISTORY_KEY, [])
     shown = 0
     cols = st.columns(2, gap="medium")
-    for i, slot in enumerate("AB"):
+    for i, letter in enumerate("AB"):
         df = charts.history_speedup_frame(history, history_key(r, i))
         if df.empty:
             continue
@@ -647,8 +686,8 @@ def speedup_lines(r: LabResult) -> None:
         reference = float(df["ms"].iloc[0]) / (t * 1e3) if t else None
         with cols[shown]:
             st.markdown(f"**Speedup of {r.kernels[i].name} on this image** (best run per process count)")
-            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[slot], CPUS, reference),
-                            width="stretch", key=f"lab_speedup_{slot}")
+            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[letter], CPUS, reference),
+                            width="stretch", key=f"lab_speedup_{letter}")
             best = df.iloc[df["speedup"].idxmax()]
             ref = (f" Dashed dark line: one OpenCV call on one thread ({ms(t)}); above it the processes beat the "
                    "best serial code." if t else "")
@@ -664,9 +703,7 @@ def speedup_lines(r: LabResult) -> None:
 def engine_status() -> None:
     """One line about the shared engine, for demos with several tabs open."""
     eng = get_engine()
-    idle = getattr(eng, "workers", None)
-    warm = f"{len(idle())} idle worker processes, " if idle is not None else ""
-    st.caption(f":material/memory: Engine: {warm}at most {eng.max_workers} for all sessions together "
+    st.caption(f":material/memory: Engine: {len(eng.idle_workers())} idle worker processes, at most {eng.max_workers} for all sessions together "
                f"(each filter up to {PROCESS_MAX}), on {CPUS} CPUs. Jobs that need more wait their turn.")
 
 
@@ -676,16 +713,16 @@ def downloads(r: LabResult) -> None:
     stem = Path(r.image.name).stem
     sixteen = r.image.array.dtype == np.uint16
     cols = st.columns(3, gap="small")
-    for i, slot in enumerate("AB"):
+    for i, letter in enumerate("AB"):
         k = r.kernels[i].name
         cols[i].download_button(
-            f"{slot} as {'16-bit ' if sixteen else ''}PNG",
+            f"{letter} as {'16-bit ' if sixteen else ''}PNG",
             data=weakly(r, lambda r, i=i: engine.save_image(r.outputs[i])),
-            file_name=f"{stem}_{slot}_{k}_{r.processes[i]}p.png",
+            file_name=f"{stem}_{letter}_{k}_{r.processes[i]}p.png",
             mime="image/png",
             icon=":material/download:",
             on_click="ignore",
-            key=f"lab_dl_{slot}",
+            key=f"lab_dl_{letter}",
             width="stretch",
         )
     cols[2].download_button(

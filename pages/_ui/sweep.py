@@ -30,7 +30,7 @@ from .fmt import ms
 from .holdings import weakly
 from .state import CPUS, WORKER_CAP, get_engine, holdings
 
-SLOT = "sweep"  # the key in the session's holdings
+KEY = "sweep"  # the key in the session's holdings
 SIDES = [128, 256, 512, 1024, 2048, 4096]
 PYTHON_MAX_SIDE = 256
 #: The backends a sweep can run on, as the page names them.
@@ -113,16 +113,16 @@ def plan(impls: list[str], n_max: int, repeats: int, backends=(POOL,)) -> list[t
 def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_max: int, repeats: int,
           backends=(POOL,)) -> Sweep:
     h = holdings()
-    old = h.get(SLOT)
+    old = h.get(KEY)
     if isinstance(old, Sweep) and old.status == "running":
         old.stop("cancelled", "restarted")
-    h[SLOT] = None  # the old sweep's image and outputs go before the new image is made
+    h[KEY] = None  # the old sweep's image and outputs go before the new image is made
     del old
     shared = get_engine().shared_array(image.shape, image.dtype)
     shared[...] = image
     todo = plan(impls, n_max, repeats, backends)
     sw = Sweep(config, kernel, shared, todo, len(todo))
-    h[SLOT] = sw
+    h[KEY] = sw
     return sw
 
 
