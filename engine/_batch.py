@@ -144,7 +144,7 @@ def process_file(in_path, out_path, request, max_pixels=None) -> tuple:
     Returns ``(shape, seconds)``; raises ``ImageError`` for a bad input."""
     import numpy as np
 
-    from ._dask import block_range, filter_block
+    from ._dask_worker import block_range, filter_block
     from ._options import BORDER
 
     t0 = time.perf_counter()

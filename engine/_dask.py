@@ -45,8 +45,8 @@ import logging
 
 import numpy as np
 
-from ._bands import Band, cluster_band_count, local_band, plan_bands, row_runs, take_rows
-from ._compute import band_range, filter_band
+from ._bands import cluster_band_count, plan_bands, row_runs, take_rows
+from ._dask_worker import block_range, filter_block, global_range
 from ._errors import JobCancelled, WorkerError
 from ._options import BORDER
 from ._request import FilterRequest
@@ -85,60 +85,6 @@ def _dask():
     return dask, da, distributed
 
 
-# -- what runs on a worker -------------------------------------------------------------------------
-_PREPARED = False
-
-
-def prepare_worker() -> None:
-    """On a Dask worker, OpenCV uses one thread: Dask's worker threads are the parallelism."""
-    global _PREPARED
-    if _PREPARED:
-        return
-    _PREPARED = True
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return  # not on a worker (synchronous or threaded scheduler): leave OpenCV alone
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _as3d(block: np.ndarray) -> np.ndarray:
-    block = np.ascontiguousarray(block)
-    return block if block.ndim == 3 else block[:, :, None]
-
-
-def filter_block(block, band: Band, kernel, border: str, output: str, implementation: str,
-                 value_range=None) -> np.ndarray:
-    """Output rows ``[band.start, band.stop)`` computed from the band's block alone.
-
-    ``block`` holds exactly the input rows ``[band.read_start, band.read_stop)`` (modulo H for
-    ``wrap``), as ``take_rows`` gives them. Calls the engine's ``filter_band``.
-    """
-    prepare_worker()
-    src = _as3d(block)
-    lb = local_band(band)
-    if src.shape[0] != lb.read_stop:
-        raise ValueError(f"block has {src.shape[0]} rows, band {band} reads {lb.read_stop}")
-    dst = np.empty((lb.stop,) + src.shape[1:], src.dtype)  # rows above lb.start stay unused
-    filter_band(src, dst, lb, kernel, border, output, implementation, value_range=value_range)
-    return dst[lb.start :]
-
-
-def block_range(block, band: Band, kernel, border: str, implementation: str) -> tuple[float, float]:
-    """``band_range`` of the band from its block (for ``normalize``)."""
-    prepare_worker()
-    return band_range(_as3d(block), local_band(band), kernel, border, implementation)
-
-
-def global_range(*ranges) -> tuple[float, float]:
-    return min(r[0] for r in ranges), max(r[1] for r in ranges)
-
-
-# -- graphs ----------------------------------------------------------------------------------------
 def _block(parts) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -351,7 +297,7 @@ def filter_on_dask(image, request: FilterRequest, *, scheduler, out=None, band_r
         n = cluster_band_count(h, w, threads, band_rows=band_rows, shared=hosts is not None)
         plan = plan_bands(h, k.shape[0], n, wrap=BORDER[request.border].wraps)
         if hosts is not None:
-            _dask_shm.filter_shared(client, img3, result, plan, request, hosts)
+            _dask_shm.filter_shared(client, img3, result, plan, request, hosts, wait_all)
         else:
             blocks = [np.ascontiguousarray(take_rows(img3, b, h)) for b in plan]
             scattered = []

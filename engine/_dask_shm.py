@@ -35,50 +35,11 @@ import weakref
 
 import numpy as np
 
-from ._compute import band_range, filter_band
+from ._dask_worker import global_range, probe, release, shared_filter, shared_range
 from ._request import FilterRequest
-from ._shm import Attachments, Segment, SegmentPool, SegmentRef, attach
+from ._shm import Segment, SegmentPool, SegmentRef
 
-__all__ = ["shared_memory_hosts", "filter_shared", "POOL", "ATTACHED"]
-
-#: On a worker: this process's mappings of callers' segments.
-ATTACHED = Attachments()
-
-
-# -- on a worker ---------------------------------------------------------------------------------
-def _range(src: SegmentRef, band, kernel, border, implementation):
-    from ._dask import prepare_worker
-
-    prepare_worker()
-    with ATTACHED.arrays(src) as (a,):
-        return band_range(a, band, kernel, border, implementation)
-
-
-def _filter(src: SegmentRef, dst: SegmentRef, band, kernel, border, output, implementation, value_range=None) -> int:
-    """Exactly what a pool worker does with a band: ``filter_band`` on the shared arrays."""
-    from ._dask import prepare_worker
-
-    prepare_worker()
-    with ATTACHED.arrays(src, dst) as (a, b):
-        filter_band(a, b, band, kernel, border, output, implementation, value_range=value_range)
-    return band.rows
-
-
-async def _release(names) -> None:
-    """Close the mappings of segments the caller has unlinked. A coroutine, so that
-    ``client.run(..., wait=False)`` can fire it without waiting for the workers."""
-    ATTACHED.release(names)
-
-
-def _probe(name: str, token: bytes) -> bool:
-    try:
-        shm = attach(name)
-    except Exception:  # noqa: BLE001 - any failure means: not this host's /dev/shm
-        return False
-    try:
-        return bytes(shm.buf[: len(token)]) == token
-    finally:
-        shm.close()
+__all__ = ["shared_memory_hosts", "filter_shared", "POOL"]
 
 
 # -- in the caller -------------------------------------------------------------------------------
@@ -99,7 +60,7 @@ def shared_memory_hosts(client, workers=None) -> list[str] | None:
         seg = Segment(len(token))
         try:
             seg.buf[: len(token)] = token
-            ok = client.run(_probe, seg.name, token)
+            ok = client.run(probe, seg.name, token)
         finally:
             seg.release()
         hosts = sorted({get_address_host(a) for a in workers})
@@ -128,7 +89,7 @@ class _Users:
         for c, gone in clients.values():
             if c.status == "running":
                 with contextlib.suppress(Exception):  # best effort: workers also sweep on their own
-                    c.run(_release, gone, wait=False)
+                    c.run(release, gone, wait=False)
 
 
 _USERS = _Users()
@@ -151,14 +112,12 @@ def _take(nbytes: int, client) -> Segment:
     return seg
 
 
-def filter_shared(client, img3, result, plan, request: FilterRequest, hosts) -> None:
+def filter_shared(client, img3, result, plan, request: FilterRequest, hosts, wait_all) -> None:
     """One low-level graph (a task per band; for ``normalize`` a range task per band and their
     reduction first), submitted as is: no optimization pass, no collection wrapper. Tasks may run
     only on this host's workers (a restarted worker on it qualifies); their results are band row
-    counts, never gathered."""
+    counts, never gathered: ``wait_all(client, futures)`` waits for them."""
     from dask.task_spec import Task, TaskRef
-
-    from ._dask import global_range, wait_all
 
     (kernel,) = request.kernels
     border, output, impl = request.border, request.output, request.implementation
@@ -176,13 +135,13 @@ def filter_shared(client, img3, result, plan, request: FilterRequest, hosts) -> 
         if output == "normalize":
             ranges = [(f"pfl-range-{token}", b.index) for b in plan]
             for key, b in zip(ranges, plan):
-                graph[key] = Task(key, _range, src, b, kernel, border, impl)
+                graph[key] = Task(key, shared_range, src, b, kernel, border, impl)
             vr = f"pfl-value-range-{token}"
             graph[vr] = Task(vr, global_range, *(TaskRef(key) for key in ranges))
             vr = TaskRef(vr)
         keys = [(f"pfl-band-{token}", b.index) for b in plan]
         for key, b in zip(keys, plan):
-            graph[key] = Task(key, _filter, src, dst, b, kernel, border, output, impl, vr)
+            graph[key] = Task(key, shared_filter, src, dst, b, kernel, border, output, impl, vr)
         futs = client.get(graph, keys, sync=False, workers=hosts, allow_other_workers=False)
         wait_all(client, futs)
         np.copyto(result, dst.view(dst_seg.buf))

@@ -29,8 +29,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ._bands import plan_bands, store_band_count, take_rows
-from ._dask import (_check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session, _stack,
-                    block_range, filter_block, global_range)
+from ._dask import _check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session, _stack
+from ._dask_worker import block_range, filter_block, global_range
 from ._options import BORDER
 from ._request import FilterRequest
 

@@ -24,7 +24,7 @@ zarr = pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
 import engine  # noqa: E402
-from engine import _batch, _cli, _dask, _dask_shm  # noqa: E402
+from engine import _batch, _cli, _dask, _dask_shm, _dask_worker  # noqa: E402
 from engine._bands import cluster_band_count, local_band, plan_bands, row_runs, take_rows  # noqa: E402
 
 from _oracle import assert_close  # noqa: E402
@@ -145,7 +145,7 @@ def test_workers_keep_their_attachments_until_the_segment_goes(eng, client):
     def mapped(until):  # the workers' mapped names, once ``until`` holds for them (the word is async)
         deadline = time.monotonic() + 10
         while True:
-            names = set().union(*client.run(lambda: sorted(_dask_shm.ATTACHED.names())).values())
+            names = set().union(*client.run(lambda: sorted(_dask_worker.ATTACHED.names())).values())
             if until(names) or time.monotonic() > deadline:
                 return names
 
@@ -184,7 +184,7 @@ def test_a_mapping_is_closed_at_the_next_attach_and_never_under_a_running_task()
         for seg in (a, b, c):
             seg.release()
         att.release([c.name])
-    asyncio.run(_dask_shm._release([]))  # the message the caller sends is a coroutine
+    asyncio.run(_dask_worker.release([]))  # the message the caller sends is a coroutine
 
 
 def test_a_failed_band_raises_its_error(client):
