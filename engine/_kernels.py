@@ -124,9 +124,13 @@ class Kernel:
         >>> KERNELS["gaussian"].precision(np.uint16).__name__, Kernel("big", np.ones((9, 9))).precision(np.uint16).__name__
         ('float32', 'float64')
         """
-        maxval = float(np.iinfo(dtype).max)
-        bound = maxval * float(np.abs(self.weights).sum()) * self.weights.size * 2.0**-24
-        return np.float32 if bound <= F32_MAX_ERROR else np.float64
+        key = ("precision", np.dtype(dtype))
+        got = self._cv.get(key)  # asked for every band: computed once per dtype
+        if got is None:
+            maxval = float(np.iinfo(dtype).max)
+            bound = maxval * float(np.abs(self.weights).sum()) * self.weights.size * 2.0**-24
+            got = self._cv[key] = np.float32 if bound <= F32_MAX_ERROR else np.float64
+        return got
 
     def opencv_weights(self, dtype) -> tuple[np.ndarray, ...]:
         """What OpenCV is called with for images of ``dtype``, in ``precision(dtype)``: the
@@ -146,9 +150,11 @@ class Kernel:
     def mirrored_factors(self) -> bool:
         """Separable, with each factor exactly symmetric, antisymmetric or a single tap: what
         OpenCV's 8-bit ``sepFilter2D`` runs vectorized (``benchmarks/routes.py``)."""
-        if not self.separable:
-            return False
-        return all(len(f) == 1 or np.array_equal(f, f[::-1]) or np.array_equal(f, -f[::-1]) for f in self.factors)
+        got = self._cv.get("mirrored")
+        if got is None:
+            got = self._cv["mirrored"] = self.separable and all(
+                len(f) == 1 or np.array_equal(f, f[::-1]) or np.array_equal(f, -f[::-1]) for f in self.factors)
+        return got
 
     def __eq__(self, other):
         return isinstance(other, Kernel) and self.name == other.name and np.array_equal(self.weights, other.weights)
