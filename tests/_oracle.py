@@ -80,8 +80,12 @@ def error_bound(dtype, weights, output: str, response: np.ndarray) -> float:
     top = float(np.iinfo(dtype).max)
     w = np.asarray(weights, dtype=np.float64)
     scale = top * float(np.abs(w).sum())
-    f32 = scale * w.size * 2.0**-24 + (top + 1) * 2.0**-24  # the sums, and adding the offset
-    bound = (f32 if f32 <= F32_MAX_ERROR else scale * w.size * 2.0**-52) + top * rank1_error(w)
+    f32 = scale * w.size * 2.0**-24  # the rule that allows float32 sums: this at most F32_MAX_ERROR
+    if f32 <= F32_MAX_ERROR:
+        bound = f32 + ((top + 1) * 2.0**-24 if output == "offset" else 0.0)  # and adding the offset in float32
+    else:
+        bound = scale * w.size * 2.0**-52
+    bound += top * rank1_error(w)
     if output == "normalize":  # float64 from the exact weights, stretched by top / (hi - lo)
         span = float(response.max() - response.min())
         bound = 4 * (scale * w.size * 2.0**-52 + 1e-12) * (top / span if span > 0 else 1.0)
