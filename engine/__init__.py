@@ -80,7 +80,8 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
     kernel : str, Kernel or array-like
         A name from ``KERNELS``, a ``Kernel``, or 2-D finite weights with sides 1..31.
     processes : int, optional
-        Worker processes, 1..``max_workers``. Default: every CPU this process may use.
+        Worker processes, 1..``max_workers``. Default: every CPU this process may use, at most
+        one per 262,144 pixels (512x512): a smaller image finishes sooner on fewer.
     border : {'replicate', 'reflect', 'mirror', 'wrap', 'constant'}
         What lies past the edge; see ``BORDERS`` (scipy names: nearest, reflect, mirror, wrap,
         constant with zeros).
@@ -146,8 +147,9 @@ def filter_pair(image: np.ndarray, kernel_a, kernel_b, *, processes: tuple[int, 
                 out: tuple | None = None) -> JobResult:
     """Run two filters on the same image at the same time, each on its own worker processes.
 
-    ``processes=(a, b)`` (default: the CPUs split between them, at least one each). The input
-    is copied into shared memory once and read by both groups. Returns a ``JobResult`` with
+    ``processes=(a, b)`` (default: the CPUs split between them, at least one each, and at
+    most one per 262,144 pixels each). The input is copied into shared memory once and read
+    by both groups. Returns a ``JobResult`` with
     ``outputs`` (two arrays), ``timeline`` (one ``BandRecord`` per band) and ``phases``.
     Other parameters as in ``filter_image``; ``out=(a, b)``.
     """

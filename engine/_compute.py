@@ -176,6 +176,11 @@ def correlate_band(src, band, kernel, border, implementation, *, acc=np.float64,
     return _python_loops(block, kernel, band.rows, src.shape[1])
 
 
+def output_offset(dtype) -> float:
+    """What output ``offset`` adds: half the range, so a zero response shows mid-gray (128, 32768)."""
+    return (float(np.iinfo(dtype).max) + 1) / 2
+
+
 def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarray:
     """Map float responses to ``dtype`` (in place on ``f`` where possible).
 
@@ -185,7 +190,7 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
     if output == "abs":
         f = np.abs(f, out=f)
     elif output == "offset":
-        f = np.add(f, (maxval + 1) / 2, out=f)
+        f = np.add(f, output_offset(dtype), out=f)
     elif output == "normalize":
         lo, hi = value_range
         if hi > lo:
@@ -289,7 +294,7 @@ def _direct_rows(src, dst, start, stop, kernel, border, output):
     top, bottom = halo(kernel.shape[0])
     weights = kernel.opencv_weights(src.dtype)
     mode = BORDER[border].opencv_code
-    delta = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
+    delta = output_offset(src.dtype) if output == "offset" else 0.0
     out = _squeeze(dst[start:stop])
     _into(_cv_filter(_squeeze(src[start:stop]), -1, weights, out, mode, delta), out)
     redo = []
@@ -338,7 +343,7 @@ def _chunked_rows(src, dst, start, stop, kernel, border, output, scratch=np.floa
     depth = cv2.CV_8U if src.dtype == np.uint8 else cv2.CV_16U
     ddepth = cv2.CV_16S if scratch == np.int16 else cv2.CV_32F
     copy = len(weights) == 1 and scratch == np.float32
-    shift = (float(np.iinfo(src.dtype).max) + 1) / 2 if output == "offset" else 0.0
+    shift = output_offset(src.dtype) if output == "offset" else 0.0
     for r in range(start, stop, step):
         e = min(r + step, stop)
         lo, hi = max(r - top, 0), min(e + bottom, h)

@@ -54,7 +54,8 @@ def separable_factors(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
     The factors are what OpenCV runs fast: each exactly symmetric or antisymmetric when the
     kernel is so along that axis (OpenCV's 8-bit ``sepFilter2D`` takes its vectorized code only
     then, or for float32 factors), oriented so that each sums to >= 0 (for a zero sum: its first
-    nonzero weight is positive), with equal largest magnitudes.
+    nonzero weight is positive), with equal lengths (each is a singular vector times the
+    square root of the singular value).
 
     >>> column, row = separable_factors(np.outer([1, 2, 1], [1, 0, -1]))
     >>> bool((column == column[::-1]).all()), bool((row == -row[::-1]).all()), row[0] > 0
@@ -234,6 +235,17 @@ def _number(token: str, row: int) -> float:
     return value
 
 
+
+def check_weight_sum(weights: np.ndarray, name: str) -> None:
+    """Refuse weights whose absolute sum overflows float64 (every response would be inf or nan)."""
+    with np.errstate(over="ignore"):
+        total = float(np.abs(weights).sum())
+    if not math.isfinite(total):
+        raise ValueError(
+            f"{name} weights are too large: their absolute sum overflows float64 (largest |weight| "
+            f"{float(np.abs(weights).max()):.3g}); scale them down so that sum |w| stays below 1e308"
+        )
+
 def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
     """Parse a kernel typed as text.
 
@@ -271,12 +283,7 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
         counts = ", ".join(f"row {i}: {len(r)}" for i, r in enumerate(parsed, start=1))
         raise ValueError(f"kernel text: every row needs the same number of weights, got {counts}")
     weights = np.array(parsed, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        if not np.isfinite(np.abs(weights).sum()):
-            raise ValueError(
-                f"kernel text: weights are too large: their absolute sum overflows float64 (largest |weight| "
-                f"{float(np.abs(weights).max()):.3g}); scale them down so that sum |w| stays below 1e308"
-            )
+    check_weight_sum(weights, "kernel text:")
     if max(weights.shape) > MAX_KERNEL_SIDE:
         raise ValueError(
             f"kernel text: sides must be 1..{MAX_KERNEL_SIDE}, got shape {weights.shape}"

@@ -2,8 +2,8 @@
 
 Data flow of one job (``filter_pair``; ``filter_image`` is the same with one filter)::
 
-    caller thread            job thread (parent)                worker workers (processes)
-    -------------            -------------------                ------------------------
+    caller thread            job thread (parent)                worker processes
+    -------------            -------------------                ----------------
     submit() -- validate --> lease workers (wait if busy)
                              input segment  <- copy image, in  (skipped: shared_array input)
                                row blocks on one thread per CPU
@@ -16,22 +16,25 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                                                                 the output segment; then read
                                                                 the next band's token from the
                                                                 pass's pipe until it is empty
-                             <--- one answer per worker: [(band, t0, t1)]; progress() reads
-                                  each worker's shared bands_done counter meanwhile
+                             <--- one answer per worker: PassDone(its bands, each with
+                                  start and end); progress() reads each worker's shared
+                                  bands_done counter meanwhile
                              outputs: a new array IS its output
                                segment (owned like a
                                shared_array, pooled again when
                                the caller drops it); a numpy
                                out= is copied into, in row blocks
-                             finally: pool the input segment,
-                               tell workers to unmap retired ones,
-                               return workers to the engine
+                             finally: return workers to the engine
+                               (a broken one is killed first),
+                               pool the scratch segments, tell
+                               workers to unmap retired ones
     result() <-------------- JobResult(outputs, timeline, phases, routes)
 
 Ownership: this process creates and unlinks every segment (``_shm.Segment``) and every token
 pipe (the workers get a duplicate of its read end for one pass and close it); workers only
-attach. A worker is one worker process (spawn start method) and the parent's end of a pipe to it:
-each filter runs on its own group of processes. A pass hands each worker of the group its first
+attach (and, if this process was SIGKILLed, unlink its segments before they exit:
+``_worker._orphaned``). A ``_Worker`` is one spawned process and this process's end of a pipe to
+it: each filter runs on its own group of them. A pass hands each worker of the group its first
 band; the rest wait in the token pipe, and a worker that finishes a band takes the next token
 itself, with no round trip to the parent (a read of a 2-byte token is atomic, so no band runs
 twice). Cancel empties the pipe: every worker stops after its band. The job thread waits on
@@ -62,11 +65,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _worker
-from ._bands import band_count, plan_bands
+from ._bands import band_count, default_processes, plan_bands
 from ._errors import JobCancelled, WorkerError
 from ._options import BORDER
 from ._request import FilterRequest
 from ._shm import Segment, SegmentPool, SegmentRef, sweep_stale
+from ._timeline import TIMELINE_STYLE
 from ._validate import check_out, check_processes
 
 __all__ = ["Engine", "Job", "JobResult", "BandRecord", "Phases", "available_cpus", "default_engine"]
@@ -375,7 +379,7 @@ class Job:
             workers = eng._lease(sum(self._processes), self._cancel)
             if workers is None:
                 raise JobCancelled(f"job {self.id} was cancelled while waiting for workers")
-            self._counters = tuple((s.bands_done, s.bands_done.value) for s in workers)
+            self._counters = tuple((w.bands_done, w.bands_done.value) for w in workers)
             self._state = "running"
             outcome, ok = self._execute(workers, temps), True
         except BaseException as e:  # noqa: BLE001 - every failure must reach result()
@@ -384,9 +388,11 @@ class Job:
             # Clean up *before* anyone waiting on result() wakes: no band is still running
             # (see _drain), so pooled segments can be reused and nothing is left in /dev/shm.
             self._done_bands = self.progress()[0]
+            # workers first: a broken one (a band that outran _drain) is killed and joined here,
+            # so no band can still write into a segment once it is back in the pool
+            eng._give_back(workers or [])
             for seg in temps:
                 eng._recycle(seg)
-            eng._give_back(workers or [])
             self._image = self._outs = self._user_image = self._user_outs = None
         if ok:
             self._state = "done"
@@ -462,7 +468,7 @@ class Job:
         them (a band can run for many seconds; neither WorkerError nor Ctrl-C should wait for
         it). Dead before the job's segments are recycled, they write nothing after it;
         give-back replaces them."""
-        busy = [s for s in workers if s.busy or s.broken]
+        busy = [w for w in workers if w.busy or w.broken]
         for worker in busy:
             worker.broken = True
             if worker.process.is_alive():
@@ -568,7 +574,8 @@ class Engine:
     def submit(self, image, request: FilterRequest, *, processes=None, out=None, _bands=None) -> Job:
         """Start a request's one or two filters in the background and return a ``Job`` at once.
 
-        ``processes`` is an int (one kernel) or a pair (default: the CPUs, split between two);
+        ``processes`` is an int (one kernel) or a pair (default: the CPUs, split between two, at
+        most one process per ``MIN_BAND_PIXELS`` of the image: ``_bands.default_processes``);
         ``out`` a tuple of one array per kernel (or None: new arrays). Everything is validated
         here, before any process starts or memory is allocated.
         """
@@ -577,14 +584,13 @@ class Engine:
                             f"output='abs')), got {type(request).__name__}")
         img3 = request.check_image(image)
         n = len(request.kernels)
-        default = (self.cpus,) if n == 1 else (max(1, self.cpus // 2), max(1, self.cpus - self.cpus // 2))
-        default = tuple(min(d, self.max_workers // n or 1) for d in default)
-        procs = check_processes(processes, n, self.max_workers, default)
+        procs = check_processes(processes, n, self.max_workers, self._default_processes(img3.shape, n))
         if out is None:
             outs = (None,) * n
         else:
             if not isinstance(out, (tuple, list)) or len(out) != n:
-                raise ValueError(f"out must be a tuple of {n} arrays (or None), got {type(out).__name__}")
+                got = f"{len(out)} arrays" if isinstance(out, (tuple, list)) else type(out).__name__
+                raise ValueError(f"out must be a tuple of {n} array{'s' if n > 1 else ''} (one per kernel) or None, got {got}")
             outs = tuple(check_out(o, img3, "out" if n == 1 else f"out[{i}]", image.shape) for i, o in enumerate(out))
             if n == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
                 raise ValueError("out[0] and out[1] must not share memory")
@@ -596,19 +602,19 @@ class Engine:
         self._threads.run(job._run)
         return job
 
-    def plan(self, image_shape, kernel, processes: int, *, border: str = "replicate") -> tuple:
+    def plan(self, image_shape, kernel, processes: int | None = None, *, border: str = "replicate") -> tuple:
         """The bands this engine cuts for one filter of ``kernel`` on ``processes`` workers
         (what ``submit`` will run; idle workers take the next band, so which worker runs
         which band is decided at run time)."""
         (k,) = FilterRequest([kernel], border=border).kernels
-        (p,) = check_processes(processes, 1, self.max_workers, (self.cpus,))
         h, w = int(image_shape[0]), int(image_shape[1])
+        (p,) = check_processes(processes, 1, self.max_workers, self._default_processes((h, w), 1))
         return plan_bands(h, k.shape[0], band_count(h, w, p), wrap=BORDER[border].wraps)
 
     def idle_workers(self) -> list[int]:
         """PIDs of the worker processes alive now (idle ones; leased ones are busy in a job)."""
         with self._cond:
-            return [s.pid for s in self._idle if s.pid is not None]
+            return [w.pid for w in self._idle if w.pid is not None]
 
     def shared_array(self, shape, dtype) -> np.ndarray:
         """A zeroed array whose memory is an engine-owned shared-memory segment.
@@ -622,9 +628,10 @@ class Engine:
         dt = np.dtype(dtype)
         if dt not in (np.uint8, np.uint16):
             raise ValueError(f"dtype must be uint8 or uint16, got {dt}")
-        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-        if not shape or any(s < 1 for s in shape):
-            raise ValueError(f"shape must be positive sizes, got {shape}")
+        sides = shape if isinstance(shape, (tuple, list)) else (shape,)
+        if not sides or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in sides):
+            raise ValueError(f"shape must be positive integer sizes, e.g. (height, width, 3), got {shape!r}")
+        shape = tuple(int(n) for n in sides)
         seg = Segment(int(np.prod(shape)) * dt.itemsize)
         arr = np.ndarray(shape, dt, buffer=seg.buf)
         key = id(seg)
@@ -687,8 +694,9 @@ class Engine:
         """An array from ``shared_array`` (or a job's result, ``reuse``) was garbage-collected:
         unlink its segment (a result's goes back to the pool). Runs wherever the garbage
         collector does; if that is inside this engine's own bookkeeping (this thread holds the
-        lock, maybe mid-iteration over the pool), it is finished later by ``_take_returned``."""
-        if self._cond._is_owned():  # noqa: SLF001 - Condition's own "held by this thread" test
+        engine's or the pool's lock, maybe mid-iteration), it is finished later by
+        ``_take_returned`` (giving it back there would deadlock on the lock this thread holds)."""
+        if self._cond._is_owned() or self._scratch.held_here():  # noqa: SLF001 - "held by this thread"
             self._returned.append((key, reuse))
             return
         with self._cond:
@@ -759,9 +767,9 @@ class Engine:
         ticket = object()
         with self._cond:
             # a worker that died while idle (OOM killer, kill -9) is replaced, not handed out
-            dead = [s for s in self._idle if not s.process.is_alive()]
-            for s in dead:
-                self._idle.remove(s)
+            dead = [w for w in self._idle if not w.process.is_alive()]
+            for worker in dead:
+                self._idle.remove(worker)
                 self._alive -= 1
             self._queue.append(ticket)
             try:
@@ -778,8 +786,8 @@ class Engine:
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
-        for s in dead:
-            s.shutdown()
+        for worker in dead:
+            worker.shutdown()
         try:
             fresh = [_Worker(self._ctx) for _ in range(new)]
             with self._cond:
@@ -791,16 +799,27 @@ class Engine:
             raise
         workers = take + fresh
         try:
-            for s in fresh:
-                s.ready()
+            for worker in fresh:
+                worker.ready()
         except BaseException:
             self._give_back(workers)
             raise
-        for s in take:
-            with self._cond:
-                stale, s.stale = s.stale, []
-            s.release(stale)
+        for worker in take:
+            self._release_stale(worker)
         return workers
+
+    def _default_processes(self, shape, n: int) -> tuple[int, ...]:
+        """Process counts when the caller names none: the CPUs (split between two filters, at
+        least one each), at most one per ``MIN_BAND_PIXELS`` of the image, within max_workers."""
+        split = (self.cpus,) if n == 1 else (max(1, self.cpus // 2), max(1, self.cpus - self.cpus // 2))
+        useful = default_processes(shape[0], shape[1], self.cpus)
+        return tuple(min(d, useful, self.max_workers // n or 1) for d in split)
+
+    def _release_stale(self, worker) -> None:
+        """Tell ``worker`` to unmap the segments retired while it was busy."""
+        with self._cond:
+            stale, worker.stale = worker.stale, []
+        worker.release(stale)
 
     def _give_back(self, workers):
         keep = []
@@ -810,9 +829,7 @@ class Engine:
                 with self._cond:
                     self._alive -= 1
                 continue
-            with self._cond:
-                stale, worker.stale = worker.stale, []
-            worker.release(stale)  # in order, before its next band
+            self._release_stale(worker)  # in order, before its next band
             keep.append(worker)
         with self._cond:
             if self._closed:
@@ -864,7 +881,7 @@ class _Passes:
                         self.on_answer(w.receive())
         except _Died as e:
             job._stop(self.workers)
-            which = f" of filter {'AB'[self.group_of[id(e.worker)]]}" if len(self.groups) > 1 else ""
+            which = f" of filter {TIMELINE_STYLE.letter(self.group_of[id(e.worker)])}" if len(self.groups) > 1 else ""
             raise WorkerError(
                 f"worker process {e.worker.pid}{which} {_death_cause(e.worker.exitcode())}; the job was stopped and "
                 "the engine replaces the worker, so the next job runs"

@@ -14,11 +14,15 @@ Ownership::
     Segment.release() --- unlink + close --> (gone)                 (told by on_retire; never
       and SegmentPool.on_retire(names)                              under a running task)
     sweep_stale()     --- unlink pfl_<pid>_* whose <pid> is not alive (a killed run)
+                                                          <- sweep_owner(pid): a pool worker
+                                                             whose parent died unlinks the
+                                                             parent's segments, then exits
 
 The parent unlinks every segment it created: in ``finally`` blocks during a job, when an array
-it handed out is garbage-collected, and when its engine closes. A SIGKILLed parent cannot, so
-every engine sweeps stale segments of dead creators when it starts. Nothing else in /dev/shm is
-ever touched: only names with our prefix whose creator process no longer exists.
+it handed out is garbage-collected, and when its engine closes. A SIGKILLed parent cannot: its
+pool workers notice and sweep its segments before they exit (``_worker._orphaned``), and every
+engine sweeps stale segments of dead creators when it starts. Nothing else in /dev/shm is ever
+touched: only names with our prefix whose creator process no longer exists.
 """
 
 from __future__ import annotations
@@ -142,7 +146,9 @@ class SegmentPool:
     def __init__(self, keep: int, max_bytes: int, on_retire: Callable[[list], None] | None = None):
         self.keep, self.max_bytes, self.on_retire = keep, max_bytes, on_retire
         self._free: collections.OrderedDict = collections.OrderedDict()  # name -> Segment, oldest first
-        self._lock = threading.Lock()
+        # reentrant, so that held_here() can tell: the garbage collector may run a finalizer
+        # that gives a segment back while this thread is inside take() or give()
+        self._lock = threading.RLock()
 
     def take(self, nbytes: int) -> "Segment":
         with self._lock:
@@ -174,6 +180,10 @@ class SegmentPool:
 
     def nbytes(self) -> int:
         return sum(s.nbytes for s in list(self._free.values()))
+
+    def held_here(self) -> bool:
+        """This thread is inside ``take``/``give``/``clear`` (a finalizer must not give now)."""
+        return self._lock._is_owned()  # noqa: SLF001 - RLock's own "held by this thread" test
 
     def names(self) -> set:
         return set(self._free)

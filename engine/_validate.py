@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._compute import PYTHON_MAX_PIXELS
-from ._kernels import KERNELS, MAX_KERNEL_SIDE, Kernel
+from ._kernels import KERNELS, MAX_KERNEL_SIDE, Kernel, check_weight_sum
 
 __all__ = ["check_image", "check_kernel", "check_choice", "check_processes", "check_out", "check_python_size"]
 
@@ -63,13 +63,7 @@ def check_kernel(kernel, name: str = "kernel") -> Kernel:
     if not np.isfinite(w).all():
         bad = w[~np.isfinite(w)][0]
         raise ValueError(f"{name} weights must be finite numbers, got {bad}")
-    with np.errstate(over="ignore"):
-        total = float(np.abs(w).sum())
-    if not np.isfinite(total):
-        raise ValueError(
-            f"{name} weights are too large: their absolute sum overflows float64 (largest |weight| "
-            f"{float(np.abs(w).max()):.3g}); scale them down so that sum |w| stays below 1e308"
-        )
+    check_weight_sum(w, name)
     return kernel if isinstance(kernel, Kernel) else Kernel(label, w, f"custom {w.shape[0]}x{w.shape[1]} kernel", "user")
 
 

@@ -147,11 +147,30 @@ def test_processes_out_of_range(eng, bad):
 @pytest.mark.parametrize("bad,kind", [(1.5, "float"), (2.0, "float"), ("2", "str"), (True, "bool"), (False, "bool"),
                                       (None, None)])
 def test_processes_not_an_integer(eng, bad, kind):
-    if bad is None:  # None is the default: all the CPUs
-        assert eng.submit(IMG, engine.FilterRequest(["sobel"])).result(timeout=60).processes == (eng.cpus,)
+    if bad is None:  # None is the default: one process for this 6x5 image (see the next test)
+        assert eng.submit(IMG, engine.FilterRequest(["sobel"])).result(timeout=60).processes == (1,)
         return
     with pytest.raises(TypeError, match=rf"^processes must be an integer from 1 to 4, got {re.escape(repr(bad))} \({kind}\)$"):
         eng.filter_image(IMG, "sobel", processes=bad)
+
+
+def test_default_processes_are_the_cpus_at_most_one_per_min_band_pixels(eng):
+    """No processes= means every CPU, but no more than the image has MIN_BAND_PIXELS: a 512x512
+    image runs on one process, one of cpus x MIN_BAND_PIXELS on all of them."""
+    cpus, unit = eng.cpus, engine._bands.MIN_BAND_PIXELS  # noqa: SLF001
+    small = np.zeros((512, 512), np.uint8)
+    big = np.zeros((cpus * unit // 512, 512), np.uint8)
+    just_below = np.zeros((cpus * unit // 512 - 1, 512), np.uint8)
+    one = engine.FilterRequest(["box_3x3"])
+    two = engine.FilterRequest(["box_3x3", "sobel"])
+    assert eng.submit(small, one).result(timeout=60).processes == (1,)
+    assert eng.submit(big, one).result(timeout=60).processes == (min(cpus, eng.max_workers),)
+    assert eng.submit(just_below, one).result(timeout=60).processes == (max(1, cpus - 1),)
+    assert eng.submit(small, two).result(timeout=60).processes == (1, 1)
+    split = (max(1, cpus // 2), max(1, cpus - cpus // 2))
+    assert eng.submit(big, two).result(timeout=60).processes == tuple(min(p, eng.max_workers // 2) for p in split)
+    assert len(eng.plan(small.shape, "box_3x3", None)) == 1
+    assert eng.submit(small, one, processes=2).result(timeout=60).processes == (2,)  # asked for: honoured
 
 
 def test_processes_numpy_integers_are_integers(eng):
@@ -217,9 +236,9 @@ def test_out_errors(eng):
     with pytest.raises(ValueError, match=r"^out must not share memory with the image"):
         eng.filter_image(img[:, :6], "sobel", out=img[:, 4:])  # views sharing columns 4 and 5
     assert eng.filter_image(img[:, :5], "sobel", out=img[:, 5:]) is not None  # side by side: allowed
-    with pytest.raises(ValueError, match=r"^out must be a tuple of 2 arrays \(or None\), got ndarray$"):
+    with pytest.raises(ValueError, match=r"^out must be a tuple of 2 arrays \(one per kernel\) or None, got ndarray$"):
         eng.filter_pair(IMG, "sobel", "gaussian", processes=(1, 1), out=np.zeros_like(IMG))
-    with pytest.raises(ValueError, match=r"^out must be a tuple of 1 arrays \(or None\), got tuple$"):
+    with pytest.raises(ValueError, match=r"^out must be a tuple of 1 array \(one per kernel\) or None, got 2 arrays$"):
         eng.submit(IMG, engine.FilterRequest(["sobel"]), processes=1, out=(np.zeros_like(IMG), np.zeros_like(IMG)))
     same = np.zeros_like(IMG)
     with pytest.raises(ValueError, match=r"^out\[0\] and out\[1\] must not share memory$"):
@@ -248,8 +267,8 @@ def test_closed_engine_refuses_work():
 def test_shared_array_arguments(eng):
     with pytest.raises(ValueError, match=r"^dtype must be uint8 or uint16, got float32$"):
         eng.shared_array((4, 4), np.float32)
-    for bad in [(0, 4), (4, -1), ()]:
-        with pytest.raises(ValueError, match=r"^shape must be positive sizes, got "):
+    for bad in [(0, 4), (4, -1), (), (2.5, 4), ("4", 4), (True, 4)]:
+        with pytest.raises(ValueError, match=r"^shape must be positive integer sizes, e\.g\. \(height, width, 3\), got "):
             eng.shared_array(bad, np.uint8)
 
 
