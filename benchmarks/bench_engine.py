@@ -48,6 +48,7 @@ from _harness import (ROOT, Candidate, OpenCV, Samples, bench_image, cpu_line, d
                       exact_tolerance, fmt_ms, fmt_x, interleave, md_table, notebook_filter, progress, random_kernel)
 
 from engine import KERNELS, Engine, FilterRequest, Kernel, available_cpus, plan_bands
+from engine._bands import default_processes
 from engine._compute import filter_band
 
 SIZES = (512, 2048, 4096, 8192)
@@ -494,14 +495,18 @@ def evaluate(by_size: dict, pair: dict, pair_size: int, nb: dict, n1024: dict, r
                               f"{_where(both, span=False)}; inside the pair the filters' bands spanned "
                               f"{fmt_ms(both.span(0))} / {fmt_ms(both.span(1))} ms, alone {fmt_ms(a.span(0))} / "
                               f"{fmt_ms(b.span(0))} ms"))
+    default = default_processes(SMALL_SIZE, SMALL_SIZE, cpus)  # what filter_image(img, kernel) runs on
     for kname, label in kernels:
         r = by_size.get(SMALL_SIZE, {}).get(kname)
-        what = f"{SMALL_SIZE}², {label}: warm filter_image ({cpus} processes, numpy arrays) vs OpenCV best, 1 thread (new array)"
+        what = (f"{SMALL_SIZE}², {label}: warm filter_image, default processes ({_workers(default, 'process')} at "
+                f"this size), numpy arrays vs OpenCV best, 1 thread (new array)")
         if r is None:
             targets.append(_not_run("512²", what, ("--sizes", SMALL_SIZE)))
             continue
-        e = r.samples[f"np{cpus}"]
-        targets.append(_ratio("512²", what, e.median(), r.ref(NEW, 1).median(), 3.0, _where(e)))
+        e, ref = r.samples[f"np{default}"], r.ref(NEW, 1).median()
+        others = "; ".join(f"on {_workers(p, 'process')} {fmt_x(r.samples[f'np{p}'].median() / ref)}"
+                           for p in range(1, cpus + 1) if p != default)
+        targets.append(_ratio("512²", what, e.median(), ref, 3.0, _where(e), context=others))
     t1024, crop = n1024["engine"].median(), nb["gaussian"]["crop"]
     for name, rendition in (("notebook", "the notebook's template"), ("python", "the engine's `python` loops")):
         t = nb["gaussian"][name] * NOTEBOOK_SIZE**2
