@@ -94,16 +94,18 @@ def output_names(names) -> dict[str, str]:
 
 
 def is_complete(out_path: str, in_path: str) -> bool:
-    """An output counts as done when it decodes as an image of the input's size (Pillow reads
-    the headers and, for PNG, checks every chunk's CRC without decompressing the pixels)."""
+    """An output counts as done when it decodes as an image of the size ``load_image`` gives
+    the input: its header's, sides swapped by an EXIF orientation of 5-8 (Pillow reads the
+    headers and, for PNG, checks every chunk's CRC without decompressing the pixels)."""
     from PIL import Image
+
+    from ._image import _loaded_size
 
     try:
         with Image.open(out_path) as out:
             size = out.size
             out.verify()
-        with Image.open(in_path) as src:
-            return src.size == size
+        return _loaded_size(in_path) == size
     except Exception:  # noqa: BLE001 - anything unreadable is not done
         return False
 

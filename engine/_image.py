@@ -245,6 +245,24 @@ def _orientation(im: Image.Image, key: str, source: Union[str, bytes]) -> int:
     return im.getexif().get(0x0112, 1)
 
 
+#: PNG chunks Pillow may read an EXIF orientation from (eXIf, or EXIF/XMP text), anywhere in the file.
+_PNG_EXIF_CHUNKS = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
+
+
+def _loaded_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of the array ``load_image`` gives for a file: the header's size, its
+    sides swapped for EXIF orientations 5-8, by the loader's own ``_orientation``. No pixels are
+    decoded, except in a PNG whose EXIF may come after its pixels (an eXIf or text chunk, and
+    none read before them): Pillow decodes the pixels to reach it."""
+    with Image.open(path) as im:
+        key = _policy_key(im)
+        if im.format == "PNG" and "exif" not in im.info and key != "PNG 16-bit color":
+            if not {kind for kind, _, _ in _png_chunks(_bytes(path))} & _PNG_EXIF_CHUNKS:
+                return im.size
+        w, h = im.size
+        return (h, w) if _orientation(im, key, path) in (5, 6, 7, 8) else (w, h)
+
+
 # -- the source ------------------------------------------------------------------------------------
 def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):

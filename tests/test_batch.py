@@ -1,0 +1,79 @@
+"""``python -m engine batch`` on the process-pool engine (no Dask needed): names, listing,
+resume and up-front checks of ``engine/_batch.py``. The Dask side is in ``tests/test_dask.py``."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+import engine
+from engine import _batch, _cli
+
+RNG = np.random.default_rng(11)
+
+
+def _jpeg(path, orientation):
+    a = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)  # wider than tall: 5-8 swap the sides
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(path, exif=exif.tobytes())
+
+
+# -- resume: what counts as done -------------------------------------------------------------------
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_is_complete_uses_the_size_after_exif_orientation(tmp_path, orientation):
+    src, out = tmp_path / "a.jpg", tmp_path / "a.png"
+    _jpeg(src, orientation)
+    loaded = engine.load_image(src)
+    engine.save_image(loaded, out)
+    assert _batch.is_complete(str(out), str(src))
+    # an output of the other size (the header's, for 5-8) is not the filtered image
+    engine.save_image(np.ascontiguousarray(loaded.transpose(1, 0, 2)), out)
+    assert not _batch.is_complete(str(out), str(src))
+
+
+def _exif_before_iend(data: bytes, exif: Image.Exif) -> bytes:
+    """The PNG with an eXIf chunk after its pixels (Pillow finds it only when it decodes them)."""
+    body = b"eXIf" + exif.tobytes()[6:]
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    iend = data.rindex(b"IEND") - 4
+    return data[:iend] + chunk + data[iend:]
+
+
+@pytest.mark.parametrize("case", ["exif", "exif_late", "exif16", "plain", "text"])
+def test_is_complete_on_png_inputs_follows_load_image(tmp_path, case):
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    if case == "exif16":  # 16-bit color PNG: the loader reads its eXIf chunk itself
+        data = engine.save_image(RNG.integers(0, 65536, (20, 30, 3), dtype=np.uint16))
+        src.write_bytes(_exif_before_iend(data, exif))
+    else:
+        im = Image.fromarray(RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "made for a test")
+        bio = io.BytesIO()
+        im.save(bio, "PNG", exif=exif.tobytes() if case == "exif" else None, pnginfo=info if case == "text" else None)
+        src.write_bytes(_exif_before_iend(bio.getvalue(), exif) if case == "exif_late" else bio.getvalue())
+    loaded = engine.load_image(src)
+    assert loaded.shape[:2] == ((30, 20) if case.startswith("exif") else (20, 30))
+    engine.save_image(loaded, out)
+    assert _batch.is_complete(str(out), str(src))
+    engine.save_image(np.ascontiguousarray(loaded.transpose(1, 0, 2)), out)
+    assert not _batch.is_complete(str(out), str(src))
+
+
+def test_a_rerun_does_not_redo_a_rotated_jpeg(tmp_path, capsys):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    _jpeg(d / "turned.jpg", 6)
+    args = ["batch", str(d), str(out), "--kernel", "gaussian", "--processes", "1"]
+    assert _cli.main(args) == 0
+    assert "1 filtered, 0 already done" in capsys.readouterr().out
+    assert _cli.main(args) == 0
+    assert "0 filtered, 1 already done" in capsys.readouterr().out
