@@ -23,6 +23,7 @@ both must be on storage every worker sees under the same paths.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -74,22 +75,26 @@ def list_images(folder: str) -> tuple[list[str], int]:
 
 
 def output_names(names) -> dict[str, str]:
-    """Input name -> output name. PNG and TIFF keep their name; other formats become PNG
-    (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or ``a.jpg.png`` when that is taken.
+    """Input name -> output name, no two the same (letter case ignored). PNG and TIFF keep their
+    name; other formats become PNG (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or
+    ``a.jpg.png`` when that is taken, or ``a.jpg-2.png``, ``a.jpg-3.png``... when that is taken
+    too. Names are handed out in the order given (``list_images``: sorted), so a rerun on the
+    same folder gets the same names.
 
     >>> output_names(["a.png", "a.jpg", "b.jpg", "c.TIF"])
     {'a.png': 'a.png', 'c.TIF': 'c.TIF', 'a.jpg': 'a.jpg.png', 'b.jpg': 'b.png'}
+    >>> output_names(["a.gif", "a.jpg", "a.jpg.png"])
+    {'a.jpg.png': 'a.jpg.png', 'a.gif': 'a.png', 'a.jpg': 'a.jpg-2.png'}
     """
     out = {n: n for n in names if os.path.splitext(n)[1].lower() in _KEEP_EXT}
     taken = {n.lower() for n in out}
     for n in names:
         if n in out:
             continue
-        cand = os.path.splitext(n)[0] + ".png"
-        if cand.lower() in taken:
-            cand = n + ".png"
-        out[n] = cand
-        taken.add(cand.lower())
+        candidates = itertools.chain([os.path.splitext(n)[0] + ".png", n + ".png"],
+                                     (f"{n}-{i}.png" for i in itertools.count(2)))
+        out[n] = next(c for c in candidates if c.lower() not in taken)
+        taken.add(out[n].lower())
     return out
 
 

@@ -77,3 +77,29 @@ def test_a_rerun_does_not_redo_a_rotated_jpeg(tmp_path, capsys):
     assert "1 filtered, 0 already done" in capsys.readouterr().out
     assert _cli.main(args) == 0
     assert "0 filtered, 1 already done" in capsys.readouterr().out
+
+
+# -- output names ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("names", [
+    ["a.gif", "a.jpg", "a.jpg.png"],
+    ["a.bmp", "a.gif", "a.jpg", "a.jpg.png", "a.jpg-2.png", "a.png"],
+    ["A.JPG", "a.gif", "a.jpg", "a.JPG.png"],
+])
+def test_output_names_are_unique_whatever_the_inputs_are_called(names):
+    out = _batch.output_names(names)
+    assert sorted(out) == sorted(names)
+    assert len({v.lower() for v in out.values()}) == len(names), out
+    for n, v in out.items():
+        assert v == n if n.lower().endswith((".png", ".tif", ".tiff")) else v.endswith(".png")
+
+
+def test_two_inputs_never_share_an_output(tmp_path, capsys):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    img = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(img).save(d / "a.gif")
+    Image.fromarray(img).save(d / "a.jpg")
+    engine.save_image(img, d / "a.jpg.png")
+    assert _cli.main(["batch", str(d), str(out), "--kernel", "identity", "--processes", "1"]) == 0
+    assert "3 filtered" in capsys.readouterr().out
+    assert len(list(out.iterdir())) == 3
