@@ -54,9 +54,12 @@ class Outcome:
 
 
 def _image_extensions() -> set[str]:
+    """Extensions of the formats Pillow can open: not the save-only ones (``.pdf``, ``.palm``);
+    ``.mpo`` is opened by the JPEG plugin, which has no extension of its own for it."""
     from PIL import Image
 
-    return {ext.lower() for ext in Image.registered_extensions()}
+    formats = Image.registered_extensions()  # also loads every plugin, which fills Image.OPEN
+    return {ext.lower() for ext, fmt in formats.items() if fmt in Image.OPEN or fmt == "MPO"}
 
 
 def list_images(folder: str) -> tuple[list[str], int]:

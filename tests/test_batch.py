@@ -103,3 +103,26 @@ def test_two_inputs_never_share_an_output(tmp_path, capsys):
     assert _cli.main(["batch", str(d), str(out), "--kernel", "identity", "--processes", "1"]) == 0
     assert "3 filtered" in capsys.readouterr().out
     assert len(list(out.iterdir())) == 3
+
+
+# -- what counts as an image -----------------------------------------------------------------------
+def test_only_formats_pillow_can_open_are_listed(tmp_path):
+    from PIL import Image
+
+    for name in ("doc.pdf", "pic.palm", "a.png", "b.JPG", "c.mpo", "d.tiff", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    images, ignored = _batch.list_images(str(tmp_path))
+    assert images == ["a.png", "b.JPG", "c.mpo", "d.tiff"] and ignored == 3
+    exts = _batch._image_extensions()
+    assert {".pdf", ".palm"}.isdisjoint(exts)
+    assert all(Image.registered_extensions()[e] in Image.OPEN or e == ".mpo" for e in exts)
+
+
+def test_a_pdf_in_the_folder_is_ignored_not_bad(tmp_path, capsys):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    engine.save_image(RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8), d / "a.png")
+    Image.new("RGB", (8, 8)).save(d / "report.pdf")
+    assert _cli.main(["batch", str(d), str(out), "--kernel", "identity", "--processes", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "1 filtered" in text and "1 non-image file(s) ignored" in text and "report.pdf" not in text
