@@ -34,6 +34,7 @@ from ._bands import plan_bands, take_rows
 from ._errors import ImageError, WorkerError
 from ._image import load_image, save_image
 from ._request import FilterRequest
+from ._validate import check_processes
 
 __all__ = ["Batch", "Outcome", "prepare_batch", "list_images", "output_names", "is_complete", "process_file",
            "sweep_temps"]
@@ -297,14 +298,15 @@ def _wait_one(eng, image, request, processes):
 
 def prepare_batch(in_dir, out_dir, request: FilterRequest, *, scheduler=None, processes=None, overwrite=False,
                   max_pixels=None) -> Batch:
-    """Check a batch before any work: the folders, the scheduler; create ``out_dir``, sweep the
-    temp files of killed runs from it, and list the images.
+    """Check a batch before any work: the folders, the scheduler, ``processes``; create
+    ``out_dir``, sweep the temp files of killed runs from it, and list the images.
 
     Raises
     ------
-    FileNotFoundError, ValueError
+    FileNotFoundError, ValueError, TypeError
         The input folder is missing, the output folder is the input folder, ``scheduler`` is not
-        'local' or an address (or Dask is missing), or ``processes`` was given with a scheduler.
+        'local' or an address (or Dask is missing), or ``processes`` was given with a scheduler
+        or is not an integer from 1 to the engine's ``max_workers`` (twice the CPUs).
     """
     in_abs, out_abs = os.path.abspath(in_dir), os.path.abspath(out_dir)
     if not os.path.isdir(in_abs):
@@ -316,6 +318,10 @@ def prepare_batch(in_dir, out_dir, request: FilterRequest, *, scheduler=None, pr
     scheduler = _check_scheduler(scheduler)
     if scheduler is not None and processes is not None:
         raise ValueError("processes is for the process-pool engine; with a scheduler the cluster's workers run the images")
+    if processes is not None:
+        from ._pool import default_max_workers
+
+        (processes,) = check_processes(processes, 1, default_max_workers(), (1,))
     os.makedirs(out_abs, exist_ok=True)
     sweep_temps(out_abs)
     names, ignored = list_images(in_abs)

@@ -126,3 +126,34 @@ def test_a_pdf_in_the_folder_is_ignored_not_bad(tmp_path, capsys):
     assert _cli.main(["batch", str(d), str(out), "--kernel", "identity", "--processes", "1"]) == 0
     text = capsys.readouterr().out
     assert "1 filtered" in text and "1 non-image file(s) ignored" in text and "report.pdf" not in text
+
+
+# -- up-front checks -------------------------------------------------------------------------------
+def _one_image_folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    engine.save_image(RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8), d / "a.png")
+    return d
+
+
+def test_processes_beyond_the_engine_are_refused_before_any_work(tmp_path):
+    from engine._pool import default_max_workers
+
+    d, out = _one_image_folder(tmp_path), tmp_path / "out"
+    request = engine.FilterRequest(["sobel"])
+    limit = default_max_workers()
+    with pytest.raises(ValueError, match=rf"^processes must be an integer from 1 to {limit} .*got {limit + 1}$"):
+        _batch.prepare_batch(d, out, request, processes=limit + 1)
+    with pytest.raises(TypeError, match=r"^processes must be an integer from 1 to \d+, got 1.5"):
+        _batch.prepare_batch(d, out, request, processes=1.5)
+    assert not out.exists()  # refused before the output folder was made
+    assert _batch.prepare_batch(d, out, request, processes=limit).processes == limit
+
+
+def test_cli_processes_99_is_a_usage_error(tmp_path, capsys):
+    d, out = _one_image_folder(tmp_path), tmp_path / "out"
+    assert _cli.main(["batch", str(d), str(out), "--kernel", "sobel", "--processes", "99"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: processes must be an integer from 1 to ") and captured.err.count("\n") == 1
+    assert "got 99" in captured.err
