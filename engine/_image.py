@@ -323,7 +323,8 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
         With a one-line message naming the cause: empty, not an image, truncated or corrupt,
         more than ``max_pixels`` pixels, a mode with no uint8/uint16 form (floating point,
         L*a*b*), a layout or compression the decoder does not support, or a format that needs
-        a program that is not installed (EPS: Ghostscript).
+        a program or Python package that is not installed (EPS: Ghostscript; 16-bit color
+        TIFF: tifffile, and imagecodecs for most compressions), named with what to install.
 
     Examples
     --------
@@ -409,12 +410,30 @@ _CAUSES = [
 ]
 
 
+#: Python modules the decoders import when a file needs them -> what ``pip install`` takes.
+_PACKAGES = {"tifffile": "tifffile", "imagecodecs": "imagecodecs", "cv2": "opencv-python-headless"}
+
+
+def _missing_package(e: BaseException, reason: str) -> str | None:
+    """The package to install when a decoder failed for want of one: an import that failed, or
+    tifffile's "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"."""
+    if isinstance(e, ImportError):
+        name = (e.name or "").split(".")[0]
+        return _PACKAGES.get(name, name) or "-r requirements.txt"
+    found = re.search(r"requires the '([\w.-]+)' package", reason)
+    return _PACKAGES.get(found.group(1), found.group(1)) if found else None
+
+
 def _explain(e: BaseException, fmt: str | None, *, layout: bool = False) -> str:
     """The message for a decoder's exception, after the file's name, on one line. ``layout``:
     the file's header was refused (rather than its pixels)."""
     reason = " ".join(str(e).split()) or type(e).__name__
     fmt = fmt or "known"
     a = _article(fmt)
+    package = _missing_package(e, reason)
+    if package:  # not the file's fault: say what to install
+        return (f"is {a} {fmt} file whose decoder needs a Python package that is not installed ({reason}): "
+                f"pip install {package}")
     if isinstance(e, NotImplementedError):  # a layout the plugin knows of but cannot read (DDS)
         found = re.fullmatch(r"Unimplemented DXGI format (\d+)", reason)
         if found:

@@ -409,3 +409,34 @@ def test_save_refuses_unknown_formats_and_extensions(tmp_path):
         save_image(a, tmp_path / "out")
     assert save_image(a, tmp_path / "out", format="png") is None  # format= overrides the name
     assert np.array_equal(load_image(tmp_path / "out"), a)
+
+
+# -- an optional decoder that is not installed ------------------------------------------------------
+def _tiff16() -> bytes:
+    return save_image(RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16), format="TIFF")
+
+
+def test_a_missing_tifffile_is_named_not_called_corruption(monkeypatch):
+    import sys
+
+    data = _tiff16()
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import tifffile now fails
+    with pytest.raises(ImageError, match=r"^image data is a TIFF file whose decoder needs a Python package that is not "
+                                         r"installed \(.*tifffile.*\): pip install tifffile$") as e:
+        load_image(data)
+    assert "corrupt" not in str(e.value) and "ModuleNotFoundError" not in str(e.value)
+
+
+def test_a_missing_imagecodecs_is_named_not_called_corruption(monkeypatch):
+    import tifffile
+
+    data = _tiff16()
+
+    def no_codec(self, *args, **kwargs):  # what tifffile raises for LZW without imagecodecs
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    with pytest.raises(ImageError, match=r"^image data is a TIFF file whose decoder needs a Python package that is not "
+                                         r"installed \(<COMPRESSION.LZW: 5> requires the 'imagecodecs' package\): "
+                                         r"pip install imagecodecs$"):
+        load_image(data)
