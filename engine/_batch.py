@@ -4,11 +4,13 @@ parses the command line and prints the ``Outcome``s). Flow::
 
     caller                                          where each image is filtered
     ------                                          ----------------------------
-    list IN_DIR (image extensions, sorted)
+    check folders, scheduler, processes (exit 2)
+    list IN_DIR (extensions Pillow opens, sorted)
     sweep OUT_DIR's stale temp files (dead pids)
     skip images whose output is complete ------->   (nothing: reported "already done")
-    without --scheduler: one process-pool Engine    load -> engine.filter_image -> save
-                                                    in this process, bands on its workers
+    without --scheduler: one process-pool Engine    load_image, eng.submit + _pool._wait (the
+                                                    one filter's bands on its workers), save:
+                                                    one image at a time, in this process
     with --scheduler: one task per image, at most   on a Dask worker: load_image, the band
       2 per worker thread in flight ------------->  kernel on the one-band plan, save
     print one line per image as it finishes

@@ -1,5 +1,6 @@
-"""Command line: filter, pair, scaling, kernels, sweep (and batch, with the Dask extras). The benchmark
-suite lives beside the package: ``benchmarks/bench_engine.py``.
+"""Command line: filter, pair, scaling, batch, kernels, sweep (batch runs on the process pool, or
+on Dask with ``--scheduler``, which needs the Dask extras). The benchmark suite lives beside the
+package: ``benchmarks/bench_engine.py``.
 
 Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
 1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly). A reader

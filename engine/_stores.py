@@ -184,7 +184,12 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
     chunks : tuple, optional
         Chunk shape of a ``dst`` Zarr created here. Default: ``(band rows, min(W, 4096), C)``.
     progress : callable, optional
-        ``progress(bands_done, bands_total)``, called in the caller as bands finish.
+        ``progress(bands_done, bands_total)``, called in the caller. How often depends on where
+        bands run and on ``dst``: with a cluster (a Client, a cluster, an address, 'local') and
+        a Zarr ``dst`` whose row chunks line up with the bands, as each band finishes; with
+        None, 'threads' or 'synchronous' Dask computes the bands in one call, so every call
+        comes at its end; a Zarr ``dst`` not aligned with the bands gets one call at the end;
+        a TIFF ``dst`` one call per band as each window of bands is written.
 
     Raises
     ------
