@@ -211,7 +211,6 @@ def _cluster_threads(client, workers=None) -> int:
 
 
 def _worker_error(exc):
-
     return WorkerError(
         f"a Dask worker died while running this job, and the task was retried until Dask's "
         f"'distributed.scheduler.allowed-failures' limit: likely out of memory (raise the workers' "

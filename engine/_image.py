@@ -51,7 +51,6 @@ _PILLOW_LOCK = threading.Lock()
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
-
 # -- decoders: (opened image, its policy row, the path or bytes) -> (H, W, C) array ----------------
 def _pillow(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
     """8 bits through Pillow: convert to the row's mode, or its mode with alpha when the file

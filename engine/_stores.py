@@ -54,8 +54,6 @@ def _filter_store(source, dst, band, height, kernel, border, output, implementat
     return band.rows
 
 
-
-
 def _source_tasks(source, plan, height, kernel, border, output, implementation, dst=None, value_range=None):
     """Per band, one task that reads its block from ``source`` itself (a store every worker can
     open): nothing but the band's rows ever travels. With ``dst``, the task also writes them."""
@@ -70,8 +68,6 @@ def _source_tasks(source, plan, height, kernel, border, output, implementation, 
                 for band in plan]
     return [dask.delayed(_filter_store, pure=False)(source, dst, band, height, kernel, border, output, implementation, vr)
             for band in plan]
-
-
 
 
 def _stores():
