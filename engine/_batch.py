@@ -4,11 +4,13 @@ parses the command line and prints the ``Outcome``s). Flow::
 
     caller                                          where each image is filtered
     ------                                          ----------------------------
-    list IN_DIR (image extensions, sorted)
+    check folders, scheduler, processes (exit 2)
+    list IN_DIR (extensions Pillow opens, sorted)
     sweep OUT_DIR's stale temp files (dead pids)
     skip images whose output is complete ------->   (nothing: reported "already done")
-    without --scheduler: one process-pool Engine    load -> engine.filter_image -> save
-                                                    in this process, bands on its workers
+    without --scheduler: one process-pool Engine    load_image, eng.submit + _pool._wait (the
+                                                    one filter's bands on its workers), save:
+                                                    one image at a time, in this process
     with --scheduler: one task per image, at most   on a Dask worker: load_image, the band
       2 per worker thread in flight ------------->  kernel on the one-band plan, save
     print one line per image as it finishes
@@ -23,6 +25,7 @@ both must be on storage every worker sees under the same paths.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -33,6 +36,7 @@ from ._bands import plan_bands, take_rows
 from ._errors import ImageError, WorkerError
 from ._image import load_image, save_image
 from ._request import FilterRequest
+from ._validate import check_processes
 
 __all__ = ["Batch", "Outcome", "prepare_batch", "list_images", "output_names", "is_complete", "process_file",
            "sweep_temps"]
@@ -53,9 +57,12 @@ class Outcome:
 
 
 def _image_extensions() -> set[str]:
+    """Extensions of the formats Pillow can open: not the save-only ones (``.pdf``, ``.palm``);
+    ``.mpo`` is opened by the JPEG plugin, which has no extension of its own for it."""
     from PIL import Image
 
-    return {ext.lower() for ext in Image.registered_extensions()}
+    formats = Image.registered_extensions()  # also loads every plugin, which fills Image.OPEN
+    return {ext.lower() for ext, fmt in formats.items() if fmt in Image.OPEN or fmt == "MPO"}
 
 
 def list_images(folder: str) -> tuple[list[str], int]:
@@ -74,36 +81,42 @@ def list_images(folder: str) -> tuple[list[str], int]:
 
 
 def output_names(names) -> dict[str, str]:
-    """Input name -> output name. PNG and TIFF keep their name; other formats become PNG
-    (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or ``a.jpg.png`` when that is taken.
+    """Input name -> output name, no two the same (letter case ignored). PNG and TIFF keep their
+    name; other formats become PNG (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or
+    ``a.jpg.png`` when that is taken, or ``a.jpg-2.png``, ``a.jpg-3.png``... when that is taken
+    too. Names are handed out in the order given (``list_images``: sorted), so a rerun on the
+    same folder gets the same names.
 
     >>> output_names(["a.png", "a.jpg", "b.jpg", "c.TIF"])
     {'a.png': 'a.png', 'c.TIF': 'c.TIF', 'a.jpg': 'a.jpg.png', 'b.jpg': 'b.png'}
+    >>> output_names(["a.gif", "a.jpg", "a.jpg.png"])
+    {'a.jpg.png': 'a.jpg.png', 'a.gif': 'a.png', 'a.jpg': 'a.jpg-2.png'}
     """
     out = {n: n for n in names if os.path.splitext(n)[1].lower() in _KEEP_EXT}
     taken = {n.lower() for n in out}
     for n in names:
         if n in out:
             continue
-        cand = os.path.splitext(n)[0] + ".png"
-        if cand.lower() in taken:
-            cand = n + ".png"
-        out[n] = cand
-        taken.add(cand.lower())
+        candidates = itertools.chain([os.path.splitext(n)[0] + ".png", n + ".png"],
+                                     (f"{n}-{i}.png" for i in itertools.count(2)))
+        out[n] = next(c for c in candidates if c.lower() not in taken)
+        taken.add(out[n].lower())
     return out
 
 
 def is_complete(out_path: str, in_path: str) -> bool:
-    """An output counts as done when it decodes as an image of the input's size (Pillow reads
-    the headers and, for PNG, checks every chunk's CRC without decompressing the pixels)."""
+    """An output counts as done when it decodes as an image of the size ``load_image`` gives
+    the input: its header's, sides swapped by an EXIF orientation of 5-8 (Pillow reads the
+    headers and, for PNG, checks every chunk's CRC without decompressing the pixels)."""
     from PIL import Image
+
+    from ._image import _loaded_size
 
     try:
         with Image.open(out_path) as out:
             size = out.size
             out.verify()
-        with Image.open(in_path) as src:
-            return src.size == size
+        return _loaded_size(in_path) == size
     except Exception:  # noqa: BLE001 - anything unreadable is not done
         return False
 
@@ -287,14 +300,15 @@ def _wait_one(eng, image, request, processes):
 
 def prepare_batch(in_dir, out_dir, request: FilterRequest, *, scheduler=None, processes=None, overwrite=False,
                   max_pixels=None) -> Batch:
-    """Check a batch before any work: the folders, the scheduler; create ``out_dir``, sweep the
-    temp files of killed runs from it, and list the images.
+    """Check a batch before any work: the folders, the scheduler, ``processes``; create
+    ``out_dir``, sweep the temp files of killed runs from it, and list the images.
 
     Raises
     ------
-    FileNotFoundError, ValueError
+    FileNotFoundError, ValueError, TypeError
         The input folder is missing, the output folder is the input folder, ``scheduler`` is not
-        'local' or an address (or Dask is missing), or ``processes`` was given with a scheduler.
+        'local' or an address (or Dask is missing), or ``processes`` was given with a scheduler
+        or is not an integer from 1 to the engine's ``max_workers`` (twice the CPUs).
     """
     in_abs, out_abs = os.path.abspath(in_dir), os.path.abspath(out_dir)
     if not os.path.isdir(in_abs):
@@ -306,6 +320,10 @@ def prepare_batch(in_dir, out_dir, request: FilterRequest, *, scheduler=None, pr
     scheduler = _check_scheduler(scheduler)
     if scheduler is not None and processes is not None:
         raise ValueError("processes is for the process-pool engine; with a scheduler the cluster's workers run the images")
+    if processes is not None:
+        from ._pool import default_max_workers
+
+        (processes,) = check_processes(processes, 1, default_max_workers(), (1,))
     os.makedirs(out_abs, exist_ok=True)
     sweep_temps(out_abs)
     names, ignored = list_images(in_abs)

@@ -1,5 +1,6 @@
-"""Command line: filter, pair, scaling, kernels, sweep (and batch, with the Dask extras). The benchmark
-suite lives beside the package: ``benchmarks/bench_engine.py``.
+"""Command line: filter, pair, scaling, batch, kernels, sweep (batch runs on the process pool, or
+on Dask with ``--scheduler``, which needs the Dask extras). The benchmark suite lives beside the
+package: ``benchmarks/bench_engine.py``.
 
 Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no traceback),
 1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly). A reader
@@ -107,6 +108,10 @@ def _build() -> argparse.ArgumentParser:
     return p
 
 
+#: The image outputs of the commands: argparse dest -> the name the messages give it.
+_IMAGE_OUTPUTS = {"output_path": "output", "output_a": "output_a", "output_b": "output_b"}
+
+
 def _save(array, path):
     from . import save_image
 
@@ -115,6 +120,8 @@ def _save(array, path):
 
 def _run(args) -> int:
     import engine
+
+    from ._image import _save_format, check_save
 
     if args.command == "kernels":
         for k in engine.KERNELS.values():
@@ -137,10 +144,15 @@ def _run(args) -> int:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise UsageError(f"output folder {folder!r} does not exist")
+    images = {_IMAGE_OUTPUTS[n]: getattr(args, n) for n in _IMAGE_OUTPUTS if getattr(args, n, None)}
+    for name, path in images.items():
+        _save_format(path, name=name)  # a known extension, before the image is decoded
     if getattr(args, "figure", None):
         _figure_format(args.figure)
     with _quiet_fd2():
         image = engine.load_image(args.input, max_pixels=args.max_pixels)
+    for name, path in images.items():  # the format holds the result (same C and dtype), before filtering
+        check_save(path, image.shape[2], image.dtype, name=name)
     common = dict(border=args.border, output=args.output, implementation=args.implementation)
     if args.command == "scaling":
         return _scaling(image, args, common)

@@ -52,8 +52,7 @@ from ._options import BORDER
 from ._request import FilterRequest
 from ._validate import check_choice, check_out
 
-__all__ = ["INSTALL_HINT", "dask_available", "filter_block", "block_range", "filter_on_dask", "filter_dask",
-           "local_cluster"]
+__all__ = ["INSTALL_HINT", "dask_available", "filter_on_dask", "filter_dask", "local_cluster"]
 
 INSTALL_HINT = 'the Dask backend needs `pip install "dask[array]" distributed` (see requirements-dev.txt)'
 _LOCAL_SCHEDULERS = ("synchronous", "threads")
@@ -212,7 +211,6 @@ def _cluster_threads(client, workers=None) -> int:
 
 
 def _worker_error(exc):
-
     return WorkerError(
         f"a Dask worker died while running this job, and the task was retried until Dask's "
         f"'distributed.scheduler.allowed-failures' limit: likely out of memory (raise the workers' "

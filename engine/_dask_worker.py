@@ -65,9 +65,6 @@ def global_range(*ranges) -> tuple[float, float]:
     return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
 
-# -- graphs ----------------------------------------------------------------------------------------
-
-
 # -- the shared-memory transport's tasks ------------------------------------------------------------
 #: On a worker: this process's mappings of callers' segments, kept between tasks.
 ATTACHED = Attachments()

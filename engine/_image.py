@@ -51,7 +51,6 @@ _PILLOW_LOCK = threading.Lock()
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
-
 # -- decoders: (opened image, its policy row, the path or bytes) -> (H, W, C) array ----------------
 def _pillow(im: Image.Image, row: _Row, source: Union[str, bytes]) -> np.ndarray:
     """8 bits through Pillow: convert to the row's mode, or its mode with alpha when the file
@@ -245,6 +244,24 @@ def _orientation(im: Image.Image, key: str, source: Union[str, bytes]) -> int:
     return im.getexif().get(0x0112, 1)
 
 
+#: PNG chunks Pillow may read an EXIF orientation from (eXIf, or EXIF/XMP text), anywhere in the file.
+_PNG_EXIF_CHUNKS = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
+
+
+def _loaded_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of the array ``load_image`` gives for a file: the header's size, its
+    sides swapped for EXIF orientations 5-8, by the loader's own ``_orientation``. No pixels are
+    decoded, except in a PNG whose EXIF may come after its pixels (an eXIf or text chunk, and
+    none read before them): Pillow decodes the pixels to reach it."""
+    with Image.open(path) as im:
+        key = _policy_key(im)
+        if im.format == "PNG" and "exif" not in im.info and key != "PNG 16-bit color":
+            if not {kind for kind, _, _ in _png_chunks(_bytes(path))} & _PNG_EXIF_CHUNKS:
+                return im.size
+        w, h = im.size
+        return (h, w) if _orientation(im, key, path) in (5, 6, 7, 8) else (w, h)
+
+
 # -- the source ------------------------------------------------------------------------------------
 def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
@@ -305,7 +322,8 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
         With a one-line message naming the cause: empty, not an image, truncated or corrupt,
         more than ``max_pixels`` pixels, a mode with no uint8/uint16 form (floating point,
         L*a*b*), a layout or compression the decoder does not support, or a format that needs
-        a program that is not installed (EPS: Ghostscript).
+        a program or Python package that is not installed (EPS: Ghostscript; 16-bit color
+        TIFF: tifffile, and imagecodecs for most compressions), named with what to install.
 
     Examples
     --------
@@ -391,12 +409,30 @@ _CAUSES = [
 ]
 
 
+#: Python modules the decoders import when a file needs them -> what ``pip install`` takes.
+_PACKAGES = {"tifffile": "tifffile", "imagecodecs": "imagecodecs", "cv2": "opencv-python-headless"}
+
+
+def _missing_package(e: BaseException, reason: str) -> str | None:
+    """The package to install when a decoder failed for want of one: an import that failed, or
+    tifffile's "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"."""
+    if isinstance(e, ImportError):
+        name = (e.name or "").split(".")[0]
+        return _PACKAGES.get(name, name) or "-r requirements.txt"
+    found = re.search(r"requires the '([\w.-]+)' package", reason)
+    return _PACKAGES.get(found.group(1), found.group(1)) if found else None
+
+
 def _explain(e: BaseException, fmt: str | None, *, layout: bool = False) -> str:
     """The message for a decoder's exception, after the file's name, on one line. ``layout``:
     the file's header was refused (rather than its pixels)."""
     reason = " ".join(str(e).split()) or type(e).__name__
     fmt = fmt or "known"
     a = _article(fmt)
+    package = _missing_package(e, reason)
+    if package:  # not the file's fault: say what to install
+        return (f"is {a} {fmt} file whose decoder needs a Python package that is not installed ({reason}): "
+                f"pip install {package}")
     if isinstance(e, NotImplementedError):  # a layout the plugin knows of but cannot read (DDS)
         found = re.fullmatch(r"Unimplemented DXGI format (\d+)", reason)
         if found:
@@ -479,12 +515,125 @@ def _png_gray_alpha16(a: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b"")
 
 
-def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> bytes | None:
-    """Encode a ``(H, W, C)`` uint8/uint16 array as PNG (default) or TIFF.
+# -- encoding: one table of output formats ----------------------------------------------------------
+@dataclass(frozen=True)
+class _Format:
+    """An output format: its extensions, and the channel counts it holds so that ``load_image``
+    gives the same array back (shape and dtype; pixels too unless ``lossy``)."""
 
-    16-bit images stay 16-bit (PNG through OpenCV, which writes 16-bit color PNG, or written
-    here for gray+alpha; TIFF through OpenCV): any C round-trips through PNG and ``load_image``.
-    Returns the bytes when ``dest`` is None, else writes the file (a path or a binary file object).
+    name: str  # Pillow's name, accepted as save_image's format=
+    extensions: tuple[str, ...]
+    uint8: tuple[int, ...]
+    uint16: tuple[int, ...] = ()
+    lossy: bool = False
+
+    def holds(self, dtype) -> tuple[int, ...]:
+        return self.uint16 if np.dtype(dtype) == np.uint16 else self.uint8
+
+    def describe(self) -> str:
+        """'8-bit gray or RGB', '8-bit gray, gray + alpha, RGB or RGBA; 16-bit gray, RGB or RGBA'."""
+        return "; ".join(f"{bits}-bit {_or(_KINDS[c] for c in chans)}"
+                         for bits, chans in ((8, self.uint8), (16, self.uint16)) if chans)
+
+
+_KINDS = {1: "gray", 2: "gray + alpha", 3: "RGB", 4: "RGBA"}
+
+_FORMATS: dict[str, _Format] = {f.name: f for f in (
+    _Format("PNG", (".png",), (1, 2, 3, 4), (1, 2, 3, 4)),
+    # 16-bit gray + alpha TIFF is refused: Pillow does not open it, so load_image could not read it back.
+    _Format("TIFF", (".tif", ".tiff"), (1, 2, 3, 4), (1, 3, 4)),
+    _Format("JPEG", (".jpg", ".jpeg"), (1, 3), lossy=True),
+    _Format("BMP", (".bmp",), (1, 3)),  # Pillow reads a 32-bit BMP back as RGB: no alpha
+    _Format("WEBP", (".webp",), (3, 4), lossy=True),  # WebP has no gray: it would come back RGB
+)}
+
+
+def _or(words) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _save_format(dest, format: str | None = None, name: str = "dest") -> _Format:
+    """The output format: ``format`` if given, else the extension of a path ``dest``, else PNG
+    (bytes or a file object). Unknown names and extensions are refused."""
+    if format is not None:
+        if not isinstance(format, str) or format.upper() not in _FORMATS:
+            raise ValueError(f"format must be one of {', '.join(map(repr, _FORMATS))}, got {format!r}")
+        return _FORMATS[format.upper()]
+    if not isinstance(dest, (str, os.PathLike)):
+        return _FORMATS["PNG"]
+    ext = os.path.splitext(os.fspath(dest))[1].lower()
+    for f in _FORMATS.values():
+        if ext in f.extensions:
+            return f
+    known = _or([e for f in _FORMATS.values() for e in f.extensions])
+    raise ValueError(f"{name} {os.fspath(dest)!r} must end in {known} (the format is taken from it), "
+                     f"got {ext or 'no extension'!r}")
+
+
+def check_save(dest, channels: int, dtype, *, format: str | None = None, name: str = "dest") -> str:
+    """The format ``save_image`` will write an image of ``channels`` and ``dtype`` to ``dest``
+    in; ``ValueError`` naming ``dest``, what it holds and the formats that fit, when none can.
+    Callers check this before filtering, so that a bad output name fails before any work."""
+    fmt = _save_format(dest, format, name)
+    if channels not in fmt.holds(dtype):
+        bits = 16 if np.dtype(dtype) == np.uint16 else 8
+        where = f"format {format!r}" if format is not None else (
+            f"{name} {os.fspath(dest)!r} ({fmt.name})" if isinstance(dest, (str, os.PathLike)) else f"{name} ({fmt.name})")
+        fits = [f"{f.name} ({', '.join(f.extensions)})" for f in _FORMATS.values() if channels in f.holds(dtype)]
+        raise ValueError(f"{where} cannot hold this {bits}-bit {_KINDS[channels]} image ({fmt.name} holds "
+                         f"{fmt.describe()}): use {_or(fits)}")
+    return fmt.name
+
+
+def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> bytes | None:
+    """Encode a ``(H, W, C)`` uint8/uint16 array as PNG, TIFF, JPEG, BMP or WebP.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)``, uint8 or uint16, C = 1 (gray), 2 (gray + alpha), 3 (RGB)
+        or 4 (RGBA).
+    dest : path, binary file object or None
+        Where to write; None returns the bytes.
+    format : {'PNG', 'TIFF', 'JPEG', 'BMP', 'WEBP'}, optional
+        Any letter case. Default: from the extension of a path ``dest`` (``.png``, ``.tif``,
+        ``.tiff``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.webp``), PNG for bytes and file objects.
+
+    Returns
+    -------
+    bytes or None
+        The encoded file when ``dest`` is None.
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not such an array; ``format`` or the extension is none of the above; or
+        the format cannot hold the image (checked before anything is encoded):
+
+        ====== =============================================== ==========================
+        format holds                                           notes
+        ====== =============================================== ==========================
+        PNG    8- and 16-bit gray, gray + alpha, RGB, RGBA      lossless
+        TIFF   8-bit: all four; 16-bit: gray, RGB, RGBA         lossless
+        JPEG   8-bit gray, RGB                                  lossy (Pillow's quality 75)
+        BMP    8-bit gray, RGB                                  lossless
+        WEBP   8-bit RGB, RGBA                                  lossy (Pillow's quality 80)
+        ====== =============================================== ==========================
+
+    Notes
+    -----
+    Every format gives ``load_image`` back an array of the same shape and dtype (and the same
+    pixels, except JPEG and WebP). 16-bit PNG and TIFF are written by OpenCV, 16-bit gray +
+    alpha PNG here (neither Pillow nor OpenCV writes it); everything 8-bit by Pillow.
+
+    Examples
+    --------
+    >>> save_image(np.zeros((2, 3, 1), np.uint8))[:4]
+    b'\\x89PNG'
+    >>> save_image(np.zeros((2, 3, 4), np.uint8), "out.jpg")
+    Traceback (most recent call last):
+    ValueError: dest 'out.jpg' (JPEG) cannot hold this 8-bit RGBA image (JPEG holds 8-bit gray or RGB): use PNG (.png), TIFF (.tif, .tiff) or WEBP (.webp)
     """
     a = np.asarray(image)
     if a.ndim == 2:
@@ -493,22 +642,14 @@ def save_image(image: np.ndarray, dest=None, *, format: str | None = None) -> by
         raise ValueError(
             f"image must be (H, W, C) uint8 or uint16 with C in 1..4, got shape {a.shape} dtype {a.dtype}"
         )
-    if format is None:
-        ext = os.path.splitext(os.fspath(dest))[1].lower() if isinstance(dest, (str, os.PathLike)) else ".png"
-        format = {".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(ext, "PNG")
-    format = format.upper()
-    if a.dtype == np.uint16 and a.shape[2] == 2 and format == "PNG":
+    format = check_save(dest, a.shape[2], a.dtype, format=format)
+    if a.dtype == np.uint16 and a.shape[2] == 2:  # PNG: the table admits no other format
         data = _png_gray_alpha16(a)
-    elif a.dtype == np.uint16:
+    elif a.dtype == np.uint16:  # PNG or TIFF, 1, 3 or 4 channels
         import cv2
 
-        ext = {"PNG": ".png", "TIFF": ".tiff"}.get(format)
-        if ext is None:
-            raise ValueError(f"16-bit images can be saved as PNG or TIFF, not {format}")
-        # Channel order for OpenCV's BGR(A); it has no gray+alpha, so that is widened to BGRA.
-        order = {1: 0, 2: [0, 0, 0, 1], 3: [2, 1, 0], 4: [2, 1, 0, 3]}[a.shape[2]]
-        bgr = a[:, :, order]
-        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr))
+        order = {1: [0], 3: [2, 1, 0], 4: [2, 1, 0, 3]}[a.shape[2]]  # OpenCV's BGR(A)
+        ok, buf = cv2.imencode({"PNG": ".png", "TIFF": ".tiff"}[format], np.ascontiguousarray(a[:, :, order]))
         if not ok:
             raise ValueError(f"could not encode a {a.shape} {a.dtype} image as {format}")
         data = buf.tobytes()

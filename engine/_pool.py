@@ -102,6 +102,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_max_workers(cpus: int | None = None) -> int:
+    """``Engine()``'s ``max_workers``: twice the CPUs, so that a demo can show oversubscription."""
+    return 2 * (available_cpus() if cpus is None else cpus)
+
+
 @dataclass(frozen=True)
 class BandRecord:
     """One band of one filter: rows ``first_row..last_row`` (inclusive) on process ``pid``,
@@ -508,7 +513,7 @@ class Engine:
     def __init__(self, max_workers: int | None = None):
         self.cpus = available_cpus()
         if max_workers is None:
-            max_workers = 2 * self.cpus
+            max_workers = default_max_workers(self.cpus)
         limit = max(MAX_WORKERS_FLOOR, MAX_WORKERS_PER_CPU * self.cpus)
         if isinstance(max_workers, bool) or not isinstance(max_workers, (int, np.integer)) or not 1 <= max_workers <= limit:
             raise ValueError(

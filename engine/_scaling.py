@@ -84,7 +84,7 @@ class ScalingRun:
 
     @classmethod
     def from_result(cls, result: JobResult, repeat: int) -> ScalingRun:
-        """The run of a one-filter ``JobResult`` (``Engine.submit(image, [kernel], ...)``)."""
+        """The run of a one-filter ``JobResult`` (``Engine.submit(image, FilterRequest([kernel]), ...)``)."""
         ph = result.phases
         return cls(int(result.processes[0]), repeat, ph.wall, ph.copy_in, ph.compute, ph.copy_out,
                    len(result.timeline))

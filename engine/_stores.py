@@ -54,8 +54,6 @@ def _filter_store(source, dst, band, height, kernel, border, output, implementat
     return band.rows
 
 
-
-
 def _source_tasks(source, plan, height, kernel, border, output, implementation, dst=None, value_range=None):
     """Per band, one task that reads its block from ``source`` itself (a store every worker can
     open): nothing but the band's rows ever travels. With ``dst``, the task also writes them."""
@@ -70,8 +68,6 @@ def _source_tasks(source, plan, height, kernel, border, output, implementation, 
                 for band in plan]
     return [dask.delayed(_filter_store, pure=False)(source, dst, band, height, kernel, border, output, implementation, vr)
             for band in plan]
-
-
 
 
 def _stores():
@@ -184,7 +180,12 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
     chunks : tuple, optional
         Chunk shape of a ``dst`` Zarr created here. Default: ``(band rows, min(W, 4096), C)``.
     progress : callable, optional
-        ``progress(bands_done, bands_total)``, called in the caller as bands finish.
+        ``progress(bands_done, bands_total)``, called in the caller. How often depends on where
+        bands run and on ``dst``: with a cluster (a Client, a cluster, an address, 'local') and
+        a Zarr ``dst`` whose row chunks line up with the bands, as each band finishes; with
+        None, 'threads' or 'synchronous' Dask computes the bands in one call, so every call
+        comes at its end; a Zarr ``dst`` not aligned with the bands gets one call at the end;
+        a TIFF ``dst`` one call per band as each window of bands is written.
 
     Raises
     ------

@@ -28,6 +28,7 @@ def inputs(tmp_path_factory):
     gray16 = RNG.integers(0, 65536, (25, 33, 1), dtype=np.uint16)
     engine.save_image(rgb, d / "rgb.png")
     engine.save_image(gray16, d / "gray16.png")
+    engine.save_image(RNG.integers(0, 256, (20, 16, 4), dtype=np.uint8), d / "rgba.png")
     (d / "notes.png").write_text("not an image\n")
     return d, rgb, gray16
 
@@ -130,7 +131,8 @@ def test_kernels_lists_the_registry():
     "unknown kernel", "ragged kernel text", "missing input", "non-image input", "processes 0", "processes x",
     "processes 1.5", "processes over max_workers", "unknown border", "unknown output", "missing output folder",
     "pair processes 0", "kernel nan", "pair figure jpg", "scaling processes twice", "scaling processes 0",
-    "scaling unknown kernel", "scaling missing figure folder",
+    "scaling unknown kernel", "scaling missing figure folder", "rgba as jpeg", "gray16 as jpeg", "unknown extension",
+    "pair rgba as bmp",
 ])
 def test_usage_errors(inputs, tmp_path, case):
     d = inputs[0]
@@ -160,10 +162,21 @@ def test_usage_errors(inputs, tmp_path, case):
         "scaling unknown kernel": (["scaling", src, "--kernel", "blurry"], ["'blurry' is neither a known kernel"]),
         "scaling missing figure folder": (["scaling", src, "--kernel", "sobel", "--figure", tmp_path / "no" / "f.png"],
                                           ["output folder", "does not exist"]),
+        # checked before filtering (was: OSError after the work, exit 1)
+        "rgba as jpeg": (["filter", d / "rgba.png", tmp_path / "o.jpg", "--kernel", "sobel"],
+                         ["output '", "o.jpg' (JPEG) cannot hold this 8-bit RGBA image", "8-bit gray or RGB",
+                          "use PNG (.png), TIFF (.tif, .tiff) or WEBP (.webp)"]),
+        "gray16 as jpeg": (["filter", d / "gray16.png", tmp_path / "o.jpg", "--kernel", "sobel"],
+                           ["cannot hold this 16-bit gray image", "use PNG (.png) or TIFF (.tif, .tiff)"]),
+        "unknown extension": (["filter", src, tmp_path / "o.gif", "--kernel", "sobel"],
+                              ["o.gif' must end in .png, .tif, .tiff, .jpg, .jpeg, .bmp or .webp", "got '.gif'"]),
+        "pair rgba as bmp": (["pair", d / "rgba.png", out, tmp_path / "b.bmp", "--kernels", "sobel", "sobel"],
+                             ["output_b '", "b.bmp' (BMP) cannot hold this 8-bit RGBA image"]),
     }[case]
     res = run(*args)
     assert_usage_error(res, *needles)
     assert not out.exists()
+    assert not any(p.name.startswith("o.") for p in tmp_path.iterdir())
 
 
 def test_no_arguments():

@@ -361,5 +361,82 @@ def test_save_refuses_what_it_cannot_write():
         save_image(np.zeros((2, 2, 5), np.uint8))
     with pytest.raises(ValueError, match=r"dtype float64$"):
         save_image(np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=r"^16-bit images can be saved as PNG or TIFF, not JPEG$"):
+    with pytest.raises(ValueError, match=r"^format 'jpeg' cannot hold this 16-bit RGB image \(JPEG holds 8-bit gray "
+                                         r"or RGB\): use PNG \(\.png\) or TIFF \(\.tif, \.tiff\)$"):
         save_image(np.zeros((2, 2, 3), np.uint16), format="jpeg")
+
+
+# Every format, dtype and channel count: what the table admits comes back with the same shape and
+# dtype (and pixels, for the lossless ones); the rest is refused before anything is encoded.
+HOLDS = {
+    ("PNG", np.uint8): (1, 2, 3, 4), ("PNG", np.uint16): (1, 2, 3, 4),
+    ("TIFF", np.uint8): (1, 2, 3, 4), ("TIFF", np.uint16): (1, 3, 4),
+    ("JPEG", np.uint8): (1, 3), ("BMP", np.uint8): (1, 3), ("WEBP", np.uint8): (3, 4),
+}
+EXT = {"PNG": ".png", "TIFF": ".tif", "JPEG": ".jpg", "BMP": ".bmp", "WEBP": ".webp"}
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("fmt", list(EXT))
+def test_every_format_gives_back_what_it_holds_or_refuses_up_front(tmp_path, fmt, dtype, channels):
+    a = RNG.integers(0, np.iinfo(dtype).max + 1, (9, 7, channels), dtype=dtype)
+    path = tmp_path / ("x" + EXT[fmt])
+    if channels in HOLDS.get((fmt, dtype), ()):
+        save_image(a, path)
+        got = load_image(path)
+        assert got.shape == a.shape and got.dtype == a.dtype
+        if fmt not in ("JPEG", "WEBP"):
+            assert np.array_equal(got, a)
+        assert load_image(save_image(a, format=fmt.lower())).shape == a.shape
+    else:
+        kind = {1: "gray", 2: "gray \\+ alpha", 3: "RGB", 4: "RGBA"}[channels]
+        bits = 16 if dtype == np.uint16 else 8
+        with pytest.raises(ValueError, match=rf"^dest '.*x\{EXT[fmt]}' \({fmt}\) cannot hold this {bits}-bit {kind} "
+                                             rf"image \({fmt} holds .*\): use PNG \(\.png\)"):
+            save_image(a, path)
+        assert not path.exists()
+
+
+def test_save_refuses_unknown_formats_and_extensions(tmp_path):
+    a = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^format must be one of 'PNG', 'TIFF', 'JPEG', 'BMP', 'WEBP', got 'GIF'$"):
+        save_image(a, format="GIF")
+    with pytest.raises(ValueError, match=r"^dest '.*out\.gif' must end in \.png, \.tif, \.tiff, \.jpg, \.jpeg, "
+                                         r"\.bmp or \.webp \(the format is taken from it\), got '\.gif'$"):
+        save_image(a, tmp_path / "out.gif")
+    with pytest.raises(ValueError, match=r"got 'no extension'$"):
+        save_image(a, tmp_path / "out")
+    assert save_image(a, tmp_path / "out", format="png") is None  # format= overrides the name
+    assert np.array_equal(load_image(tmp_path / "out"), a)
+
+
+# -- an optional decoder that is not installed ------------------------------------------------------
+def _tiff16() -> bytes:
+    return save_image(RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16), format="TIFF")
+
+
+def test_a_missing_tifffile_is_named_not_called_corruption(monkeypatch):
+    import sys
+
+    data = _tiff16()
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import tifffile now fails
+    with pytest.raises(ImageError, match=r"^image data is a TIFF file whose decoder needs a Python package that is not "
+                                         r"installed \(.*tifffile.*\): pip install tifffile$") as e:
+        load_image(data)
+    assert "corrupt" not in str(e.value) and "ModuleNotFoundError" not in str(e.value)
+
+
+def test_a_missing_imagecodecs_is_named_not_called_corruption(monkeypatch):
+    import tifffile
+
+    data = _tiff16()
+
+    def no_codec(self, *args, **kwargs):  # what tifffile raises for LZW without imagecodecs
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    with pytest.raises(ImageError, match=r"^image data is a TIFF file whose decoder needs a Python package that is not "
+                                         r"installed \(<COMPRESSION.LZW: 5> requires the 'imagecodecs' package\): "
+                                         r"pip install imagecodecs$"):
+        load_image(data)
