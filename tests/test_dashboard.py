@@ -574,6 +574,40 @@ def test_weights_whose_sum_overflows_are_refused_with_one_clear_line(at):
     assert held(at).get("result") is None
 
 
+def test_dividing_by_a_tiny_sum_is_refused_with_what_to_do(at):
+    """Weights 1e300 -1e300 1e-11 sum to 1e-11: divided by it they overflow to inf. The divided
+    kernel is checked like the typed one: one clear line, no traceback, nothing runs."""
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_B").input("1e300 -1e300 1e-11").run()
+    _no_errors(at)
+    at.toggle(key="lab_norm_B").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert "Divided by their sum (1e-11)" in errors[0] and "must be finite numbers, got inf" in errors[0]
+    assert 'turn off "Divide by the sum"' in errors[0]
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert held(at).get("result") is None
+    at.toggle(key="lab_norm_B").set_value(False).run()
+    _no_errors(at)
+
+
+def test_a_kernel_the_picker_let_through_is_refused_by_the_request_not_a_traceback(at, monkeypatch):
+    """The page's last guard: should a picker's check miss something, building the request
+    raises ``ValueError`` and the page shows its message (here the check is switched off)."""
+    monkeypatch.setattr(lab, "check_kernel", lambda k: None)
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_B").input("1e300 -1e300 1e-11").run()
+    at.toggle(key="lab_norm_B").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert errors == ["These settings cannot run: kernels[1] weights must be finite numbers, got inf"], errors
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert held(at).get("result") is None
+
+
 def test_the_table_editor_says_its_limits(at):
     """Item 9: the box ignores 99 with no more than a red outline, so the label says 1-31."""
     at.selectbox(key="lab_kernel_B").set_value(kernels.TABLE).run()
