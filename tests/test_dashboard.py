@@ -863,6 +863,94 @@ def test_registry_releases_ended_idle_and_least_recently_used_sessions():
     assert reg.sweep() == ["idle: nothing held and no session for a while"] and idle_calls == [clock.t]
 
 
+class _Job:
+    """A job of a sweep as ``sweep.advance`` and the holdings see it: done when the test says."""
+
+    def __init__(self, done=False):
+        self.finished, self.cancelled = done, False
+
+    def done(self):
+        return self.finished or self.cancelled
+
+    def cancel(self):
+        self.cancelled = True
+
+    def state(self):
+        return "done" if self.done() else "running"
+
+    def progress(self):
+        return 0, 1
+
+    def result(self):
+        if self.cancelled:
+            raise engine.JobCancelled("cancelled")
+        return object()
+
+
+def test_a_sweep_nothing_advances_is_paused_and_released_when_idle(monkeypatch):
+    """Only the Scaling page advances a sweep. Left on another page it stays "running", but once
+    its job is done it is not in flight: idle and over-cap releases take it (and cancel it)."""
+    from pages._ui.holdings import Holdings, Registry
+
+    clock = _Clock()
+    reg = Registry(idle_seconds=600, cap_bytes=1 << 30, clock=clock)
+    h = Holdings(clock)
+    reg.start(h)
+    image = np.zeros((64, 64, 1), np.uint8)
+    sw = sweep.Sweep(("cfg",), "gaussian", image, [(sweep.POOL, "opencv", 1, 1)], 1)
+    job = _Job()
+    sw.pending = jobs.Pending(job, sw.config)
+    h[sweep.KEY] = sw
+    # its job still runs: never released, however long ago the page ran
+    clock.t += 601
+    assert sw.in_flight() and h.busy() and reg.sweep() == [] and h.nbytes() == image.nbytes
+    # the job ends and nothing submits the next one: paused, so idle releases it
+    job.finished = True
+    assert sw.status == "running" and not sw.in_flight() and not h.busy()
+    assert reg.sweep() == ["released after 10 minutes without use"]
+    assert h.nbytes() == 0 and sweep.KEY not in h and sw.status == "cancelled" and sw.pending is None
+    # the memory cap too: a paused sweep of a recently used session goes when others need memory
+    tight = Registry(idle_seconds=600, cap_bytes=image.nbytes - 1, clock=clock)
+    h2 = Holdings(clock)
+    tight.start(h2)
+    h2[sweep.KEY] = sweep.Sweep(("cfg",), "gaussian", image, [(sweep.POOL, "opencv", 1, 1)], 1)
+    assert not h2.busy() and len(tight.sweep()) == 1 and h2.nbytes() == 0
+
+
+def test_a_sweep_the_page_advances_is_in_flight_between_its_jobs(monkeypatch):
+    """While ``advance`` runs it (the Scaling page), the sweep is in flight even when no job is,
+    e.g. while a finished job is recorded; once advance returns or is interrupted, it is not."""
+    submitted, seen = [], []
+
+    def submit(sw, backend, impl, p):
+        submitted.append(_Job(done=True))
+        return submitted[-1]
+
+    monkeypatch.setattr(sweep, "_submit", submit)
+    monkeypatch.setattr(sweep, "_record", lambda sw, *args: seen.append(sw.in_flight()))
+    todo = [(sweep.POOL, "opencv", p, rep) for rep in (0, 1) for p in (1, 2)]
+    sw = sweep.Sweep(("cfg",), "gaussian", np.zeros((8, 8, 1), np.uint8), list(todo), len(todo))
+
+    class Bar:
+        def empty(self):
+            pass
+
+    sweep.advance(sw, Bar())
+    assert seen == [True] * 4 and len(submitted) == 4 and sw.status == "done" and not sw.in_flight()
+
+    class Rerun(Exception):
+        pass
+
+    def interrupted(*args):
+        raise Rerun  # Streamlit stops a script run by raising in it
+
+    sw = sweep.Sweep(("cfg",), "gaussian", np.zeros((8, 8, 1), np.uint8), list(todo), len(todo))
+    monkeypatch.setattr(sweep, "_record", interrupted)
+    with pytest.raises(Rerun):
+        sweep.advance(sw, Bar())
+    assert sw.status == "running" and not sw.advancing and not sw.in_flight()
+
+
 def test_holdings_release_cancels_work_and_forgets_the_session():
     import weakref
 
