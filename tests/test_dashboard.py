@@ -345,16 +345,27 @@ def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
 def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
     at.switch_page("pages/scaling.py").run()
     at.select_slider(key="sc_side").set_value(512)
-    at.multiselect(key="sc_impls").set_value(["opencv", "python"]).run()
+    at.multiselect(key="sc_impls").set_value(["opencv", "python"])
+    at.slider(key="sc_nmax").set_value(1)
+    at.slider(key="sc_repeats").set_value(1)
+    at.run()
     assert any("python runs only on images up to 256x256" in w.value for w in at.warning)
+    # the sweep that runs has no python in it: not planned, not measured
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    sw = held(at)["sweep"]
+    assert sw.status == "done", sw.message
+    assert sw.image.shape[:2] == (512, 512) and sw.config[2] == ("opencv",)
+    assert set(sw.frame()["implementation"]) == {"opencv"} and len(sw.runs) == 1
+    assert set(sw.outputs) == {(sweep.POOL, "opencv")}
     # a sweep made for other settings is stopped, and what it measured is kept
-    from pages._ui import sweep
-
-    sw = sweep.Sweep(("other",), "gaussian", np.zeros((8, 8, 1), np.uint8), [("opencv", 1, 1)], 1)
-    held(at)["sweep"] = sw
+    other = ("laplacian",) + sw.config[1:]
+    stale = sweep.Sweep(other, "laplacian", np.zeros((8, 8, 1), np.uint8), [(sweep.POOL, "opencv", 1, 1)], 1,
+                        runs=list(sw.runs))
+    held(at)["sweep"] = stale
     at.run()
     assert not at.exception
-    assert sw.status == "stopped"
+    assert stale.status == "stopped" and stale.runs == sw.runs and stale.todo == [(sweep.POOL, "opencv", 1, 1)]
     assert any("stopped" in w.value for w in at.warning)
 
 
@@ -411,12 +422,13 @@ def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     assert any("identical to the original" in c.value for c in at.caption)
 
 
-@pytest.mark.parametrize("page", ["lab.py", "scaling.py", "how_it_works.py"])
-def test_each_page_also_runs_on_its_own(page):
-    """A page needs nothing from the entry point: AppTest can run the file alone."""
+@pytest.mark.parametrize(("page", "title"), [("lab.py", "Filter lab"), ("scaling.py", "Scaling"),
+                                             ("how_it_works.py", "How it works")])
+def test_each_page_also_runs_on_its_own(page, title):
+    """A page needs nothing from the entry point: AppTest can run the file alone, and shows itself."""
     app = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=TIMEOUT).run()
     _no_errors(app)
-    assert app.title[0].value in ("Filter lab", "Scaling", "How it works")
+    assert [t.value for t in app.title] == [title]
     del app
     gc.collect()
 
