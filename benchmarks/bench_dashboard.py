@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _harness import cpu_line  # benchmarks/, the script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Dashboard: click to results"
@@ -183,15 +185,6 @@ def verdicts(rows: list[dict]) -> str:
     return "; ".join(out)
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    m = re.search(r"^Model name:\s*(.+)$", out, flags=re.M)
-    return m.group(1).strip() if m else "unknown CPU"
-
-
 def section(rows: list[dict], command: str, load: tuple[str, str], note: str = "") -> str:
     chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
     cpus = len(os.sched_getaffinity(0))
@@ -206,9 +199,9 @@ with a warm engine. Targets (issue 13): {verdicts(rows)}.
 
 {table(rows)}
 
-Measured on {time.strftime('%Y-%m-%d')}, {cpu_model()}, {cpus} CPUs (shared machine: 1-minute load
+Measured on {time.strftime('%Y-%m-%d')}, {cpus} CPUs (shared machine: 1-minute load
 average {load[0]} at the start, {load[1]} at the end), {platform.python_implementation()} {platform.python_version()},
-{chromium or 'chromium'} (headless), Streamlit server on the same machine. Each timed run first
+{chromium or 'chromium'} (headless), Streamlit server on the same machine. CPU: {cpu_line()}. Each timed run first
 switches the border mode (untimed) so that both results are new pictures; the clock runs in the
 page from the click to both `<img>` elements of that run being decoded. The rest of the time
 (after the engine's wall) is the script rerun, the display-sized JPEG previews, the transfer and

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import engine  # noqa: E402
 from engine import _dask  # noqa: E402
 from engine._bands import cluster_band_count, plan_bands  # noqa: E402
+from _harness import cpu_line  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
 START, END = "<!-- dask-bench:start -->", "<!-- dask-bench:end -->"
 ZSTART, ZEND = "<!-- dask-zarr:start -->", "<!-- dask-zarr:end -->"
@@ -141,7 +142,7 @@ def markdown(rows_e2e, rows_res, repeats, command, load):
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end; above 2, other processes competed for the cores), "
         f"one LocalCluster of 2 worker processes x 1 thread and one `Engine(max_workers=2)`; "
         f"best of {repeats} rounds ({max(1, (repeats + 1) // 2)} at 16384), all contenders timed in every round "
-        f"in rotated order; RGB uint8, seconds.",
+        f"in rotated order; RGB uint8, seconds; run on {time.strftime('%Y-%m-%d')}. CPU: {cpu_line()}.",
         "",
         "**numpy in, numpy out** (`engine.filter_image(img, k, scheduler=client)` is the `shm` column on a "
         "one-machine cluster; `tcp` is what it does on a remote cluster; dask-image gets the same row chunks "
@@ -304,7 +305,7 @@ def main(argv=None):
                 f"**Big image through Zarr** (`python benchmarks/bench_dask.py --zarr {r['n']}`: the input is written strip by",
                 "strip, chunks (512, 4096, 3); `engine.filter_zarr(src, dst, \"gaussian\", scheduler=client)` creates `dst`;",
                 "RSS of the caller and of every worker sampled every 0.2 s; three strips checked against the process-pool",
-                f"engine; one run, 1-minute load average {load:.1f} at the end):",
+                f"engine; one run on {time.strftime('%Y-%m-%d')}, 1-minute load average {load:.1f} at the end; CPU: {cpu_line()}):",
                 "",
                 "| image | kernel | plan | filter time | caller peak RSS | largest worker peak RSS | all processes, peak | writing the input |",
                 "|---|---|---|---:|---:|---:|---:|---:|",

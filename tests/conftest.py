@@ -107,6 +107,33 @@ def no_leaks(request):
 
 
 @pytest.fixture
+def pixel_decodes(monkeypatch):
+    """Every call into a pixel decoder the engine's decoding policy can reach (Pillow's
+    ``ImageFile.load`` and ``Image._getdecoder``, ``cv2.imdecode``, ``tifffile.TiffFile``), as
+    ``(decoder, detail)``: a file refused from its header leaves this empty."""
+    import cv2
+    import tifffile
+    from PIL import Image, ImageFile
+
+    calls: list[tuple[str, object]] = []
+
+    def spy(owner, attr, label, detail=lambda *a, **k: None):
+        real = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            calls.append((label, detail(*args, **kwargs)))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attr, wrapper)
+
+    spy(ImageFile.ImageFile, "load", "PIL ImageFile.load", lambda im: im.format)
+    spy(Image, "_getdecoder", "PIL decoder", lambda mode, name, *a, **k: name)
+    spy(cv2, "imdecode", "cv2.imdecode")
+    spy(tifffile, "TiffFile", "tifffile.TiffFile")
+    return calls
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(12345)
 

@@ -176,9 +176,9 @@ CHUNK_CLAIMS_4GB = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAsAAAAJEAIAAAA7lp0
 def test_a_chunk_claiming_4_gb_is_refused_without_allocating_it(tmp_path):
     path = tmp_path / "claims4gb.png"
     path.write_bytes(CHUNK_CLAIMS_4GB)
-    message, seconds, grown_mb = load_in_child(path)
+    message, _, grown_mb = load_in_child(path)
     assert re.search(r"could not be decoded \(truncated or corrupt\?\)", message), message
-    assert seconds < 2 and grown_mb < 200, f"took {seconds:.1f} s and {grown_mb} MB more memory"
+    assert grown_mb < 200, f"{grown_mb} MB more memory"  # the claimed 4 GB were never allocated
 
 
 def test_bomb_between_the_limit_and_twice_it_is_refused_too():

@@ -345,16 +345,27 @@ def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
 def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
     at.switch_page("pages/scaling.py").run()
     at.select_slider(key="sc_side").set_value(512)
-    at.multiselect(key="sc_impls").set_value(["opencv", "python"]).run()
+    at.multiselect(key="sc_impls").set_value(["opencv", "python"])
+    at.slider(key="sc_nmax").set_value(1)
+    at.slider(key="sc_repeats").set_value(1)
+    at.run()
     assert any("python runs only on images up to 256x256" in w.value for w in at.warning)
+    # the sweep that runs has no python in it: not planned, not measured
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    sw = held(at)["sweep"]
+    assert sw.status == "done", sw.message
+    assert sw.image.shape[:2] == (512, 512) and sw.config[2] == ("opencv",)
+    assert set(sw.frame()["implementation"]) == {"opencv"} and len(sw.runs) == 1
+    assert set(sw.outputs) == {(sweep.POOL, "opencv")}
     # a sweep made for other settings is stopped, and what it measured is kept
-    from pages._ui import sweep
-
-    sw = sweep.Sweep(("other",), "gaussian", np.zeros((8, 8, 1), np.uint8), [("opencv", 1, 1)], 1)
-    held(at)["sweep"] = sw
+    other = ("laplacian",) + sw.config[1:]
+    stale = sweep.Sweep(other, "laplacian", np.zeros((8, 8, 1), np.uint8), [(sweep.POOL, "opencv", 1, 1)], 1,
+                        runs=list(sw.runs))
+    held(at)["sweep"] = stale
     at.run()
     assert not at.exception
-    assert sw.status == "stopped"
+    assert stale.status == "stopped" and stale.runs == sw.runs and stale.todo == [(sweep.POOL, "opencv", 1, 1)]
     assert any("stopped" in w.value for w in at.warning)
 
 
@@ -411,12 +422,13 @@ def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     assert any("identical to the original" in c.value for c in at.caption)
 
 
-@pytest.mark.parametrize("page", ["lab.py", "scaling.py", "how_it_works.py"])
-def test_each_page_also_runs_on_its_own(page):
-    """A page needs nothing from the entry point: AppTest can run the file alone."""
+@pytest.mark.parametrize(("page", "title"), [("lab.py", "Filter lab"), ("scaling.py", "Scaling"),
+                                             ("how_it_works.py", "How it works")])
+def test_each_page_also_runs_on_its_own(page, title):
+    """A page needs nothing from the entry point: AppTest can run the file alone, and shows itself."""
     app = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=TIMEOUT).run()
     _no_errors(app)
-    assert app.title[0].value in ("Filter lab", "Scaling", "How it works")
+    assert [t.value for t in app.title] == [title]
     del app
     gc.collect()
 
@@ -571,6 +583,40 @@ def test_weights_whose_sum_overflows_are_refused_with_one_clear_line(at):
     assert len(errors) == 1 and "overflows float64" in errors[0] and "scale them down" in errors[0], errors
     assert "\n" not in errors[0] and "Traceback" not in errors[0]
     at.button(key="lab_run").click().run()
+    assert held(at).get("result") is None
+
+
+def test_dividing_by_a_tiny_sum_is_refused_with_what_to_do(at):
+    """Weights 1e300 -1e300 1e-11 sum to 1e-11: divided by it they overflow to inf. The divided
+    kernel is checked like the typed one: one clear line, no traceback, nothing runs."""
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_B").input("1e300 -1e300 1e-11").run()
+    _no_errors(at)
+    at.toggle(key="lab_norm_B").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert "Divided by their sum (1e-11)" in errors[0] and "must be finite numbers, got inf" in errors[0]
+    assert 'turn off "Divide by the sum"' in errors[0]
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert held(at).get("result") is None
+    at.toggle(key="lab_norm_B").set_value(False).run()
+    _no_errors(at)
+
+
+def test_a_kernel_the_picker_let_through_is_refused_by_the_request_not_a_traceback(at, monkeypatch):
+    """The page's last guard: should a picker's check miss something, building the request
+    raises ``ValueError`` and the page shows its message (here the check is switched off)."""
+    monkeypatch.setattr(lab, "check_kernel", lambda k: None)
+    at.selectbox(key="lab_kernel_B").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_B").input("1e300 -1e300 1e-11").run()
+    at.toggle(key="lab_norm_B").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert errors == ["These settings cannot run: kernels[1] weights must be finite numbers, got inf"], errors
+    at.button(key="lab_run").click().run()
+    assert not at.exception
     assert held(at).get("result") is None
 
 
@@ -827,6 +873,94 @@ def test_registry_releases_ended_idle_and_least_recently_used_sessions():
     reg.sweep()
     clock.t += 601
     assert reg.sweep() == ["idle: nothing held and no session for a while"] and idle_calls == [clock.t]
+
+
+class _Job:
+    """A job of a sweep as ``sweep.advance`` and the holdings see it: done when the test says."""
+
+    def __init__(self, done=False):
+        self.finished, self.cancelled = done, False
+
+    def done(self):
+        return self.finished or self.cancelled
+
+    def cancel(self):
+        self.cancelled = True
+
+    def state(self):
+        return "done" if self.done() else "running"
+
+    def progress(self):
+        return 0, 1
+
+    def result(self):
+        if self.cancelled:
+            raise engine.JobCancelled("cancelled")
+        return object()
+
+
+def test_a_sweep_nothing_advances_is_paused_and_released_when_idle(monkeypatch):
+    """Only the Scaling page advances a sweep. Left on another page it stays "running", but once
+    its job is done it is not in flight: idle and over-cap releases take it (and cancel it)."""
+    from pages._ui.holdings import Holdings, Registry
+
+    clock = _Clock()
+    reg = Registry(idle_seconds=600, cap_bytes=1 << 30, clock=clock)
+    h = Holdings(clock)
+    reg.start(h)
+    image = np.zeros((64, 64, 1), np.uint8)
+    sw = sweep.Sweep(("cfg",), "gaussian", image, [(sweep.POOL, "opencv", 1, 1)], 1)
+    job = _Job()
+    sw.pending = jobs.Pending(job, sw.config)
+    h[sweep.KEY] = sw
+    # its job still runs: never released, however long ago the page ran
+    clock.t += 601
+    assert sw.in_flight() and h.busy() and reg.sweep() == [] and h.nbytes() == image.nbytes
+    # the job ends and nothing submits the next one: paused, so idle releases it
+    job.finished = True
+    assert sw.status == "running" and not sw.in_flight() and not h.busy()
+    assert reg.sweep() == ["released after 10 minutes without use"]
+    assert h.nbytes() == 0 and sweep.KEY not in h and sw.status == "cancelled" and sw.pending is None
+    # the memory cap too: a paused sweep of a recently used session goes when others need memory
+    tight = Registry(idle_seconds=600, cap_bytes=image.nbytes - 1, clock=clock)
+    h2 = Holdings(clock)
+    tight.start(h2)
+    h2[sweep.KEY] = sweep.Sweep(("cfg",), "gaussian", image, [(sweep.POOL, "opencv", 1, 1)], 1)
+    assert not h2.busy() and len(tight.sweep()) == 1 and h2.nbytes() == 0
+
+
+def test_a_sweep_the_page_advances_is_in_flight_between_its_jobs(monkeypatch):
+    """While ``advance`` runs it (the Scaling page), the sweep is in flight even when no job is,
+    e.g. while a finished job is recorded; once advance returns or is interrupted, it is not."""
+    submitted, seen = [], []
+
+    def submit(sw, backend, impl, p):
+        submitted.append(_Job(done=True))
+        return submitted[-1]
+
+    monkeypatch.setattr(sweep, "_submit", submit)
+    monkeypatch.setattr(sweep, "_record", lambda sw, *args: seen.append(sw.in_flight()))
+    todo = [(sweep.POOL, "opencv", p, rep) for rep in (0, 1) for p in (1, 2)]
+    sw = sweep.Sweep(("cfg",), "gaussian", np.zeros((8, 8, 1), np.uint8), list(todo), len(todo))
+
+    class Bar:
+        def empty(self):
+            pass
+
+    sweep.advance(sw, Bar())
+    assert seen == [True] * 4 and len(submitted) == 4 and sw.status == "done" and not sw.in_flight()
+
+    class Rerun(Exception):
+        pass
+
+    def interrupted(*args):
+        raise Rerun  # Streamlit stops a script run by raising in it
+
+    sw = sweep.Sweep(("cfg",), "gaussian", np.zeros((8, 8, 1), np.uint8), list(todo), len(todo))
+    monkeypatch.setattr(sweep, "_record", interrupted)
+    with pytest.raises(Rerun):
+        sweep.advance(sw, Bar())
+    assert sw.status == "running" and not sw.advancing and not sw.in_flight()
 
 
 def test_holdings_release_cancels_work_and_forgets_the_session():

@@ -48,9 +48,9 @@ def test_notebook_runs_every_step(kernel):
     # before its atexit closes the engine (whose segments the next Engine would sweep). So close it here.
     nb.cells.append(nbformat.v4.new_code_cell("engine.default_engine().close()"))
     t0 = time.perf_counter()
+    # timeout: a hang guard per cell, generous on a loaded machine; how fast is not asserted here
     NotebookClient(nb, kernel_name=kernel, timeout=120, shutdown_kernel="immediate",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    seconds = time.perf_counter() - t0
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
@@ -60,10 +60,10 @@ def test_notebook_runs_every_step(kernel):
     assert "same result on 1, 2 and 3 processes: True" in text
     assert "wall " in text and "BandRecord(filter=" in text
     assert "processes   median ms  speedup  efficiency" in text and "Amdahl" in text
-    diff = re.search(r"same result: largest difference (\d+) gray level", text)
-    assert diff and int(diff.group(1)) <= 1, text
-    ratio = re.search(r"the engine is ([\d,]+)x faster", text)
-    assert ratio and int(ratio.group(1).replace(",", "")) > 1, text
+    # the course's loops and the engine give the same pixels (within a rounding step); the cell
+    # also prints both times, which this test reads but does not judge (benchmarks/ times things)
+    diff = re.search(r"same result: largest difference (\d+) gray level\(s\), (\d+) of (\d+) values differ", text)
+    assert diff and int(diff.group(1)) <= 1 and int(diff.group(3)) == 64 * 64 * 3, text
+    assert re.search(r"64x64 crop on 1 process: loops \d+ ms, engine [\d.]+ ms: the engine is [\d,]+x faster", text), text
     assert "the loops would take about" in text
-    assert seconds < 60, f"the notebook took {seconds:.0f} s at 128 px"
-    print(f"notebook executed in {seconds:.1f} s")
+    print(f"notebook executed in {time.perf_counter() - t0:.1f} s")

@@ -124,7 +124,8 @@ def picker(letter: str, default: str, check=None) -> engine.Kernel | None:
     """Widgets for filter ``letter`` ('A' or 'B'); the chosen kernel, or None after showing an error.
 
     ``check(kernel)`` raises the engine's ``ValueError`` for a kernel it would refuse (see
-    ``problem``); custom kernels are checked with it before anything else uses them."""
+    ``problem``); custom kernels are checked with it before anything else uses them, and again
+    after "Divide by the sum" (a sum tiny next to the weights overflows them to inf)."""
     choice = st.selectbox(
         "Kernel",
         options(),
@@ -157,7 +158,13 @@ def picker(letter: str, default: str, check=None) -> engine.Kernel | None:
             + ("" if usable else "Not possible here: the weights add up to 0 (an edge filter)."),
         )
         if norm and usable:
-            k = engine.Kernel(k.name, k.weights / total, k.description + ", divided by its sum", "user")
+            with np.errstate(over="ignore"):  # a sum tiny next to the weights: checked just below
+                k = engine.Kernel(k.name, k.weights / total, k.description + ", divided by its sum", "user")
+            if check is not None and (msg := problem(k, check)):
+                st.error(f"Divided by their sum ({sig(total, 3, trim=True)}), the weights are no longer usable: "
+                         f"{msg}. The sum is tiny next to the largest weight; turn off \"Divide by the sum\" "
+                         "or change the weights.", icon=":material/error:")
+                return None
     return k
 
 

@@ -296,10 +296,18 @@ class Run:
 
 
 def run_of(ka, kb, pa: int, pb: int, border: str, output: str, impl: str) -> Run | None:
-    """The widgets' settings as a ``Run``; None while a custom kernel is not valid."""
+    """The widgets' settings as a ``Run``; None while a custom kernel is not valid.
+
+    The pickers check custom kernels first; should a setting still fail the request's validation,
+    the page shows its message instead of a traceback."""
     if ka is None or kb is None:
         return None
-    return Run(engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl), (pa, pb))
+    try:
+        request = engine.FilterRequest([ka, kb], border=border, output=output, implementation=impl)
+    except (ValueError, TypeError) as e:
+        st.error(f"These settings cannot run: {e}", icon=":material/error:")
+        return None
+    return Run(request, (pa, pb))
 
 
 @dataclass(eq=False)

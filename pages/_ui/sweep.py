@@ -5,6 +5,10 @@ Each script run advances it one job at a time, so a rerun (a click anywhere) int
 nothing: the next run picks up the job in flight. Cancel stops it and keeps what was measured;
 changing a setting stops it too (the rows would no longer match the settings shown).
 
+Only the Scaling page advances a sweep. On another page it pauses once its current job ends:
+it is then no longer in flight (``Sweep.in_flight``), so the session's holdings may release it
+when idle or over the memory cap (the release cancels it); back on the page, it resumes.
+
 Two backends run the same filter on the same image: the engine's process pool (timed by the
 engine's phases) and, when the Dask extras are installed, a Dask LocalCluster of as many
 single-threaded worker processes (``cluster``; timed by wall clock around
@@ -58,6 +62,8 @@ class Sweep:
     started: float = field(default_factory=time.perf_counter)
     #: The latest output per (backend, implementation): the same for every process count.
     outputs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: True while ``advance`` runs it (a script run of the Scaling page), between jobs too.
+    advancing: bool = False
 
     def frame(self) -> pd.DataFrame:
         """One row per recorded run; the Dask backend has no phase breakdown (NaN there)."""
@@ -76,7 +82,12 @@ class Sweep:
         return self.image.nbytes + sum(o.nbytes for o in self.outputs.values())
 
     def in_flight(self) -> bool:
-        return self.status == "running"
+        """True while the sweep really runs: a job of it is not done, or the Scaling page is
+        advancing it. A "running" sweep that nothing advances (the person went to another page)
+        is paused, and may be released."""
+        if self.status != "running":
+            return False
+        return self.advancing or (self.pending is not None and not self.pending.job.done())
 
     def cancel(self) -> None:
         if self.status == "running":
@@ -161,6 +172,14 @@ def _record(sw: Sweep, backend: str, impl: str, p: int, rep: int, res) -> None:
 
 def advance(sw: Sweep, bar) -> None:
     """Run the sweep's remaining jobs, drawing progress; resumable after any interruption."""
+    sw.advancing = True
+    try:
+        _advance(sw, bar)
+    finally:  # a rerun interrupts the loop with an exception: the sweep pauses
+        sw.advancing = False
+
+
+def _advance(sw: Sweep, bar) -> None:
     while sw.status == "running":
         if sw.pending is None:
             if not sw.todo:
