@@ -605,6 +605,7 @@ def test_dividing_by_a_tiny_sum_is_refused_with_what_to_do(at):
     _no_errors(at)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the kernel's pictures of inf weights
 def test_a_kernel_the_picker_let_through_is_refused_by_the_request_not_a_traceback(at, monkeypatch):
     """The page's last guard: should a picker's check miss something, building the request
     raises ``ValueError`` and the page shows its message (here the check is switched off)."""
