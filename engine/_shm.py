@@ -8,9 +8,10 @@ Ownership::
     ----------------                         --------                   ----------------------
     Segment()         --- shm_open(O_CREAT) -> pfl_<pid>_<hex>  <- Attachments.arrays(ref):
       (the resource tracker is kept out:                            open, unregister from the
-      this module alone unlinks)                                    tracker, map once, populate
-    SegmentPool.give() -- keeps a few mapped                        the pages; kept between tasks
-      between jobs; evicts the rest:                             <- Attachments.release(names)
+      this module alone unlinks)                                    tracker, map once (pages
+    SegmentPool.give() -- keeps a few mapped                        fault in as bands touch
+      between jobs; evicts the rest:                                them); kept between tasks
+                                                                 <- Attachments.release(names)
     Segment.release() --- unlink + close --> (gone)                 (told by on_retire; never
       and SegmentPool.on_retire(names)                              under a running task)
     sweep_stale()     --- unlink pfl_<pid>_* whose <pid> is not alive (a killed run)
@@ -198,22 +199,22 @@ def attach(name: str) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(name=name)
 
 
-#: madvise(MADV_POPULATE_WRITE), Linux 5.14+ (Python 3.11 has no name for it): map every page of
-#: a segment in one call when a worker attaches it, instead of one page fault per 4 KiB page the
-#: first time a band touches it (thousands per band, ~10 ms per 48 MiB).
-_MADV_POPULATE_WRITE = 23
-
-
 class Attachments:
     """A worker's mappings of the parent's segments, kept between tasks: mapping a segment and
     faulting its pages in on every task would cost more than a small band.
 
-    ``arrays(*refs)`` maps what is not mapped yet (populating its pages) and counts the task
-    as a user until it ends; ``release(names)`` closes mappings the parent has unlinked, at once
+    ``arrays(*refs)`` maps what is not mapped yet and counts the task as a user until it ends; ``release(names)`` closes mappings the parent has unlinked, at once
     or when the last task using one ends (a numpy array on a closed mapping crashes the
     process). A Dask worker runs tasks on several threads, hence the lock and the counts; a
     pool worker runs one at a time. Mappings whose name is gone from /dev/shm (a release that
     never arrived) are closed when the next new segment is attached.
+
+    Pages are not populated at attach (``MADV_POPULATE_WRITE``, tried): every worker of a job
+    would fault in the whole 48 MiB input and output of a 16 MP image before its first band,
+    7 to 260 ms that differed between a pair's workers, so B's first band started up to 300 ms
+    after A's in the Filter lab. Faulted in by the bands, each worker maps only the rows it
+    touches and both filters start together (16 MP pair, new segments: start gap 0.15-0.27 ms
+    against 5-9 ms, wall within noise).
     """
 
     def __init__(self):
@@ -229,9 +230,7 @@ class Attachments:
             for name in names:
                 if name not in self._maps:
                     self._close([n for n in self._maps if not os.path.exists(os.path.join(SHM_DIR, n))])
-                    shm = self._maps[name] = attach(name)
-                    with contextlib.suppress(AttributeError, OSError, ValueError):  # an older kernel: faults later
-                        shm._mmap.madvise(_MADV_POPULATE_WRITE)  # noqa: SLF001 - SharedMemory's own mapping
+                    self._maps[name] = attach(name)
             for name in names:
                 self._users[name] = self._users.get(name, 0) + 1
             arrays = [None if r is None else r.view(self._maps[r.name].buf) for r in refs]
