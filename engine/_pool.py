@@ -12,6 +12,7 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              pass of A: band i to worker i ---->  group A: workers 0..a-1
                                bands a.. as tokens in a pipe    attach(input, output), run the
                              pass of B: the same ----------->   band kernel, write rows
+                             (sent in turn: A0, B0, A1, B1...)
                                                                 [start, stop) straight into
                                                                 the output segment; then read
                                                                 the next band's token from the
@@ -873,8 +874,8 @@ class _Passes:
     def run(self) -> None:
         job = self.job
         try:
-            for fi in range(len(self.groups)):
-                self.start(fi, "range" if job._request.output == "normalize" else "filter")
+            kind = "range" if job._request.output == "normalize" else "filter"
+            self.send(*(self.passes(fi, kind) for fi in range(len(self.groups))))
             while any(w.busy for w in self.workers):
                 if job._cancel.is_set():
                     self.stop()
@@ -899,7 +900,9 @@ class _Passes:
             for fd in self.pipes.values():
                 os.close(fd)
 
-    def start(self, fi: int, kind: str, value_range=None) -> None:
+    def passes(self, fi: int, kind: str, value_range=None) -> list:
+        """A pass of filter ``fi``: ``(worker, message, token pipe)`` for each worker that gets a
+        first band; the rest of the bands go into the pass's token pipe, made here."""
         job, req = self.job, self.job._request
         plan = job._plans[fi]
         workers = self.groups[fi][: len(plan)]
@@ -912,10 +915,18 @@ class _Passes:
                 os.write(w, b"".join(i.to_bytes(_worker.TOKEN_BYTES, "little") for i in range(len(workers), len(plan))))
             finally:
                 os.close(w)
-        for first, worker in enumerate(workers):
-            worker.start(_worker.Pass(fi, kind, plan, self.src, self.dsts[fi] if kind == "filter" else None,
+        return [(worker, _worker.Pass(fi, kind, plan, self.src, self.dsts[fi] if kind == "filter" else None,
                                       req.kernels[fi], req.border, req.output, req.implementation, value_range,
                                       first, tokens is not None), tokens)
+                for first, worker in enumerate(workers)]
+
+    @staticmethod
+    def send(*passes) -> None:
+        """Start passes, taking the filters' workers in turn (A's first, B's first, A's second,
+        ...): with more workers than CPUs, the first ones sent take the CPUs, so each filter
+        gets one of them at once rather than A all of them and B a time slice later."""
+        for worker, message, tokens in (m for ms in itertools.zip_longest(*passes) for m in ms if m is not None):
+            worker.start(message, tokens)
 
     def stop(self) -> None:
         for fd in self.pipes.values():
@@ -938,7 +949,7 @@ class _Passes:
         if len(self.ranges.get(fi, ())) == len(plan) and not self.job._cancel.is_set():
             # normalize: every band's range is in; the second pass maps with the global one
             rs = self.ranges.pop(fi)
-            self.start(fi, "filter", (min(r[0] for r in rs), max(r[1] for r in rs)))
+            self.send(self.passes(fi, "filter", (min(r[0] for r in rs), max(r[1] for r in rs))))
 
     def walls(self) -> tuple:
         """Per filter: its first band's start to its last band's end, seconds."""

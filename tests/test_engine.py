@@ -495,6 +495,23 @@ def test_a_result_collected_inside_the_pools_bookkeeping_is_pooled_after_it(eng,
     assert name in eng._scratch.names() and name in _shm.live_segments()  # noqa: SLF001 - pooled, not leaked
 
 
+def test_a_pairs_passes_go_to_the_filters_workers_in_turn(eng, monkeypatch):
+    """A0, B0, A1, B1: with more workers than CPUs the first ones sent take the CPUs, so each
+    filter starts on one at once (sent A0, A1, B0, B1, B waited a time slice)."""
+    sent, real = [], engine._pool._Worker.start  # noqa: SLF001
+
+    def start(self, message, tokens):
+        sent.append((message.filter, message.first))
+        return real(self, message, tokens)
+
+    monkeypatch.setattr(engine._pool._Worker, "start", start)  # noqa: SLF001
+    eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(1, 3))
+    assert sent == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    sent.clear()
+    eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(2, 2))
+    assert sent == [(0, 0), (1, 0), (0, 1), (1, 1)]
+
+
 def test_numpy_out_is_written_and_two_d_results_keep_their_shape(eng):
     img = rgb(300, 64, 1)[:, :, 0]
     out = np.empty_like(img)
