@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Band", "halo", "plan_bands", "band_count", "default_processes", "cluster_band_count", "store_band_count", "local_band",
-           "row_runs", "take_rows", "MIN_BAND_PIXELS"]
+__all__ = ["Band", "halo", "plan_bands", "band_count", "default_processes", "cluster_band_count", "store_band_count",
+           "local_band", "row_runs", "take_rows", "MIN_BAND_PIXELS"]
 
 #: Below this many pixels a band is not worth a round trip to a worker.
 MIN_BAND_PIXELS = 1 << 18
@@ -116,9 +116,11 @@ def band_count(height: int, width: int, processes: int) -> int:
 def default_processes(height: int, width: int, cpus: int) -> int:
     """Workers for one filter when the caller names none: every CPU, but at most one per
     ``MIN_BAND_PIXELS``. Below that a second process costs more (waking it, a second band
-    edge) than its half of the work saves: a warm 512x512 RGB ``gaussian`` took 1.9 ms on one
-    process and 2.3 ms on two, at 768x768 both took 3.0-3.5 ms (``benchmarks/bench_engine.py
-    --sizes 512``). An explicit ``processes=`` is always honoured."""
+    edge) than its half of the work saves for the usual kernels: a warm 512x512 RGB
+    ``gaussian`` took 2.0 ms on one process and 2.4 ms on two (``benchmarks/bench_engine.py
+    --sizes 512``); a 2-D 5x5, four times the work per pixel, still gained a little from the
+    second (4.2 against 3.8 ms). By pixels alone, so that the same image always gets the same
+    count. An explicit ``processes=`` is always honoured."""
     return max(1, min(cpus, (height * width) // MIN_BAND_PIXELS))
 
 

@@ -595,7 +595,8 @@ class Engine:
             outs = (None,) * n
         else:
             if not isinstance(out, (tuple, list)) or len(out) != n:
-                got = f"{len(out)} arrays" if isinstance(out, (tuple, list)) else type(out).__name__
+                got = (f"{len(out)} array{'s' if len(out) != 1 else ''}" if isinstance(out, (tuple, list))
+                       else type(out).__name__)
                 raise ValueError(f"out must be a tuple of {n} array{'s' if n > 1 else ''} (one per kernel) or None, got {got}")
             outs = tuple(check_out(o, img3, "out" if n == 1 else f"out[{i}]", image.shape) for i, o in enumerate(out))
             if n == 2 and outs[0] is not None and outs[1] is not None and np.shares_memory(outs[0], outs[1]):
