@@ -252,8 +252,9 @@ def test_a_and_b_start_together_in_the_timeline_the_page_received(server, browse
     21 ms A once ended before a late-scheduled B began); B (Sobel) is short, so a late start of A
     after B ended would be such a delay, not the page's order (the page submits A first). Run 1,
     the first after choosing the image, counts too: every segment is new to the workers, and
-    before the engine's gate (``engine._pool``) B's worker, still mapping them, started its first
-    band 100-300 ms after A's, near A's end."""
+    while workers populated a new segment's pages before their first band (``engine._shm``
+    ``Attachments`` now maps without populating) B's worker, still populating, started its
+    first band 100-300 ms after A's, near A's end."""
     page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page.goto(server)
     page.get_by_role("button", name="Run A and B").wait_for(timeout=60_000)
