@@ -92,6 +92,18 @@ def _no_errors(app: AppTest) -> None:
     assert not app.error, [e.value for e in app.error]
 
 
+def _scaling_set(app: AppTest, *, side: int, nmax: int, repeats: int, impls=None) -> None:
+    """Open the Scaling page (no error on it) and set the sweep's widgets; the sweep is not started."""
+    app.switch_page("pages/scaling.py").run()
+    _no_errors(app)
+    app.select_slider(key="sc_side").set_value(side)
+    if impls is not None:
+        app.multiselect(key="sc_impls").set_value(impls)
+    app.slider(key="sc_nmax").set_value(nmax)
+    app.slider(key="sc_repeats").set_value(repeats)
+    app.run()
+
+
 def _chart_rows(app: AppTest, description: str):
     """The data behind the Vega-Lite chart with this top-level description."""
     for el in app.get("vega_lite_chart"):
@@ -310,13 +322,7 @@ def test_python_implementation_on_a_big_image_explains_itself(at):
 
 # -- Scaling ------------------------------------------------------------------------------------
 def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
-    at.switch_page("pages/scaling.py").run()
-    _no_errors(at)
-    at.select_slider(key="sc_side").set_value(128)
-    at.multiselect(key="sc_impls").set_value(["opencv", "numpy", "python"])
-    at.slider(key="sc_nmax").set_value(2)
-    at.slider(key="sc_repeats").set_value(2)
-    at.run()
+    _scaling_set(at, side=128, nmax=2, repeats=2, impls=["opencv", "numpy", "python"])
     at.button(key="sc_run").click().run()
     _no_errors(at)
     sw = held(at)["sweep"]
@@ -343,12 +349,7 @@ def test_scaling_sweep_plots_time_speedup_and_efficiency(at, deferred):
 
 
 def test_scaling_leaves_python_out_of_big_sweeps_and_stops_a_stale_sweep(at):
-    at.switch_page("pages/scaling.py").run()
-    at.select_slider(key="sc_side").set_value(512)
-    at.multiselect(key="sc_impls").set_value(["opencv", "python"])
-    at.slider(key="sc_nmax").set_value(1)
-    at.slider(key="sc_repeats").set_value(1)
-    at.run()
+    _scaling_set(at, side=512, nmax=1, repeats=1, impls=["opencv", "python"])
     assert any("python runs only on images up to 256x256" in w.value for w in at.warning)
     # the sweep that runs has no python in it: not planned, not measured
     at.button(key="sc_run").click().run()
@@ -803,11 +804,7 @@ def test_serial_reference_is_measured_after_the_pair_and_shown_with_the_route(at
 
 
 def test_scaling_draws_the_best_serial_code_as_a_reference(at):
-    at.switch_page("pages/scaling.py").run()
-    at.select_slider(key="sc_side").set_value(256)
-    at.slider(key="sc_nmax").set_value(2)
-    at.slider(key="sc_repeats").set_value(1)
-    at.run()
+    _scaling_set(at, side=256, nmax=2, repeats=1)
     at.button(key="sc_run").click().run()
     _no_errors(at)
     sw = held(at)["sweep"]
