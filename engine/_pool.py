@@ -12,7 +12,10 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              pass of A: band i to worker i ---->  group A: workers 0..a-1
                                bands a.. as tokens in a pipe    attach(input, output), run the
                              pass of B: the same ----------->   band kernel, write rows
-                             (sent in turn: A0, B0, A1, B1...)
+                             (sent in turn: A0, B0, A1, B1...;
+                              a pair's A0 and B0 wait at the
+                              gate, opened when both are out;
+                              A1, B1.. once both are past it)
                                                                 [start, stop) straight into
                                                                 the output segment; then read
                                                                 the next band's token from the
@@ -52,6 +55,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures as cf
+import dataclasses
 import itertools
 import multiprocessing as mp
 import os
@@ -85,6 +89,8 @@ MAX_WORKERS_FLOOR = 16
 POOL_SEGMENTS = 6
 POOL_BYTES = 1 << 30
 _START_TIMEOUT = 120.0
+#: Longest wait for a pair's first workers to pass the gate before the others are sent.
+_PASS_WAIT = 0.05
 
 
 class _Died(Exception):
@@ -174,11 +180,13 @@ class _Worker:
     memory that only the worker writes, read by ``Job.progress()``.
     """
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, gate):
         self.conn, child = ctx.Pipe(duplex=True)
         self.bands_done = ctx.RawValue("q", 0)
+        self.gates_passed = ctx.RawValue("q", 0)  # only the worker writes it: _Passes.send
         self.process = ctx.Process(
-            target=_worker.serve, args=(child, os.getpid(), self.bands_done), name="pfl-worker", daemon=True
+            target=_worker.serve, args=(child, os.getpid(), self.bands_done, gate, self.gates_passed),
+            name="pfl-worker", daemon=True
         )
         # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
         # terminal's process group while the worker still imports would print a
@@ -534,6 +542,10 @@ class Engine:
         self._threads = _JobThreads()
         self._copiers: cf.ThreadPoolExecutor | None = None  # made on the first big copy
         self._returned: collections.deque = collections.deque()  # (key, reuse) of put-off _forget calls
+        # a pair's first bands wait here until both filters' first passes are sent (_Passes.send)
+        self._gate = self._ctx.RawValue("q", 0)
+        self._gate_numbers = itertools.count(1)
+        self._gate_lock = threading.Lock()
         self._closed = False
         sweep_stale()
 
@@ -768,6 +780,17 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
 
+    def _gate_number(self) -> int:
+        with self._gate_lock:
+            return next(self._gate_numbers)
+
+    def _open_gate(self, number: int) -> None:
+        """Let through the workers waiting for ``number`` (and any lower number: jobs of other
+        sessions may open theirs out of order, so the value only grows)."""
+        with self._gate_lock:
+            if self._gate.value < number:
+                self._gate.value = number
+
     def _lease(self, n, cancel):
         """Take ``n`` ready workers, starting processes as needed; FIFO among waiting jobs.
         Returns None when cancelled while waiting."""
@@ -796,7 +819,7 @@ class Engine:
         for worker in dead:
             worker.shutdown()
         try:
-            fresh = [_Worker(self._ctx) for _ in range(new)]
+            fresh = [_Worker(self._ctx, self._gate) for _ in range(new)]
             with self._cond:
                 self._all_workers.update(fresh)
         except BaseException:
@@ -921,12 +944,31 @@ class _Passes:
                                       first, tokens is not None), tokens)
                 for first, worker in enumerate(workers)]
 
-    @staticmethod
-    def send(*passes) -> None:
+    def send(self, *passes) -> None:
         """Start passes, taking the filters' workers in turn (A's first, B's first, A's second,
         ...): with more workers than CPUs, the first ones sent take the CPUs, so each filter
-        gets one of them at once rather than A all of them and B a time slice later."""
-        for worker, message, tokens in (m for ms in itertools.zip_longest(*passes) for m in ms if m is not None):
+        gets one of them at once rather than A all of them and B a time slice later.
+
+        With two filters, the first worker of each waits at the engine's gate, opened once both
+        first passes are out (in a ``finally``: a failed send never leaves a worker waiting): the
+        job thread may lose the GIL between two sends, and A would start that much before B."""
+        rounds = [[m for m in ms if m is not None] for ms in itertools.zip_longest(*passes)] or [[]]
+        eng = self.job._engine
+        number = eng._gate_number() if len(passes) > 1 else 0
+        first = [(worker, worker.gates_passed.value) for worker, _, _ in rounds[0]]
+        try:
+            for worker, message, tokens in rounds[0]:
+                worker.start(dataclasses.replace(message, gate=number) if number else message, tokens)
+        finally:
+            if number:
+                eng._open_gate(number)
+        if number and len(rounds) > 1:
+            # the others only once the first ones are past the gate: a woken worker would take
+            # the CPU of one still at the gate (wait at most _PASS_WAIT: a dead one never passes)
+            deadline = time.monotonic() + _PASS_WAIT
+            while any(w.gates_passed.value == n for w, n in first) and time.monotonic() < deadline:
+                os.sched_yield()
+        for worker, message, tokens in (m for ms in rounds[1:] for m in ms):
             worker.start(message, tokens)
 
     def stop(self) -> None:

@@ -6,10 +6,13 @@ One pipe per worker, messages in order::
     ----------------------                         --------------
                                   <-------------   pid (once, when started)
     Pass(filter, kind, plan, src, dst,
-         kernel, options, first, piped) -------->  attach src/dst (kept between passes), run
-    [the read end of the pass's token pipe,        band ``first``, then claim the next band
-     when piped: SCM_RIGHTS]                ---->  by reading a token (a band index, 2 bytes)
-                                                   from the pipe, until it is empty
+         kernel, options, first, piped,
+         gate) ------------------------------->  attach src/dst (kept between passes);
+                                                   a pair's first worker of each filter
+    gate.value = n (after the pair's first         waits until gate.value >= gate (wait_gate);
+      passes are out: one store) ............>     run band ``first``, then claim the next
+    [the read end of the pass's token pipe,        band by reading a token (a band index,
+     when piped: SCM_RIGHTS]                ---->  2 bytes) from the pipe, until it is empty
                                   <-------------   PassDone(filter, pid, bands) or PassFailed(error)
     Release(names) ------------------------------> close the mappings of unlinked segments
     Stop() --------------------------------------> exit
@@ -20,7 +23,13 @@ so no band is claimed twice; the parent cancels by emptying the pipe. A worker n
 unlinks a segment of a live parent: it attaches, computes, and closes a mapping when told
 (``_shm.Attachments``); when its parent dies, it sweeps the dead parent's segments and exits.
 ``bands_done`` is a shared counter that only this worker writes; the parent reads it for
-``Job.progress()`` without a message per band.
+``Job.progress()`` without a message per band. ``gate`` is one shared int64 for all workers that
+only the parent writes: the number of the last pair whose first passes are all sent. Between
+two sends the job thread may lose the GIL for milliseconds (a Streamlit script runs in the same
+process); the gate keeps A's first band from starting that much before B's. ``passed`` counts
+the gates this worker has passed (only it writes it): with more workers than CPUs the parent
+wakes a pair's other workers only once both first ones run, or a woken one would take the CPU
+of a first one still at the gate, and that filter would start a time slice late.
 """
 
 from __future__ import annotations
@@ -39,9 +48,12 @@ from ._kernels import Kernel
 from ._shm import Attachments, SegmentRef, sweep_owner
 
 __all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
-           "TOKEN_BYTES"]
+           "wait_gate", "TOKEN_BYTES", "GATE_TIMEOUT"]
 
 TOKEN_BYTES = 2  # a band index in a token pipe, little-endian: up to 65536 bands a filter
+#: Longest wait at the gate. A safety valve only (the parent opens the gate in a ``finally``):
+#: a band that starts without the gate computes the same bits, just not at the same moment.
+GATE_TIMEOUT = 5.0
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -49,7 +61,8 @@ TOKEN_BYTES = 2  # a band index in a token pipe, little-endian: up to 65536 band
 class Pass:
     """Run bands of one filter: ``first``, then the pass's token pipe's (sent right after this
     message when ``piped``). ``kind``: ``"range"`` (normalize's first pass: each band's min and
-    max, no output) or ``"filter"``."""
+    max, no output) or ``"filter"``. ``gate``: when not 0, wait at the engine's gate until the
+    parent has opened this number before the first band (``wait_gate``)."""
 
     filter: int
     kind: str
@@ -63,6 +76,7 @@ class Pass:
     value_range: tuple[float, float] | None
     first: int
     piped: bool
+    gate: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,19 @@ class PassFailed:
 
 # -- the worker -------------------------------------------------------------------------------
 _ATTACHED = Attachments()
+_GATE = None  # the engine's gate (a shared int64 that only the parent writes), given to serve
+_PASSED = None  # this worker's count of gates passed (a shared int64 that only it writes)
+
+
+def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT) -> None:
+    """Wait until the parent has opened gate ``number`` (``gate.value >= number``), yielding the
+    CPU between looks. The first worker of each filter of a pair waits here for the time the
+    parent takes to send the other filter's pass (the gate opens with one store, no system call,
+    so both first bands start together); it polls rather than sleeps, because waking a sleeping
+    process costs more than that wait."""
+    deadline = time.monotonic() + timeout
+    while gate.value < number and time.monotonic() < deadline:
+        os.sched_yield()
 
 
 def init(parent_pid: int) -> None:
@@ -131,9 +158,11 @@ def _orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def serve(conn, parent_pid: int, bands_done) -> None:
+def serve(conn, parent_pid: int, bands_done, gate=None, passed=None) -> None:
     """The worker's loop: answer the parent's messages in order, until ``Stop`` (or the parent's
     end of the pipe closes: then ``_orphaned``)."""
+    global _GATE, _PASSED
+    _GATE, _PASSED = gate, passed
     init(parent_pid)
     try:
         conn.send(os.getpid())
@@ -177,6 +206,10 @@ def run_pass(conn, p: Pass, bands_done) -> PassDone | PassFailed:
     done = []
     try:
         with _ATTACHED.arrays(p.src, p.dst) as (src, dst):
+            if p.gate and _GATE is not None:
+                wait_gate(_GATE, p.gate)
+                if _PASSED is not None:
+                    _PASSED.value += 1
             index = p.first
             while index is not None:
                 t0 = time.perf_counter()

@@ -512,6 +512,56 @@ def test_a_pairs_passes_go_to_the_filters_workers_in_turn(eng, monkeypatch):
     assert sent == [(0, 0), (1, 0), (0, 1), (1, 1)]
 
 
+def test_a_pairs_first_bands_wait_at_the_gate_until_both_first_passes_are_out(eng, monkeypatch):
+    """The job thread may lose the GIL for milliseconds between A's and B's first sends (a
+    Streamlit script runs in the same process); A's first band waits at the gate until B's pass
+    is out too. Here the gate opens 0.3 s late: neither first band may start before it."""
+    opened, starts = [], []
+    real_open, real_init = engine.Engine._open_gate, engine._pool._Passes.__init__  # noqa: SLF001
+
+    def late_open(self, number):
+        time.sleep(0.3)
+        opened.append(time.perf_counter())
+        real_open(self, number)
+
+    def init(self, job, workers, src, dsts, t_start):
+        starts.append(t_start)
+        real_init(self, job, workers, src, dsts, t_start)
+
+    monkeypatch.setattr(engine.Engine, "_open_gate", late_open)
+    monkeypatch.setattr(engine._pool._Passes, "__init__", init)  # noqa: SLF001
+    res = eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(1, 1))
+    assert len(opened) == 1
+    for fi in (0, 1):
+        assert starts[0] + min(r.start for r in res.timeline if r.filter == fi) >= opened[0]
+    opened.clear()
+    eng.filter_image(rgb(64, 40, 3), "gaussian", processes=2)  # one filter: nothing to wait for
+    assert opened == []
+
+
+def test_the_gate_only_opens_further_and_a_pairs_other_workers_go_after_the_first_ones_passed(eng, monkeypatch):
+    """Jobs of several sessions may open their gates out of order: the value never goes back (a
+    lower one would hold a later pair's workers until the safety valve). With more workers than
+    CPUs the second round goes out once both first workers are past the gate."""
+    earlier, later = eng._gate_number(), eng._gate_number()  # noqa: SLF001
+    eng._open_gate(later)  # noqa: SLF001
+    eng._open_gate(earlier)  # noqa: SLF001
+    assert eng._gate.value == later  # noqa: SLF001
+    sent, real = [], engine._pool._Worker.start  # noqa: SLF001
+
+    def start(self, message, tokens):
+        firsts = [(w, n) for w, m, n in sent if m.gate]
+        sent.append((self, message, self.gates_passed.value))
+        if not message.gate:
+            assert all(w.gates_passed.value == n + 1 for w, n in firsts), "a second-round pass went out too early"
+        return real(self, message, tokens)
+
+    monkeypatch.setattr(engine._pool._Worker, "start", start)  # noqa: SLF001
+    eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(2, 2))
+    assert [(m.filter, m.first, bool(m.gate)) for _, m, _ in sent] == [(0, 0, True), (1, 0, True), (0, 1, False),
+                                                                      (1, 1, False)]
+
+
 def test_numpy_out_is_written_and_two_d_results_keep_their_shape(eng):
     img = rgb(300, 64, 1)[:, :, 0]
     out = np.empty_like(img)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from multiprocessing import reduction
 
 import numpy as np
@@ -107,3 +108,14 @@ def test_claim_reads_whole_tokens_and_none_when_empty():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_wait_gate_returns_once_the_number_is_open_and_gives_up_after_its_timeout():
+    gate = mp.get_context("spawn").RawValue("q", 4)
+    t0 = time.monotonic()
+    _worker.wait_gate(gate, 4, timeout=30)  # open: 4 >= 4
+    _worker.wait_gate(gate, 3, timeout=30)  # an older pair's number
+    assert time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    _worker.wait_gate(gate, 5, timeout=0.2)  # never opened: the safety valve lets the band run
+    assert time.monotonic() - t0 >= 0.2
