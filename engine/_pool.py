@@ -14,7 +14,7 @@ Data flow of one job (``filter_pair``; ``filter_image`` is the same with one fil
                              pass of B: the same ----------->   band kernel, write rows
                              (sent in turn: A0, B0, A1, B1...;
                               a pair's A0 and B0 wait at the
-                              gate, opened when both are out;
+                              gate, opened when both are there;
                               A1, B1.. once both are past it)
                                                                 [start, stop) straight into
                                                                 the output segment; then read
@@ -89,8 +89,9 @@ MAX_WORKERS_FLOOR = 16
 POOL_SEGMENTS = 6
 POOL_BYTES = 1 << 30
 _START_TIMEOUT = 120.0
-#: Longest wait for a pair's first workers to pass the gate before the others are sent.
-_PASS_WAIT = 0.05
+#: Longest wait for a pair's first workers to arrive at the gate (and to pass it, before the
+#: others are sent): a safety valve; a worker that misses it only starts out of step.
+_GATE_WAIT = 0.05
 
 
 class _Died(Exception):
@@ -183,9 +184,9 @@ class _Worker:
     def __init__(self, ctx, gate):
         self.conn, child = ctx.Pipe(duplex=True)
         self.bands_done = ctx.RawValue("q", 0)
-        self.gates_passed = ctx.RawValue("q", 0)  # only the worker writes it: _Passes.send
+        self.gate_steps = ctx.RawValue("q", 0)  # only the worker writes it: _Passes.send
         self.process = ctx.Process(
-            target=_worker.serve, args=(child, os.getpid(), self.bands_done, gate, self.gates_passed),
+            target=_worker.serve, args=(child, os.getpid(), self.bands_done, gate, self.gate_steps),
             name="pfl-worker", daemon=True
         )
         # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
@@ -950,24 +951,24 @@ class _Passes:
         gets one of them at once rather than A all of them and B a time slice later.
 
         With two filters, the first worker of each waits at the engine's gate, opened once both
-        first passes are out (in a ``finally``: a failed send never leaves a worker waiting): the
-        job thread may lose the GIL between two sends, and A would start that much before B."""
+        have arrived there (in a ``finally``: a failed send never leaves a worker waiting): the job
+        thread may lose the GIL between two sends, or B's worker may still be unmapping the last
+        image's segments, and A would start that much before B. The other workers are sent once
+        both first ones have passed: a woken worker would take the CPU of one still at the gate."""
         rounds = [[m for m in ms if m is not None] for ms in itertools.zip_longest(*passes)] or [[]]
         eng = self.job._engine
         number = eng._gate_number() if len(passes) > 1 else 0
-        first = [(worker, worker.gates_passed.value) for worker, _, _ in rounds[0]]
+        first = [(worker, worker.gate_steps.value) for worker, _, _ in rounds[0]]
         try:
             for worker, message, tokens in rounds[0]:
                 worker.start(dataclasses.replace(message, gate=number) if number else message, tokens)
+            if number:
+                _await_steps(first, 1)
         finally:
             if number:
                 eng._open_gate(number)
         if number and len(rounds) > 1:
-            # the others only once the first ones are past the gate: a woken worker would take
-            # the CPU of one still at the gate (wait at most _PASS_WAIT: a dead one never passes)
-            deadline = time.monotonic() + _PASS_WAIT
-            while any(w.gates_passed.value == n for w, n in first) and time.monotonic() < deadline:
-                os.sched_yield()
+            _await_steps(first, 2)
         for worker, message, tokens in (m for ms in rounds[1:] for m in ms):
             worker.start(message, tokens)
 
@@ -1001,6 +1002,15 @@ class _Passes:
             rs = [r for r in self.records if r.filter == fi]
             out.append(max(r.end for r in rs) - min(r.start for r in rs))
         return tuple(out)
+
+
+def _await_steps(workers, k: int, timeout: float = _GATE_WAIT) -> None:
+    """Until every ``(worker, steps before)`` has taken ``k`` steps at the gate (1: arrived, 2:
+    passed), yielding the CPU between looks (the wait is a wake-up, shorter than a sleep's); at
+    most ``timeout``: a worker that died never arrives, and the job finds out from its pipe."""
+    deadline = time.monotonic() + timeout
+    while any(w.gate_steps.value < n + k for w, n in workers) and time.monotonic() < deadline:
+        os.sched_yield()
 
 
 def _answering(workers, timeout):

@@ -9,8 +9,9 @@ One pipe per worker, messages in order::
          kernel, options, first, piped,
          gate) ------------------------------->  attach src/dst (kept between passes);
                                                    a pair's first worker of each filter
-    gate.value = n (after the pair's first         waits until gate.value >= gate (wait_gate);
-      passes are out: one store) ............>     run band ``first``, then claim the next
+    gate.value = n (once the pair's first          steps += 1, waits until gate.value >= gate
+      workers have arrived: one store) ......>     (wait_gate), steps += 1;
+                                                   run band ``first``, then claim the next
     [the read end of the pass's token pipe,        band by reading a token (a band index,
      when piped: SCM_RIGHTS]                ---->  2 bytes) from the pipe, until it is empty
                                   <-------------   PassDone(filter, pid, bands) or PassFailed(error)
@@ -26,10 +27,12 @@ unlinks a segment of a live parent: it attaches, computes, and closes a mapping 
 ``Job.progress()`` without a message per band. ``gate`` is one shared int64 for all workers that
 only the parent writes: the number of the last pair whose first passes are all sent. Between
 two sends the job thread may lose the GIL for milliseconds (a Streamlit script runs in the same
-process); the gate keeps A's first band from starting that much before B's. ``passed`` counts
-the gates this worker has passed (only it writes it): with more workers than CPUs the parent
-wakes a pair's other workers only once both first ones run, or a woken one would take the CPU
-of a first one still at the gate, and that filter would start a time slice late.
+process), or while B's worker still unmaps the segments of a previous image; the gate keeps A's
+first band from starting that much before B's. ``steps`` counts this worker's steps at the gate
+(only it writes it): +1 on arriving, +1 on passing. The parent opens the gate once both first
+workers have arrived, and with more workers than CPUs wakes a pair's other workers only once
+both have passed (a woken one would take the CPU of a first one still at the gate, and that
+filter would start a time slice late).
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class PassFailed:
 # -- the worker -------------------------------------------------------------------------------
 _ATTACHED = Attachments()
 _GATE = None  # the engine's gate (a shared int64 that only the parent writes), given to serve
-_PASSED = None  # this worker's count of gates passed (a shared int64 that only it writes)
+_STEPS = None  # this worker's steps at the gate: +1 arriving, +1 passing (a shared int64 only it writes)
 
 
 def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT) -> None:
@@ -158,11 +161,11 @@ def _orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def serve(conn, parent_pid: int, bands_done, gate=None, passed=None) -> None:
+def serve(conn, parent_pid: int, bands_done, gate=None, steps=None) -> None:
     """The worker's loop: answer the parent's messages in order, until ``Stop`` (or the parent's
     end of the pipe closes: then ``_orphaned``)."""
-    global _GATE, _PASSED
-    _GATE, _PASSED = gate, passed
+    global _GATE, _STEPS
+    _GATE, _STEPS = gate, steps
     init(parent_pid)
     try:
         conn.send(os.getpid())
@@ -207,9 +210,11 @@ def run_pass(conn, p: Pass, bands_done) -> PassDone | PassFailed:
     try:
         with _ATTACHED.arrays(p.src, p.dst) as (src, dst):
             if p.gate and _GATE is not None:
+                if _STEPS is not None:
+                    _STEPS.value += 1  # arrived: attached, every earlier message handled
                 wait_gate(_GATE, p.gate)
-                if _PASSED is not None:
-                    _PASSED.value += 1
+                if _STEPS is not None:
+                    _STEPS.value += 1  # passed
             index = p.first
             while index is not None:
                 t0 = time.perf_counter()

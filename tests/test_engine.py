@@ -539,10 +539,12 @@ def test_a_pairs_first_bands_wait_at_the_gate_until_both_first_passes_are_out(en
     assert opened == []
 
 
-def test_the_gate_only_opens_further_and_a_pairs_other_workers_go_after_the_first_ones_passed(eng, monkeypatch):
+def test_the_gate_opens_when_both_first_workers_are_there_and_the_others_go_once_they_passed(eng, monkeypatch):
     """Jobs of several sessions may open their gates out of order: the value never goes back (a
-    lower one would hold a later pair's workers until the safety valve). With more workers than
-    CPUs the second round goes out once both first workers are past the gate."""
+    lower one would hold a later pair's workers until the safety valve). The gate opens once both
+    first workers have arrived (B's may still be unmapping the last image's segments: here it
+    reads a long Release first); with more workers than CPUs the second round goes out once
+    both are past it."""
     earlier, later = eng._gate_number(), eng._gate_number()  # noqa: SLF001
     eng._open_gate(later)  # noqa: SLF001
     eng._open_gate(earlier)  # noqa: SLF001
@@ -551,15 +553,24 @@ def test_the_gate_only_opens_further_and_a_pairs_other_workers_go_after_the_firs
 
     def start(self, message, tokens):
         firsts = [(w, n) for w, m, n in sent if m.gate]
-        sent.append((self, message, self.gates_passed.value))
+        sent.append((self, message, self.gate_steps.value))
+        if message.filter == 1 and message.gate:  # B's first worker: ~10 ms of work before the pass
+            self.release(tuple(f"{_shm.PREFIX}not-mapped-{i}" for i in range(40_000)))
         if not message.gate:
-            assert all(w.gates_passed.value == n + 1 for w, n in firsts), "a second-round pass went out too early"
+            assert all(w.gate_steps.value == n + 2 for w, n in firsts), "a second-round pass went out too early"
         return real(self, message, tokens)
 
+    def open_gate(self, number):
+        at_open.extend(w.gate_steps.value - n for w, m, n in sent if m.gate)
+        real_open(self, number)
+
+    at_open, real_open = [], engine.Engine._open_gate
     monkeypatch.setattr(engine._pool._Worker, "start", start)  # noqa: SLF001
+    monkeypatch.setattr(engine.Engine, "_open_gate", open_gate)
     eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(2, 2))
     assert [(m.filter, m.first, bool(m.gate)) for _, m, _ in sent] == [(0, 0, True), (1, 0, True), (0, 1, False),
                                                                       (1, 1, False)]
+    assert at_open == [1, 1]  # the gate opened once both first workers were there, not before
 
 
 def test_numpy_out_is_written_and_two_d_results_keep_their_shape(eng):
