@@ -543,7 +543,7 @@ class Engine:
         self._threads = _JobThreads()
         self._copiers: cf.ThreadPoolExecutor | None = None  # made on the first big copy
         self._returned: collections.deque = collections.deque()  # (key, reuse) of put-off _forget calls
-        # a pair's first bands wait here until both filters' first passes are sent (_Passes.send)
+        # a pair's first bands wait here until both filters' first workers have arrived (_Passes.send)
         self._gate = self._ctx.RawValue("q", 0)
         self._gate_numbers = itertools.count(1)
         self._gate_lock = threading.Lock()

@@ -25,7 +25,7 @@ unlinks a segment of a live parent: it attaches, computes, and closes a mapping 
 (``_shm.Attachments``); when its parent dies, it sweeps the dead parent's segments and exits.
 ``bands_done`` is a shared counter that only this worker writes; the parent reads it for
 ``Job.progress()`` without a message per band. ``gate`` is one shared int64 for all workers that
-only the parent writes: the number of the last pair whose first passes are all sent. Between
+only the parent writes: the number of the last pair whose first workers have all arrived. Between
 two sends the job thread may lose the GIL for milliseconds (a Streamlit script runs in the same
 process), or while B's worker still unmaps the segments of a previous image; the gate keeps A's
 first band from starting that much before B's. ``steps`` counts this worker's steps at the gate
@@ -122,10 +122,10 @@ _STEPS = None  # this worker's steps at the gate: +1 arriving, +1 passing (a sha
 
 def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT) -> None:
     """Wait until the parent has opened gate ``number`` (``gate.value >= number``), yielding the
-    CPU between looks. The first worker of each filter of a pair waits here for the time the
-    parent takes to send the other filter's pass (the gate opens with one store, no system call,
-    so both first bands start together); it polls rather than sleeps, because waking a sleeping
-    process costs more than that wait."""
+    CPU between looks. The first worker of each filter of a pair waits here until the other
+    filter's first worker has arrived too (the parent sees both arrive and opens the gate with
+    one store, no system call, so both first bands start together); it polls rather than sleeps,
+    because waking a sleeping process costs more than that wait."""
     deadline = time.monotonic() + timeout
     while gate.value < number and time.monotonic() < deadline:
         os.sched_yield()

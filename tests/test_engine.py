@@ -512,10 +512,10 @@ def test_a_pairs_passes_go_to_the_filters_workers_in_turn(eng, monkeypatch):
     assert sent == [(0, 0), (1, 0), (0, 1), (1, 1)]
 
 
-def test_a_pairs_first_bands_wait_at_the_gate_until_both_first_passes_are_out(eng, monkeypatch):
+def test_a_pairs_first_bands_wait_at_the_gate_until_the_parent_opens_it(eng, monkeypatch):
     """The job thread may lose the GIL for milliseconds between A's and B's first sends (a
-    Streamlit script runs in the same process); A's first band waits at the gate until B's pass
-    is out too. Here the gate opens 0.3 s late: neither first band may start before it."""
+    Streamlit script runs in the same process); A's first band waits at the gate until B's first
+    worker is there too. Here the gate opens 0.3 s late: neither first band may start before it."""
     opened, starts = [], []
     real_open, real_init = engine.Engine._open_gate, engine._pool._Passes.__init__  # noqa: SLF001
 
@@ -554,8 +554,8 @@ def test_the_gate_opens_when_both_first_workers_are_there_and_the_others_go_once
     def start(self, message, tokens):
         firsts = [(w, n) for w, m, n in sent if m.gate]
         sent.append((self, message, self.gate_steps.value))
-        if message.filter == 1 and message.gate:  # B's first worker: ~10 ms of work before the pass
-            self.release(tuple(f"{_shm.PREFIX}not-mapped-{i}" for i in range(40_000)))
+        if message.filter == 1 and message.gate:  # B's first worker: a few ms of work before the pass
+            self.release(tuple(f"{_shm.PREFIX}not-mapped-{i}" for i in range(10_000)))
         if not message.gate:
             assert all(w.gate_steps.value == n + 2 for w, n in firsts), "a second-round pass went out too early"
         return real(self, message, tokens)
