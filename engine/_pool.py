@@ -853,9 +853,13 @@ class Engine:
         worker.release(stale)
 
     def _give_back(self, workers):
+        """Return leased workers to the idle list; shut down the ones that cannot take a pass:
+        broken, busy, dead, or never read as started (``pid is None``: a lease failed while its
+        new workers started, and their pid message still waits in the pipe: handed out, such a
+        worker would answer a pass with it and stay one message behind)."""
         keep = []
         for worker in workers:
-            if worker.broken or worker.busy or not worker.process.is_alive():
+            if worker.broken or worker.busy or worker.pid is None or not worker.process.is_alive():
                 worker.shutdown(kill=True)
                 with self._cond:
                     self._alive -= 1

@@ -17,6 +17,7 @@ Figures: docs/reliability.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -107,6 +108,92 @@ def test_sigkill_a_worker_mid_job_5_times():
 @pytest.mark.timeout(300)
 def test_sigkill_a_worker_mid_job_20_times_in_a_row():
     kill_workers_mid_job(20, seed=20)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_while_starting_fails_its_job_and_no_unstarted_worker_is_handed_out(monkeypatch):
+    """A new worker killed before it reports its pid (the OOM killer, a kill -9 while it still
+    imports): that job fails with WorkerError, and the other new workers of the same lease, whose
+    pid message was never read, must not go to the next job: each would answer the next pass with
+    its pid, then stay one message behind for ever (a job ending while a band still writes its
+    output: wrong results)."""
+    real, calls = engine._pool._Worker.ready, []  # noqa: SLF001
+
+    def ready(self, timeout=engine._pool._START_TIMEOUT):  # noqa: SLF001
+        calls.append(self)
+        if len(calls) == 1:
+            self.process.kill()
+            self.process.join()
+        return real(self, timeout)
+
+    eng = engine.Engine(max_workers=4)
+    try:
+        monkeypatch.setattr(engine._pool._Worker, "ready", ready)  # noqa: SLF001
+        with pytest.raises(engine.WorkerError, match="failed to start"):
+            eng.filter_pair(CHECK, "sobel", "gaussian", processes=(2, 2))
+        monkeypatch.undo()
+        assert len(calls) == 1 and all(w.pid is not None for w in eng._idle)  # noqa: SLF001
+        for i in range(3):
+            res = eng.filter_pair(CHECK, "sobel", "gaussian", processes=(2, 2))
+            assert_close(res.outputs[0], CHECK, engine.KERNELS["sobel"].weights, "replicate", "clip", f"job {i}")
+            assert_close(res.outputs[1], CHECK, engine.KERNELS["gaussian"].weights, "replicate", "clip", f"job {i}")
+    finally:
+        eng.close()
+
+
+@pytest.mark.timeout(300)
+def test_random_kills_while_three_threads_run_pairs_give_no_wrong_result():
+    """SIGKILL a random worker every 0.3-0.7 s while three threads run pairs (1+1 and 2+2): a
+    kill can land on a worker mid-band, idle, or still starting. Every job ends with the right
+    result or WorkerError, never a wrong one; nothing is left after close(). 5 s in CI, 30 s
+    with PFL_LONG=1 (docs/reliability.md)."""
+    import threading
+
+    seconds = 30 if LONG else 5
+    baseline = child_pids()
+    segs_before = set(segments_of(os.getpid()))
+    eng = engine.Engine(max_workers=8)
+    counts, other, lock = {"ok": 0, "worker_error": 0, "wrong": 0}, [], threading.Lock()
+    try:
+        ref = (eng.filter_image(CHECK, "gaussian_11x11", processes=1), eng.filter_image(CHECK, "sobel", processes=1))
+        stop = time.monotonic() + seconds
+
+        def run(seed):
+            rnd = random.Random(seed)
+            while time.monotonic() < stop:
+                try:
+                    res = eng.filter_pair(CHECK, "gaussian_11x11", "sobel", processes=rnd.choice([(1, 1), (2, 2)]))
+                    key = "ok" if all(np.array_equal(o, r) for o, r in zip(res.outputs, ref)) else "wrong"
+                except engine.WorkerError:
+                    key = "worker_error"
+                except Exception as e:  # noqa: BLE001 - reported below
+                    with lock:
+                        other.append(repr(e))
+                    continue
+                with lock:
+                    counts[key] += 1
+
+        def killer():
+            rnd = random.Random(9)
+            while time.monotonic() < stop:
+                time.sleep(rnd.uniform(0.3, 0.7))
+                workers = engine_children(baseline)
+                if workers:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        rnd.choice(workers).send_signal(signal.SIGKILL)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in range(3)] + [threading.Thread(target=killer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        eng.close()
+    print(f"\nrandom kills ({seconds} s): {counts}, other errors {other[:3]}")
+    assert counts["wrong"] == 0 and not other, (counts, other[:3])
+    assert counts["ok"] > 0 and counts["worker_error"] > 0, counts
+    assert not set(segments_of(os.getpid())) - segs_before - _shm.live_segments()
+    assert not engine_children(baseline), "worker processes alive after close()"
 
 
 # -- cancel at random points ---------------------------------------------------------------------
