@@ -25,14 +25,15 @@ unlinks a segment of a live parent: it attaches, computes, and closes a mapping 
 (``_shm.Attachments``); when its parent dies, it sweeps the dead parent's segments and exits.
 ``bands_done`` is a shared counter that only this worker writes; the parent reads it for
 ``Job.progress()`` without a message per band. ``gate`` is one shared int64 for all workers that
-only the parent writes: the number of the last pair whose first workers have all arrived. Between
+only the parent writes: the highest pair number opened so far (a pair's once both its first
+workers have arrived, or after at most ``_pool._GATE_WAIT``). Between
 two sends the job thread may lose the GIL for milliseconds (a Streamlit script runs in the same
 process), or while B's worker still unmaps the segments of a previous image; the gate keeps A's
 first band from starting that much before B's. ``steps`` counts this worker's steps at the gate
 (only it writes it): +1 on arriving, +1 on passing. The parent opens the gate once both first
-workers have arrived, and with more workers than CPUs wakes a pair's other workers only once
-both have passed (a woken one would take the CPU of a first one still at the gate, and that
-filter would start a time slice late).
+workers have arrived, and sends a pair's other workers their passes only once both have passed
+(with more workers than CPUs, a woken one would take the CPU of a first one still at the gate,
+and that filter would start a time slice late).
 """
 
 from __future__ import annotations
