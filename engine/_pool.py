@@ -957,8 +957,9 @@ class _Passes:
         With two filters, the first worker of each waits at the engine's gate, opened once both
         have arrived there or after ``_GATE_WAIT`` (in a ``finally``: a failed send never leaves a
         worker waiting): the job thread may lose the GIL between two sends, or B's worker may
-        still be unmapping the last image's segments, and A would start that much before B. The other workers are sent once
-        both first ones have passed: a woken worker would take the CPU of one still at the gate."""
+        still be unmapping the last image's segments, and A would start that much before B. The
+        other workers are sent once both first ones have passed: a woken worker would take the
+        CPU of one still at the gate."""
         rounds = [[m for m in ms if m is not None] for ms in itertools.zip_longest(*passes)] or [[]]
         eng = self.job._engine
         number = eng._gate_number() if len(passes) > 1 else 0
