@@ -23,6 +23,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -147,8 +148,6 @@ def test_random_kills_while_three_threads_run_pairs_give_no_wrong_result():
     kill can land on a worker mid-band, idle, or still starting. Every job ends with the right
     result or WorkerError, never a wrong one; nothing is left after close(). 5 s in CI, 30 s
     with PFL_LONG=1 (docs/reliability.md)."""
-    import threading
-
     seconds = 30 if LONG else 5
     baseline = child_pids()
     segs_before = set(segments_of(os.getpid()))
