@@ -3,6 +3,9 @@
 * SIGKILL one worker of a running job, many times in a row: every job fails with
   ``engine.WorkerError`` within 5 s, the next job succeeds and matches the oracle, nothing is
   left in /dev/shm after ``close()``. 5 kills in CI, 20 with ``PFL_LONG=1``.
+* A new worker killed while it starts, and SIGKILLs of random workers while three threads run
+  pairs: every job ends right or with ``WorkerError``, never wrong (a worker whose pid message
+  was never read is not handed out).
 * ``job.cancel()`` after random (seeded) delays: ``JobCancelled`` or a correct result, no
   segment left, the workers stay healthy.
 * SIGINT to the CLI's process group (what Ctrl-C in a terminal sends) at random points while it
