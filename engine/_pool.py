@@ -1013,9 +1013,7 @@ def _await_steps(workers, k: int, timeout: float = _GATE_WAIT) -> None:
     """Until every ``(worker, steps before)`` has taken ``k`` steps at the gate (1: arrived, 2:
     passed), yielding the CPU between looks (the wait is a wake-up, shorter than a sleep's); at
     most ``timeout``: a worker that died never arrives, and the job finds out from its pipe."""
-    deadline = time.monotonic() + timeout
-    while any(w.gate_steps.value < n + k for w, n in workers) and time.monotonic() < deadline:
-        os.sched_yield()
+    _worker.spin_until(lambda: all(w.gate_steps.value >= n + k for w, n in workers), timeout)
 
 
 def _answering(workers, timeout):

@@ -52,7 +52,7 @@ from ._kernels import Kernel
 from ._shm import Attachments, SegmentRef, sweep_owner
 
 __all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
-           "wait_gate", "TOKEN_BYTES", "GATE_TIMEOUT"]
+           "wait_gate", "spin_until", "TOKEN_BYTES", "GATE_TIMEOUT"]
 
 TOKEN_BYTES = 2  # a band index in a token pipe, little-endian: up to 65536 bands a filter
 #: Longest wait at the gate. A safety valve only (the parent opens the gate in a ``finally``):
@@ -121,15 +121,21 @@ _GATE = None  # the engine's gate (a shared int64 that only the parent writes), 
 _STEPS = None  # this worker's steps at the gate: +1 arriving, +1 passing (a shared int64 only it writes)
 
 
+def spin_until(done, timeout: float) -> None:
+    """Call ``done()`` until it is true or ``timeout`` seconds have passed, yielding the CPU
+    between calls: for waits shorter than waking a sleeping process (the gate's, both sides)."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        os.sched_yield()
+
+
 def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT) -> None:
     """Wait until the parent has opened gate ``number`` (``gate.value >= number``), yielding the
     CPU between looks. The first worker of each filter of a pair waits here until the other
     filter's first worker has arrived too (the parent sees both arrive and opens the gate with
     one store, no system call, so both first bands start together); it polls rather than sleeps,
     because waking a sleeping process costs more than that wait."""
-    deadline = time.monotonic() + timeout
-    while gate.value < number and time.monotonic() < deadline:
-        os.sched_yield()
+    spin_until(lambda: gate.value >= number, timeout)
 
 
 def init(parent_pid: int) -> None:
