@@ -963,7 +963,7 @@ class _Passes:
         rounds = [[m for m in ms if m is not None] for ms in itertools.zip_longest(*passes)] or [[]]
         eng = self.job._engine
         number = eng._gate_number() if len(passes) > 1 else 0
-        first = [(worker, worker.gate_steps.value) for worker, _, _ in rounds[0]]
+        first = [(worker, worker.gate_steps.value) for worker, _, _ in rounds[0]] if number else []
         try:
             for worker, message, tokens in rounds[0]:
                 worker.start(dataclasses.replace(message, gate=number) if number else message, tokens)
