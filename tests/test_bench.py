@@ -89,3 +89,20 @@ def test_routes_report_quick(tmp_path):
     assert "| `gaussian` | registry | 5x5 separable | uint8 | clip | direct " in out
     assert "The engine's route is the fastest in " in out and "CPU: " in out
     assert "| CPU |" in md.read_text()
+
+
+def test_where_time_goes_quick_leaves_no_segment():
+    """benchmarks/where_time_goes.py prints its three tables (the bare 2-process design computes
+    the engine's filter: the script checks that itself) and unlinks every segment it made."""
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "where_time_goes.py"), "--size", "96", "--rounds", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| gaussian | OpenCV best, /dev/shm in and out |" in out
+    assert "| kernel | job wall ms | OpenCV best, 2 threads ms | ratio |" in out
+    assert "| kernel | job wall ms | bare 2 processes ms | job / bare | OpenCV best, 1 thread ms |" in out
+    assert out.count("| random_5x5 |") >= 9 and "CPU: " in out
+    assert set(os.listdir("/dev/shm")) - before == set()
