@@ -51,12 +51,22 @@ def segments_of(pid: int) -> list[str]:
     return [n for n in _shm.our_segments() if n.startswith(f"{_shm.PREFIX}{pid}_")]
 
 
+def _described(p: psutil.Process) -> str | None:
+    """``pid command line`` of a live process; None if it ended (or became a zombie) since it
+    was listed."""
+    try:
+        return f"{p.pid} {' '.join(p.cmdline())[:100]}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return None
+
+
 def wait_gone(mark: str, pid: int, timeout: float = 10.0) -> tuple[list[str], list[str]]:
     """Wait until no process under ``mark`` and no segment of ``pid`` is left; return what is
     still there at the deadline (``([], [])`` when clean)."""
     deadline = time.monotonic() + timeout
     while True:
-        procs = [f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in marked_processes(mark)]
+        procs = [_described(p) for p in marked_processes(mark)]
+        procs = [p for p in procs if p]
         segs = segments_of(pid)
         if (not procs and not segs) or time.monotonic() > deadline:
             return procs, segs
