@@ -218,22 +218,40 @@ _REGISTRY = [
 KERNELS = types.MappingProxyType({k.name: k for k in _REGISTRY})
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?(/[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)?$")
+#: Longest kernel text parse_kernel reads: 31x31 weights of up to 64 characters each, and then some.
+MAX_KERNEL_TEXT = 100_000
+_MAX_TOKEN = 64
+_ZERO = re.compile(r"^[+-]?[0.]*([eE][+-]?\d+)?$")
 
 
 def _number(token: str, row: int) -> float:
+    """One weight of kernel text: a decimal or a fraction of two, as float64. Each side is read
+    as float64 first (a fast parse), so that an exponent like 1e9999999 is refused at once
+    rather than expanded into a ten-million-digit integer by ``Fraction``; a fraction of two
+    float64 numbers is then divided exactly and rounded once."""
+    if len(token) > _MAX_TOKEN:
+        raise ValueError(f"kernel text: {token[:20] + '...'!r} in row {row} has {len(token):,} characters; a weight "
+                         f"has at most {_MAX_TOKEN}")
     if not _NUMBER.match(token):
         raise ValueError(f"kernel text: {token!r} in row {row} is not a number (use decimals or fractions like 1/16)")
     num, _, den = token.partition("/")
-    if den:
-        if float(den) == 0:
+    sides = [float(num)] + ([float(den)] if den else [])
+    if not all(math.isfinite(x) for x in sides):
+        raise ValueError(f"kernel text: {token!r} in row {row} is not finite (float64 numbers reach about 1.8e308)")
+    if not den:
+        return sides[0]
+    if sides[1] == 0:
+        if _ZERO.match(den):
             raise ValueError(f"kernel text: {token!r} in row {row} divides by zero")
+        raise ValueError(f"kernel text: {token!r} in row {row} divides by {den}, below the smallest float64 number "
+                         "(about 4.9e-324)")
+    try:
         value = float(Fraction(num) / Fraction(den))
-    else:
-        value = float(num)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"kernel text: {token!r} in row {row} is not finite")
+        raise ValueError(f"kernel text: {token!r} in row {row} is not finite (float64 numbers reach about 1.8e308)")
     return value
-
 
 
 def check_weight_sum(weights: np.ndarray, name: str) -> None:
@@ -255,7 +273,8 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
     Raises
     ------
     ValueError
-        On empty text, a token that is not a finite number, ragged rows, or a side over 31.
+        On empty or overlong text, a token that is not a finite float64 number (or is over 64
+        characters), ragged rows, or a side over 31.
 
     Examples
     --------
@@ -266,6 +285,9 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
     """
     if not isinstance(text, str):
         raise TypeError(f"kernel text must be a str, got {type(text).__name__}")
+    if len(text) > MAX_KERNEL_TEXT:
+        raise ValueError(f"kernel text is too long: at most {MAX_KERNEL_TEXT:,} characters (sides up to "
+                         f"{MAX_KERNEL_SIDE}), got {len(text):,}")
     # "] [" and "]," end a row (as numpy prints "[[1 2] [3 4]]" on one line), other brackets go
     cleaned = re.sub(r"\]\s*,?\s*\[", ";", text).replace("],", ";").replace("[", " ").replace("]", " ")
     rows = [r for r in re.split(r"[;\n]", cleaned) if r.strip(" \t\r,")]

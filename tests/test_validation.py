@@ -339,6 +339,9 @@ def test_parse_kernel_name_and_separability():
     assert k.name == "binomial" and k.separable and k.weights.sum() == 16
     assert not engine.parse_kernel("0 1 0; 1 -4 1; 0 1 0").separable
     assert engine.parse_kernel("1/3 1/3 1/3").weights[0, 0] == 1 / 3
+    # a fraction is divided exactly and rounded once, not as two rounded float64 numbers
+    assert engine.parse_kernel("0.7/0.1").weights[0, 0] == 7.0 != 0.7 / 0.1
+    assert engine.parse_kernel("1e-300/1e300 4e-320").weights.tolist() == [[0.0, 4e-320]]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -352,8 +355,19 @@ def test_parse_kernel_name_and_separability():
     ("1 nan", r"^kernel text: weights must be finite numbers, got 'nan'$"),
     ("NaN 1", r"^kernel text: weights must be finite numbers, got 'nan'$"),
     ("1; -inf", r"^kernel text: weights must be finite numbers, got 'inf'$"),
-    ("1e999", r"^kernel text: '1e999' in row 1 is not finite$"),
+    ("1e999", r"^kernel text: '1e999' in row 1 is not finite \(float64 numbers reach about 1\.8e308\)$"),
     ("1/0", r"^kernel text: '1/0' in row 1 divides by zero$"),
+    ("1 -0.0e7/+00.0", r"^kernel text: '-0\.0e7/\+00\.0' in row 1 divides by zero$"),
+    # a fraction whose quotient overflows float64 (Fraction's float() raised OverflowError)
+    ("1e308/1e-10", r"^kernel text: '1e308/1e-10' in row 1 is not finite \(float64 numbers reach about 1\.8e308\)$"),
+    ("1/1e-400", r"^kernel text: '1/1e-400' in row 1 divides by 1e-400, below the smallest float64 number "
+                 r"\(about 4\.9e-324\)$"),
+    # read as float64 first: never expanded into a ten-million-digit integer (that took seconds
+    # to minutes with the GIL held, freezing every session of the dashboard)
+    ("1e99999999/3", r"^kernel text: '1e99999999/3' in row 1 is not finite"),
+    ("3/1e99999999", r"^kernel text: '3/1e99999999' in row 1 is not finite"),
+    ("1 " + "9" * 65, r"^kernel text: '99999999999999999999\.\.\.' in row 1 has 65 characters; a weight has at most 64$"),
+    ("1 " * 50_001, r"^kernel text is too long: at most 100,000 characters \(sides up to 31\), got 100,002$"),
     ("", r"^kernel text is empty: type rows of numbers, e.g. '1 2 1; 2 4 2; 1 2 1'$"),
     ("  \n ; , ", r"^kernel text is empty"),
     ("[[]]", r"^kernel text is empty"),
