@@ -282,6 +282,10 @@ def test_bad_custom_kernel_text_shows_the_parser_message(at):
     at.button(key="lab_run").click().run()
     assert not at.exception
     assert held(at).get("result") is None
+    # a quotient that overflows float64 was a bare OverflowError on the page
+    at.text_area(key="lab_text_B").input("1 1e308/1e-10 1").run()
+    assert not at.exception
+    assert any("'1e308/1e-10' in row 1 is not finite" in e.value for e in at.error)
     at.text_area(key="lab_text_B").input("1/16 2/16 1/16; 2/16 4/16 2/16; 1/16 2/16 1/16").run()
     at.button(key="lab_run").click().run()
     _no_errors(at)
