@@ -55,6 +55,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing as mp
@@ -173,6 +174,13 @@ def _death_cause(exitcode) -> str:
     return f"exited unexpectedly with code {exitcode}"
 
 
+#: ``depth``: how many worker pipes this thread is writing now (``_Worker._writing``). A garbage
+#: collection may run a finalizer (``Engine._forget``) in the middle of a write; the finalizer
+#: then puts its messages off, since sending one to the same worker would wait on this thread's
+#: own lock for good.
+_SENDING = threading.local()
+
+
 class _Worker:
     """One worker process and the parent's end of its pipe (the messages: ``_worker``'s header).
 
@@ -224,7 +232,7 @@ class _Worker:
         """Start a pass on this worker; ``tokens``: the read end of the pass's token pipe (sent
         after the message when ``job.piped``)."""
         try:
-            with self._sending:
+            with self._writing():
                 self.conn.send(job)
                 if tokens is not None:
                     reduction.send_handle(self.conn, tokens, self.pid)
@@ -232,6 +240,16 @@ class _Worker:
             self.broken = True
             raise _Died(self) from None
         self.busy = 1
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold this worker's pipe for one message (and its token pipe), counted in ``_SENDING``."""
+        with self._sending:
+            _SENDING.depth = getattr(_SENDING, "depth", 0) + 1
+            try:
+                yield
+            finally:
+                _SENDING.depth -= 1
 
     def receive(self) -> "_worker.PassDone":
         """The pass's answer; ``_Died`` if the worker died. Re-raises a band's exception."""
@@ -249,7 +267,7 @@ class _Worker:
         """Tell the worker to unmap segments (in order: before its next pass)."""
         if names:
             try:
-                with self._sending:
+                with self._writing():
                     self.conn.send(_worker.Release(tuple(names)))
             except OSError:
                 self.broken = True
@@ -264,7 +282,7 @@ class _Worker:
                 self.process.kill()
             else:
                 try:
-                    with self._sending:
+                    with self._writing():
                         self.conn.send(_worker.Stop())
                 except OSError:
                     pass
@@ -538,7 +556,10 @@ class Engine:
         self._queue: collections.deque = collections.deque()  # waiting jobs' tickets, FIFO
         self._jobs: "weakref.WeakSet[Job]" = weakref.WeakSet()
         self._shared: dict[int, _Shared] = {}
-        self._scratch = SegmentPool(POOL_SEGMENTS, POOL_BYTES, on_retire=self._unmap_everywhere)
+        self._scratch = SegmentPool(POOL_SEGMENTS, POOL_BYTES, on_retire=_weakly(self._unmap_everywhere))
+        # an engine dropped without close(): its pooled segments go with it (its workers see
+        # their pipes close and exit; they sweep only a dead parent's segments)
+        weakref.finalize(self, self._scratch.clear).atexit = False
         self._all_workers: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
         self._threads = _JobThreads()
         self._copiers: cf.ThreadPoolExecutor | None = None  # made on the first big copy
@@ -715,8 +736,9 @@ class Engine:
         unlink its segment (a result's goes back to the pool). Runs wherever the garbage
         collector does; if that is inside this engine's own bookkeeping (this thread holds the
         engine's or the pool's lock, maybe mid-iteration), it is finished later by
-        ``_take_returned`` (giving it back there would deadlock on the lock this thread holds)."""
-        if self._cond._is_owned() or self._scratch.held_here():  # noqa: SLF001 - "held by this thread"
+        ``_take_returned`` (giving it back there would deadlock on the lock this thread holds); so
+        it is if this thread is writing a worker's pipe (``_SENDING``)."""
+        if self._cond._is_owned() or self._scratch.held_here() or getattr(_SENDING, "depth", 0):  # noqa: SLF001
             self._returned.append((key, reuse))
             return
         with self._cond:
@@ -795,30 +817,35 @@ class Engine:
     def _lease(self, n, cancel):
         """Take ``n`` ready workers, starting processes as needed; FIFO among waiting jobs.
         Returns None when cancelled while waiting."""
-        ticket = object()
+        ticket, dead, take = object(), [], ()
         with self._cond:
-            # a worker that died while idle (OOM killer, kill -9) is replaced, not handed out
-            dead = [w for w in self._idle if not w.process.is_alive()]
-            for worker in dead:
-                self._idle.remove(worker)
-                self._alive -= 1
             self._queue.append(ticket)
             try:
                 while True:
                     if self._closed or cancel.is_set():
-                        return None
+                        take = None
+                        break
+                    # a worker that died while idle (OOM killer, kill -9), also while this job
+                    # waited, is replaced, not handed out
+                    for worker in [w for w in self._idle if not w.process.is_alive()]:
+                        self._idle.remove(worker)
+                        self._alive -= 1
+                        dead.append(worker)
                     if self._queue[0] is ticket and len(self._idle) + self.max_workers - self._alive >= n:
                         break
                     self._cond.wait(0.1)
-                take = self._idle[:n]
-                del self._idle[:n]
-                new = n - len(take)
-                self._alive += new
+                if take is not None:
+                    take = self._idle[:n]
+                    del self._idle[:n]
+                    new = n - len(take)
+                    self._alive += new
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
         for worker in dead:
             worker.shutdown()
+        if take is None:
+            return None
         try:
             fresh = [_Worker(self._ctx, self._gate) for _ in range(new)]
             with self._cond:
@@ -873,6 +900,8 @@ class Engine:
                 self._idle.extend(keep)
                 drop = []
             self._cond.notify_all()
+        for worker in keep if not drop else ():
+            self._release_stale(worker)  # retired since the first call, before it was idle
         for worker in drop:
             worker.shutdown()
             with self._cond:
@@ -1007,6 +1036,18 @@ class _Passes:
             rs = [r for r in self.records if r.filter == fi]
             out.append(max(r.end for r in rs) - min(r.start for r in rs))
         return tuple(out)
+
+
+def _weakly(method):
+    """``method`` (bound) without keeping its object alive: a call after it was collected does nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        m = ref()
+        if m is not None:
+            m(*args)
+
+    return call
 
 
 def _await_steps(workers, k: int, timeout: float = _GATE_WAIT) -> None:

@@ -84,6 +84,11 @@ def _check_count(value, name: str, limit: int) -> int:
 def check_processes(processes, n_filters: int, limit: int, default: tuple[int, ...]) -> tuple[int, ...]:
     """Process counts, one per filter; their sum may not exceed ``limit``."""
     if processes is None:
+        if sum(default) > limit:  # a pair on an engine of one worker: each filter needs its own
+            raise ValueError(
+                f"a pair runs each filter on processes of its own and needs max_workers >= {sum(default)}; "
+                f"this engine has max_workers={limit}"
+            )
         return default
     if n_filters == 1 and not isinstance(processes, (tuple, list)):
         processes = (processes,)

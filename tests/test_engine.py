@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -254,6 +255,90 @@ def test_jobs_over_max_workers_are_refused(eng):
         eng.submit(img, engine.FilterRequest(["sobel", "sobel"]), processes=(2, 3))
 
 
+def test_a_pair_with_default_processes_on_a_one_worker_engine_is_refused_not_queued_for_ever(eng):
+    """Each filter of a pair needs a process of its own; with max_workers=1 the default counts
+    (1, 1) could never be leased: the job waited for good, and every later job behind it."""
+    img = rgb(10, 10)
+    with engine.Engine(max_workers=1) as one:
+        with pytest.raises(ValueError, match=r"^a pair runs each filter on processes of its own and needs "
+                                             r"max_workers >= 2; this engine has max_workers=1$"):
+            one.filter_pair(img, "sobel", "gaussian")
+        assert np.array_equal(one.filter_image(img, "sobel"), eng.filter_image(img, "sobel"))
+
+
+def test_an_idle_worker_that_dies_while_a_job_waits_is_replaced_not_handed_out(eng):
+    """A job waiting for workers takes idle ones once enough are free; one that died in the
+    meantime (OOM killer, kill -9) must be replaced, not handed to the job (a WorkerError)."""
+    img = rgb(40, 30)
+    want = eng.filter_image(img, "sobel", processes=1)
+    with engine.Engine(max_workers=3) as e:
+        e.filter_image(img, "sobel", processes=3)  # three idle workers
+        held = e._lease(1, threading.Event())  # noqa: SLF001 - one worker busy, as in a running job
+        try:
+            job = e.submit(img, engine.FilterRequest(["sobel"]), processes=3)
+            wait_for(lambda: job.state() == "waiting", what="the job to wait for a third worker")
+            victim = e._idle[0]  # noqa: SLF001
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.process.join(10)
+            time.sleep(0.3)  # the job looks at the idle list while it waits
+        finally:
+            e._give_back(held)  # noqa: SLF001
+        assert np.array_equal(job.result(timeout=60).outputs[0], want)
+        assert victim.pid not in e.idle_workers() and len(e.idle_workers()) == 3
+
+
+def test_an_engine_dropped_without_close_unlinks_its_pooled_segments():
+    """``Engine(...)`` used and dropped without ``close()`` (a loop in a script, a notebook cell
+    run again): its workers exit when their pipes close, and its pooled segments must go too
+    (the workers sweep only a dead parent's; they stayed in /dev/shm after the process ended)."""
+    img = rgb(64, 48, 3)
+    e = engine.Engine(max_workers=2)
+    e.filter_image(img, "sobel", processes=2, out=np.empty_like(img))  # pooled input and output segments
+    pooled = set(e._scratch.names())  # noqa: SLF001
+    pids = e.idle_workers()
+    assert len(pooled) == 2 and all(in_shm(n) for n in pooled)
+    del e
+    gc.collect()
+    assert not any(in_shm(n) for n in pooled)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in pids), what="the dropped engine's workers to exit")
+
+
+def test_a_segment_retired_while_a_worker_is_handed_back_is_unmapped_at_once(monkeypatch):
+    """Between telling a returning worker what to unmap and putting it on the idle list, a
+    segment may be retired (another session's array collected): the worker is told at once,
+    not at its next job (it kept the memory mapped while idle, for as long as nobody ran)."""
+    with engine.Engine(max_workers=1) as e:
+        src = e.shared_array((64, 48, 3), np.uint8)
+        src[...] = rgb(64, 48, 3)
+        name = e._descriptor(src).name  # noqa: SLF001
+        e.filter_image(src, "sobel", processes=1)  # the worker maps src
+        (pid,) = e.idle_workers()
+        assert _mapped(pid, name)
+        box, calls, real = [src], [], engine.Engine._release_stale
+        del src
+
+        def release_stale(self, worker):
+            real(self, worker)
+            calls.append(worker)
+            if len(calls) == 2 and box:  # the job's lease, then its give-back: now src is collected
+                box.pop()
+                gc.collect()
+                assert name in worker.stale  # the worker is not idle yet: the name waits for it
+
+        monkeypatch.setattr(engine.Engine, "_release_stale", release_stale)
+        e.filter_image(rgb(64, 48, 3), "sobel", processes=1)
+        monkeypatch.undo()
+        assert not box
+        wait_for(lambda: not _mapped(pid, name), timeout=10, what="the idle worker to unmap the retired segment")
+
+
+def _mapped(pid: int, name: str) -> bool:
+    """Whether process ``pid`` maps /dev/shm/``name``."""
+    with open(f"/proc/{pid}/maps") as f:
+        return f"/dev/shm/{name}" in f.read()
+
+
 def test_a_job_waits_for_busy_workers_then_runs(eng):
     img = slow_image()
     first = eng.submit(img, **SLOW, processes=3)
@@ -493,6 +578,46 @@ def test_a_result_collected_inside_the_pools_bookkeeping_is_pooled_after_it(eng,
     eng.filter_image(np.zeros((2, 2), np.uint8), "identity", processes=1)  # takes returned segments
     assert reentered and not any(reentered)
     assert name in eng._scratch.names() and name in _shm.live_segments()  # noqa: SLF001 - pooled, not leaked
+
+
+def test_an_array_collected_while_a_worker_message_is_written_does_not_deadlock(eng, monkeypatch):
+    """A collection may free an engine array (held in a reference cycle) while this thread writes
+    a message to an idle worker: the array's finalizer unlinks its segment and would tell the
+    same worker to unmap it, waiting on the pipe lock this thread holds, for good. It puts that
+    off instead, and the next job finishes it."""
+    eng.filter_image(rgb(64, 48, 3), "gaussian", processes=2)  # two idle workers
+    victim = eng.shared_array((16, 16, 1), np.uint8)
+    name = eng._descriptor(victim).name  # noqa: SLF001
+    cycle = [victim]
+    cycle.append(cycle)
+    del victim  # only a collection frees it now
+    real_send = type(eng._idle[0].conn).send  # noqa: SLF001
+
+    def send(conn, obj):  # an automatic collection at this allocation, made certain
+        gc.collect()
+        return real_send(conn, obj)
+
+    gc.disable()
+    try:
+        monkeypatch.setattr(type(eng._idle[0].conn), "send", send)  # noqa: SLF001
+        trigger = eng.shared_array((16, 16, 1), np.uint8)
+        freeing = threading.Thread(target=_drop, args=([trigger],), daemon=True)
+        del trigger, cycle
+        freeing.start()
+        freeing.join(20)
+        assert not freeing.is_alive(), "the thread that freed the array is stuck on a worker's pipe lock"
+    finally:
+        gc.enable()
+        monkeypatch.undo()
+    assert in_shm(name)  # put off, not lost
+    img = rgb(64, 48, 3)
+    assert np.array_equal(eng.filter_image(img, "sobel", processes=2), eng.filter_image(img, "sobel", processes=1))
+    assert not in_shm(name) and name not in _shm.live_segments()
+
+
+def _drop(holder: list) -> None:
+    """Free the one array in ``holder`` on this thread (its finalizer runs here)."""
+    holder.pop()
 
 
 def test_a_pairs_passes_go_to_the_filters_workers_in_turn(eng, monkeypatch):
