@@ -5,6 +5,7 @@ from streamlit.errors import StreamlitAPIException
 
 import engine
 from pages._ui import charts, explain, images, lab, page_guard, state
+from pages._ui.fmt import md, nbytes
 from pages._ui.state import PROCESS_MAX, get_engine
 
 page_guard()
@@ -14,7 +15,7 @@ st.caption(
     "plus a few halo rows above and below (the kernel reaches past the band) from one shared input, and "
     "writes its rows straight into a shared output."
 )
-state.release_note()
+lab.release_note()  # first: it settles which image the lab uses
 
 # What to explain: the lab's current image and filters (defaults if the lab was never opened)
 img = lab.current_image()
@@ -24,7 +25,7 @@ snap = st.session_state.get("lab_snapshot") or lab.run_of(engine.KERNELS["sobel"
 h, w, c = img.shape
 info_col, pa_col, pb_col = st.columns([3, 1, 1], gap="medium", vertical_alignment="center")
 info_col.info(
-    f"The lab's image **{img.name}** ({w}x{h}, {c} channel{'s' if c > 1 else ''}), filter A **{ka.name}**, "
+    f"The lab's image **{md(img.name)}** ({w}x{h}, {c} channel{'s' if c > 1 else ''}), filter A **{ka.name}**, "
     f"filter B **{kb.name}**, border **{border}**.",
     icon=":material/info:",
 )
@@ -65,7 +66,7 @@ if len(plans["A"]) <= pa and len(plans["B"]) <= pb:
     st.caption(f":material/lightbulb: This image has {h * w:,} pixels: the engine gives a small image one band per "
                "process (smaller bands are not worth a trip to a worker). Pick the 4 MP size in the lab to see two "
                "bands per process that idle workers take in turn.")
-segments = {"input": f"{h}x{w}x{c} {img.array.dtype}, {img.array.nbytes / 2**20:.1f} MB"}
+segments = {"input": f"{h}x{w}x{c} {img.array.dtype}, {nbytes(img.array.nbytes)}"}
 df = charts.band_plan_frame(plans, {s: {b: f"worker {v}" for b, v in m.items()} for s, m in workers.items()})
 chart_colors = {f"worker {name}": explain.hex_color(rgb) for name, rgb in colors.items()}
 st.markdown("**The same plan as shared-memory segments.** One input segment holds the image and both filters "
@@ -78,8 +79,8 @@ with st.expander("The plan as a table", icon=":material/table:"):
 # 2. the data flow
 st.subheader("2 · From upload to result", divider="gray")
 numbers = explain.FlowNumbers(
-    name=img.name, file_format=img.facts.format, file_kb=img.facts.nbytes / 1024, shape=img.shape,
-    dtype=str(img.array.dtype), mb=img.array.nbytes / 2**20, kernels=(ka.name, kb.name), processes=(pa, pb),
+    name=img.name, file_format=img.facts.format, file_bytes=img.facts.nbytes, shape=img.shape,
+    dtype=str(img.array.dtype), array_bytes=img.array.nbytes, kernels=(ka.name, kb.name), processes=(pa, pb),
     bands=(len(plans["A"]), len(plans["B"])), implementation=snap.implementation,
 )
 flow_col, text_col = st.columns([2, 3], gap="large")  # on a phone: one above the other

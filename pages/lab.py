@@ -11,7 +11,7 @@ st.caption(
     "Pick an image and two filters, give each some worker processes, and run them side by side. "
     "The engine cuts the image into row bands and filters them in parallel."
 )
-state.release_note()
+lab.release_note()  # first: it settles which image the lab uses
 
 # 1. the image: a sample or an upload, at a size for timing demos
 st.subheader("1 · Image", divider="gray")

@@ -8,6 +8,7 @@ import streamlit as st
 
 import engine
 from pages._ui import cluster, images, lab, page_guard, state, sweep
+from pages._ui.fmt import md
 from pages._ui.state import CPUS, PROCESS_MAX
 
 page_guard()
@@ -16,11 +17,10 @@ st.caption(
     "How much faster does one filter get with more worker processes? Sweep the process count, "
     "repeat each run, and compare with the ideal line and Amdahl's law."
 )
-state.release_note()
+lab.release_note()  # first: it settles which image the lab uses
 
 held = state.holdings()
-current = held.get(lab.IMAGE)
-source_name = current.name if current is not None else images.DEFAULT_SAMPLE
+current = lab.current_image()  # the lab's choice, made again if a release took it
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([1.2, 1.4, 1.4], gap="medium")
@@ -29,7 +29,7 @@ with st.container(border=True):
     c1.caption(engine.KERNELS[kernel].description)
     side = c2.select_slider("Image size", sweep.SIDES, value=2048, format_func=sweep.side_label,
                             key="sc_side", persist_state="session")
-    c2.caption(f"The lab's image ({source_name}): its centre square resampled to {sweep.side_label(side)}.")
+    c2.caption(f"The lab's image ({md(current.name)}): its centre square resampled to {sweep.side_label(side)}.")
     impls = c3.multiselect("Implementations", list(engine.IMPLEMENTATIONS), default=["opencv"],
                            key="sc_impls", persist_state="session")
     if "python" in impls and side > sweep.PYTHON_MAX_SIDE:
@@ -61,14 +61,12 @@ with st.container(border=True):
 
 progress = st.empty()
 backends = [b for b in sweep.BACKENDS if b in backends]  # pool first, whatever the click order
-config = (kernel, side, tuple(impls), n_max, repeats, tuple(backends),
-          current.key if current is not None else source_name)
+config = (kernel, side, tuple(impls), n_max, repeats, tuple(backends), current.key)
 sw = held.get(sweep.KEY)
 if cancel and sw is not None and sw.status == "running":
     sw.stop("cancelled", "cancelled: the runs measured so far are kept")
 elif run:
-    base = current.array if current is not None else lab.load_sample(images.DEFAULT_SAMPLE)[0]
-    sw = sweep.start(config, kernel, images.center_square(base, side), impls, n_max, repeats, backends)
+    sw = sweep.start(config, kernel, images.center_square(current.array, side), impls, n_max, repeats, backends)
 elif sw is not None and sw.status == "running" and sw.config != config:
     sw.stop("stopped", "stopped: a setting changed while it ran (the runs measured so far are kept)")
 

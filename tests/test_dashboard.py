@@ -29,6 +29,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from pages._ui import charts, explain, images, jobs, kernels, lab, sweep
+from pages._ui.fmt import md, nbytes
 
 pytestmark = pytest.mark.usefixtures("app_engine")  # tests/conftest.py
 
@@ -815,6 +816,195 @@ def test_scaling_draws_the_best_serial_code_as_a_reference(at):
     assert sw.status == "done" and sweep.serial_seconds(sw) is not None
     assert _chart_text(at).count("one OpenCV call, 1 thread") >= 2  # the time chart and the speedup chart
     assert any("best serial code, one OpenCV call on one thread" in c.value for c in at.caption)
+
+
+# -- review of the dashboard: which image, which words, which units ------------------------------------
+def _highlighted(app: AppTest) -> list[str]:
+    """The gallery's highlighted samples (their labels are bold)."""
+    return [b.key for b in app.button if b.key and b.key.startswith("sample_") and b.label.startswith("**")]
+
+
+_RAMP = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+
+
+def test_scaling_sweeps_the_labs_image_after_a_release(at):
+    """Review 3: with the session's image released (idle), Scaling named and swept the default
+    sample; it makes the lab's choice again: the chessboard, in its caption and in its sweep."""
+    at.button(key="sample_chessboard.png").click().run()
+    held(at).release("released after 10 minutes without use")
+    _scaling_set(at, side=128, nmax=1, repeats=1)
+    captions = [c.value for c in at.caption if "The lab's image" in c.value]
+    assert len(captions) == 1 and "(chessboard.png)" in captions[0], captions
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    sw = held(at)["sweep"]
+    original, _ = lab.load_sample("chessboard.png")
+    assert sw.config[-1] == held(at)["image"].key and held(at)["image"].name == "chessboard.png"
+    assert np.array_equal(sw.image, images.center_square(original, 128))
+
+
+def test_removing_the_upload_hands_the_lab_back_to_the_chosen_sample(at):
+    """Review 4: the uploader's x is a removal (the lab goes back to the gallery's sample, and
+    offers the upload again); leaving the page and coming back (the uploader is empty then) is not."""
+    at.button(key="sample_chessboard.png").click().run()
+    at.file_uploader(key="lab_upload").upload("ramp.png", _png(_RAMP), "image/png").run()
+    assert held(at)["image"].name == "ramp.png" and _highlighted(at) == []
+    at.file_uploader(key="lab_upload").clear().run()
+    _no_errors(at)
+    assert held(at)["image"].name == "chessboard.png" and _highlighted(at) == ["sample_chessboard.png"]
+    assert at.button(key="lab_use_upload").label == "Use the uploaded ramp.png again"
+    at.button(key="lab_use_upload").click().run()
+    assert held(at)["image"].name == "ramp.png" and _highlighted(at) == []
+    # another page and back: the uploader shows no file, and the lab keeps the upload
+    at.switch_page("pages/scaling.py").run()
+    at.switch_page("pages/lab.py").run()
+    _no_errors(at)
+    assert at.file_uploader(key="lab_upload").value is None
+    assert held(at)["image"].name == "ramp.png" and _highlighted(at) == []
+
+
+def test_a_release_that_takes_the_upload_for_good_says_so_and_the_gallery_follows(at):
+    """Review 4: a release drops the decoded upload. With the file still in the uploader it is
+    decoded again; once the uploader no longer holds it, the lab says which sample it is back on,
+    and the gallery highlights that sample."""
+    at.button(key="sample_chessboard.png").click().run()
+    at.file_uploader(key="lab_upload").upload("ramp.png", _png(_RAMP), "image/png").run()
+    held(at).release("released after 10 minutes without use")
+    at.run()
+    _no_errors(at)
+    assert held(at)["image"].name == "ramp.png" and _highlighted(at) == []
+    assert any("The image is back" in i.value for i in at.info)
+    at.switch_page("pages/scaling.py").run()
+    at.switch_page("pages/lab.py").run()  # the uploader is empty now
+    held(at).release("released after 10 minutes without use")
+    at.run()
+    _no_errors(at)
+    assert held(at)["image"].name == "chessboard.png" and _highlighted(at) == ["sample_chessboard.png"]
+    notes = [i.value for i in at.info if "released after 10 minutes" in i.value]
+    assert len(notes) == 1 and "upload **ramp.png** went with them" in notes[0], notes
+    assert "back on the sample **chessboard.png**" in notes[0] and "The image is back" not in notes[0]
+
+
+def test_an_all_zero_kernel_is_said_to_block_everything(at):
+    """Review 5: its response is 0 everywhere; it was read as "All-pass ... gain 1.00"."""
+    sentence = kernels.frequency_sentence(engine.Kernel("zero", np.zeros((3, 3))))
+    assert sentence.startswith("Blocks everything: every frequency has gain 0") and "1.00" not in sentence
+    at.selectbox(key="lab_kernel_A").set_value(kernels.TEXT).run()
+    at.text_area(key="lab_text_A").input("0 0 0; 0 0 0; 0 0 0").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    assert not held(at)["result"].outputs[0].any()
+    text = [c.value for c in at.caption]
+    assert sentence in text and not any(t.startswith("All-pass") for t in text), text
+
+
+def test_python_on_an_image_it_refuses_says_so_instead_of_an_estimate(at):
+    """Review 6: python on the 512x512 sample was estimated ("about 43 s" with an 11x11 kernel);
+    the engine refuses it. The page now says so before Run, with the size python takes."""
+    at.selectbox(key="lab_kernel_A").set_value("gaussian_11x11")
+    at.selectbox(key="lab_impl").set_value("python").run()
+    _no_errors(at)
+    warnings = [w.value for w in at.warning]
+    assert not any("will take about" in w for w in warnings), warnings
+    refused = [w for w in warnings if w.startswith("Run will be refused")]
+    assert len(refused) == 1 and "at most 65,536 pixels (256x256), got 512x512" in refused[0], warnings
+    assert not any(c.value.startswith(":material/timer:") for c in at.caption)
+    # an image python takes gets its estimate
+    at.file_uploader(key="lab_upload").upload("ramp.png", _png(_RAMP), "image/png").run()
+    _no_errors(at)
+    assert not any(w.value.startswith("Run will be refused") for w in at.warning)
+    assert any(c.value.startswith(":material/timer: about") for c in at.caption)
+
+
+def test_a_file_name_is_escaped_for_markdown_graphviz_and_the_figure(at):
+    """Review 7: a quote ended the DOT label; ``$...$`` became math; the report figure failed to
+    draw the name as mathtext."""
+    name = 'cost $5 and "$10" *x*_[y].png'
+    at.file_uploader(key="lab_upload").upload(name, _png(np.full((20, 30, 3), 90, np.uint8)), "image/png").run()
+    _no_errors(at)
+    shown = md(name)
+    assert shown == 'cost \\$5 and "\\$10" \\*x\\*\\_\\[y\\].png'
+    assert f"| :material/image: | **{shown}** |" in " ".join(m.value for m in at.markdown)
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    assert any(c.startswith(f"Original · {shown} · 30x20") for im in at.image for c in im.captions)
+    fig = engine.plot.results(r.image.array, r.result, titles=lab.results_titles(r))
+    fig.savefig(io.BytesIO(), format="png")  # mathtext would raise here
+    at.switch_page("pages/how_it_works.py").run()
+    _no_errors(at)
+    assert f"The lab's image **{shown}** (30x20" in at.info[0].value
+    dot = at.get("graphviz_chart")[0].proto.spec
+    m = re.search(r'\n  file \[label="((?:[^"\\]|\\.)*)"\];\n', dot)  # one DOT string, closed where it should be
+    assert m, dot[:300]
+    assert re.sub(r"\\(.)", r"\1", m.group(1)).splitlines()[0] == name
+
+
+def test_a_bad_file_with_markdown_in_its_name_is_named_literally(at):
+    """Review 7: the error names the file as uploaded, not as markdown would read it."""
+    at.file_uploader(key="lab_upload").upload("a_$b$_.png", b"not an image", "image/png").run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "This file cannot be used: a\\_\\$b\\$\\_.png: " in errors[0], errors
+
+
+def test_the_serial_reference_is_named_by_the_route_it_takes(at):
+    """Review 8: on a 16-bit image the reference takes the general and float32 routes, not "one
+    OpenCV call"; after a numpy run it is still OpenCV's route, not numpy's. And "1 process"."""
+    at.button(key="sample_zone_plate_16bit.png").click().run()
+    at.button(key="lab_run").click().run()
+    at.slider(key="lab_p_A").set_value(2)
+    at.slider(key="lab_p_B").set_value(2).run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    r = held(at)["result"]
+    codes = [charts.SerialCode.of(k, np.uint16, r.border, r.output) for k in r.kernels]
+    assert [c.route for c in codes] == list(r.result.routes) == ["general", "float32"]
+    text = " ".join(c.value for c in at.caption)
+    for c in codes:
+        assert f"the best serial code, {c.sentence} (route **{c.route}**)" in text
+        assert c.label in _chart_text(at)
+    assert "one OpenCV call" not in text and "one OpenCV call" not in _chart_text(at)
+    assert text.count("Fastest: ") == 2 and "Dashed dark line: the best serial code, OpenCV into float32" in text
+    one = pd.DataFrame({"processes": [1, 2], "ms": [10.0, 12.5], "speedup": [1.0, 0.8]})
+    assert lab.speedup_caption(one, 0.004, codes[0]).startswith("Fastest: 1 process, 1.00x against 1.")
+    # numpy runs; the reference is OpenCV's direct route on this 8-bit image
+    at.button(key="sample_astronaut.png").click()
+    at.selectbox(key="lab_impl").set_value("numpy").run()
+    at.button(key="lab_run").click().run()
+    _no_errors(at)
+    assert held(at)["result"].result.routes == ("numpy", "numpy")
+    text = " ".join(c.value for c in at.caption)
+    assert text.count("the best serial code, one OpenCV call on one thread (route **direct**)") == 2
+
+
+def test_scaling_names_the_serial_code_by_its_route(at):
+    at.button(key="sample_zone_plate_16bit.png").click().run()
+    _scaling_set(at, side=128, nmax=1, repeats=1)
+    at.button(key="sc_run").click().run()
+    _no_errors(at)
+    code = charts.SerialCode.of("gaussian", np.uint16, sweep.BORDER, sweep.OUTPUT)
+    assert code.route == "float32"
+    text = " ".join(c.value for c in at.caption)
+    assert f"the best serial code, {code.sentence} (route **float32**)" in text
+    assert "one OpenCV call" not in text and "one OpenCV call" not in _chart_text(at)
+    assert _chart_text(at).count(code.label) >= 2
+
+
+def test_sizes_are_shown_in_the_units_they_name(at):
+    """Review 9: megapixels and bytes are both decimal (a 1 MP preset of 2**20 pixels reads 1.05 MP
+    and 3.15 MB, not "3.00 MB" of MiB), and a 70-byte file is not "0 KB"."""
+    at.segmented_control(key="lab_size").set_value("1 MP").run()
+    _no_errors(at)
+    table = next(m.value for m in at.markdown if "in the lab" in m.value)
+    assert "| in the lab | **1024 x 1024 x 3**, 1.05 MP, 3.15 MB in shared memory |" in table, table
+    data = _png(np.zeros((1, 1), np.uint8))
+    assert len(data) < 1000
+    at.segmented_control(key="lab_size").set_value("original")
+    at.file_uploader(key="lab_upload").upload("dot.png", data, "image/png").run()
+    table = next(m.value for m in at.markdown if "in the lab" in m.value)
+    assert f"| file | **{len(data)} B** |" in table and "| in the lab | **1 x 1 x 1**, 0.00 MP, 1 B in shared" in table
+    assert sweep.side_label(1024) == "1024x1024 (1.0 MP)" and sweep.side_label(4096) == "4096x4096 (16.8 MP)"
+    assert [nbytes(n) for n in (70, 1500, 3 << 20)] == ["70 B", "1.50 kB", "3.15 MB"]
 
 
 # -- the holdings registry, with a clock of the test's own ------------------------------------------------

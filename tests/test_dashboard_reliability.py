@@ -45,7 +45,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 import engine  # noqa: E402
 from _proc import ROOT, kill_marked, marked_env, marked_processes, segments_of, wait_gone  # noqa: E402
 from engine import _shm  # noqa: E402
-from pages._ui import images, kernels, state  # noqa: E402
+from pages._ui import fmt, images, kernels, state  # noqa: E402
 from test_bad_input import ACCEPTED, BAD, BAD_KERNEL_TEXT, CHUNK_CLAIMS_4GB, REFUSED, make_corpus  # noqa: E402
 
 pytestmark = [
@@ -103,7 +103,7 @@ def test_every_refused_file_shows_one_error_and_the_app_keeps_working(corpus, en
             assert not at.exception, (name, [e.value for e in at.exception])
             errors = [e.value for e in at.error]
             assert len(errors) == 1, (name, errors)
-            assert name in errors[0] and re.search(message, errors[0]), (name, errors[0])
+            assert fmt.md(name) in errors[0] and re.search(message, errors[0]), (name, errors[0])  # as markdown
             r = _run(at)  # the app still runs a filter: on the sample, as before the upload
             assert r.image.name == images.DEFAULT_SAMPLE, name
             if sample is None:

@@ -6,6 +6,8 @@ check the numbers (one bar per band, one point per run) without reading Vega spe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -115,10 +117,12 @@ def history_speedup_frame(history: list[dict], key: tuple) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
-def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int, reference: float | None = None) -> alt.Chart:
+def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int, reference: float | None = None,
+                       serial_label: str = "") -> alt.Chart:
     """Measured speedup against the fewest processes run, the ideal line, the CPUs, and (when
-    known) ``reference``: the speedup that the best serial code (one OpenCV call on one thread)
-    has over the fewest-process run, as a horizontal line: points above it beat serial code."""
+    known) ``reference``: the speedup that the best serial code (``serial_label``, from
+    ``SerialCode``) has over the fewest-process run, as a horizontal line: points above it beat
+    serial code."""
     long = pd.concat(
         [
             df.assign(series="measured", value=df["speedup"]),
@@ -141,11 +145,45 @@ def speedup_line_chart(df: pd.DataFrame, color: str, cpus: int, reference: float
     rule = alt.Chart(pd.DataFrame({"cpus": [cpus]})).mark_rule(color="#c0c6cc", strokeDash=[2, 2]).encode(x="cpus:Q")
     layers = [rule, line]
     if reference is not None:
-        layers += serial_rule(y=reference, label="one OpenCV call, 1 thread")
+        layers += serial_rule(y=reference, label=serial_label)
     return alt.layer(*layers).properties(height=200, autosize=FIT_X, description="speedup line")
 
 
 SERIAL_COLOR = "#3e4c59"
+#: The best serial code (``Engine.serial_time``: the filter's band kernel on the whole image as
+#: one band, one worker, one OpenCV thread) in words, by the route it takes (``engine.ROUTES``):
+#: (in a sentence, as a chart's label).
+SERIAL_WORDS = {
+    "direct": ("one OpenCV call on one thread", "one OpenCV call, 1 thread"),
+    "float32": ("OpenCV into float32 a chunk at a time, on one thread", "OpenCV via float32, 1 thread"),
+    "general": ("OpenCV on the whole image with its border rows built first, on one thread",
+                "OpenCV, general route, 1 thread"),
+}
+
+
+@dataclass(frozen=True)
+class SerialCode:
+    """What the best serial code for a filter is: the route it takes, and how the pages say it."""
+
+    route: str
+    sentence: str
+    label: str
+
+    @classmethod
+    def of(cls, kernel, dtype, border: str, output: str) -> SerialCode:
+        """The serial reference of ``kernel`` on images of ``dtype``: ``Engine.serial_time`` runs
+        the opencv implementation, whose route the request alone decides (``FilterRequest.routes``),
+        whatever route the measured run took (numpy, python, or opencv on other settings).
+
+        >>> SerialCode.of("gaussian", np.uint8, "replicate", "clip").sentence
+        'one OpenCV call on one thread'
+        >>> SerialCode.of("gaussian", np.uint16, "replicate", "clip").route
+        'float32'
+        """
+        request = engine.FilterRequest([kernel], border=border, output=output, implementation="opencv")
+        route = request.routes(dtype)[0]
+        sentence, label = SERIAL_WORDS.get(route, (f"the {route} route on one thread", f"{route}, 1 thread"))
+        return cls(route, sentence, label)
 
 
 def serial_rule(y: float, label: str, field: str = "y") -> list[alt.Chart]:
@@ -235,9 +273,9 @@ def _p_title(summary: pd.DataFrame) -> str:
 
 
 def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int,
-               serial_ms: float | None = None) -> alt.Chart:
+               serial_ms: float | None = None, serial_label: str = "") -> alt.Chart:
     """Every run as a dot, the median as a line, per backend and implementation; ``serial_ms``:
-    the best serial code (one OpenCV call, one thread) as a horizontal line."""
+    the best serial code (labelled ``serial_label``) as a horizontal line."""
     color = _series_color(summary)
     x = _p_axis(n_max, _p_title(summary))
     dots = (
@@ -250,13 +288,13 @@ def time_chart(runs: pd.DataFrame, summary: pd.DataFrame, cpus: int, n_max: int,
     line = alt.Chart(summary).mark_line(point=True).encode(x=x, y="ms:Q", color=color)
     layers = [_cpu_rule(cpus), dots, line]
     if serial_ms is not None:
-        layers += serial_rule(serial_ms, "one OpenCV call, 1 thread", field="ms")
+        layers += serial_rule(serial_ms, serial_label, field="ms")
     return alt.layer(*layers).properties(height=240, autosize=FIT_X)
 
 
 def serial_speedups(summary: pd.DataFrame, serial_ms: float) -> pd.DataFrame:
     """Per series, the speedup the best serial code has over that series' 1 process: where its
-    line crosses, the processes beat one OpenCV call on one thread."""
+    line crosses, the processes beat the serial code."""
     rows = []
     for series, g in summary.groupby("series", sort=False):
         one = g[g["processes"] == 1]
@@ -267,10 +305,12 @@ def serial_speedups(summary: pd.DataFrame, serial_ms: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["series", "backend", "implementation", "serial_speedup"])
 
 
-def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int, serial_ms: float | None = None) -> alt.Chart:
+def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int, serial_ms: float | None = None,
+                  serial_label: str = "") -> alt.Chart:
     """Measured speedup, the ideal line ``y = p`` and the Amdahl fit (dashed), per backend and
     implementation (each against its own backend's 1 process); ``serial_ms``: the best serial
-    code, drawn per series as the speedup it has over that series' 1 process (dash-dot)."""
+    code (labelled ``serial_label``), drawn per series as the speedup it has over that series'
+    1 process (dash-dot)."""
     color = _series_color(summary)
     x = _p_axis(n_max, _p_title(summary))
     ideal = pd.DataFrame({"processes": np.arange(1, n_max + 1), "ideal": np.arange(1, n_max + 1)})
@@ -299,8 +339,8 @@ def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int, serial_ms: float
         if not refs.empty:
             layers.append(alt.Chart(refs).mark_rule(strokeDash=[6, 3, 1, 3], strokeWidth=1.5).encode(
                 y="serial_speedup:Q", color=color,
-                tooltip=["series", alt.Tooltip("serial_speedup:Q", title="one OpenCV call (x)", format=".2f")]))
-            layers.append(alt.Chart(refs.head(1).assign(label="one OpenCV call, 1 thread")).mark_text(
+                tooltip=["series", alt.Tooltip("serial_speedup:Q", title=f"{serial_label} (x)", format=".2f")]))
+            layers.append(alt.Chart(refs.head(1).assign(label=serial_label)).mark_text(
                 align="left", baseline="bottom", dx=4, dy=-2, fontSize=10, color=SERIAL_COLOR).encode(
                 x=alt.value(0), y="serial_speedup:Q", text="label:N"))
     return alt.layer(*layers).properties(height=240, autosize=FIT_X)

@@ -11,6 +11,7 @@ import pandas as pd
 import engine
 
 from . import images, kernels
+from .fmt import dot, nbytes
 
 WORKER_COLORS = [(28, 131, 225), (255, 135, 0), (33, 163, 102), (154, 92, 240), (232, 56, 79), (15, 181, 174),
                  (161, 98, 7), (219, 39, 119)]
@@ -86,12 +87,12 @@ def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: di
 
 @dataclass(frozen=True)
 class FlowNumbers:
-    name: str
+    name: str  # as uploaded (data_flow_dot escapes it)
     file_format: str
-    file_kb: float
+    file_bytes: int
     shape: tuple[int, int, int]
     dtype: str
-    mb: float
+    array_bytes: int  # of the image in shared memory, and of each output
     kernels: tuple[str, str]
     processes: tuple[int, int]
     bands: tuple[int, int]
@@ -102,8 +103,10 @@ def data_flow_dot(n: FlowNumbers) -> str:
     """Graphviz source of the path from the upload to the page, with this image's numbers.
 
     Top to bottom, at most two boxes side by side (A and B): about 320 points wide, so it stays
-    readable in a 390-pixel phone column instead of shrinking to a third (issue 13)."""
+    readable in a 390-pixel phone column instead of shrinking to a third (issue 13). The file
+    name is the user's: escaped (``fmt.dot``), so a quote in it cannot end the label."""
     h, w, c = n.shape
+    size = nbytes(n.array_bytes)
     big = 'style="rounded,filled", fillcolor="#dbeafe", color="#1c83e1"'
 
     def procs(i):
@@ -115,14 +118,14 @@ def data_flow_dot(n: FlowNumbers) -> str:
   node [shape=box, style="rounded,filled", fillcolor="#f1f4f7", color="#9aa5b1", fontname="Helvetica",
         fontsize=10, margin="0.08,0.04"];
   edge [color="#7b8794", fontname="Helvetica", fontsize=9, arrowsize=0.6];
-  file [label="{n.name}\n{n.file_format}, {n.file_kb:,.0f} KB"];
+  file [label="{dot(n.name)}\n{dot(n.file_format)}, {nbytes(n.file_bytes)}"];
   decode [label="load_image: decode, EXIF turn\n{w}x{h}x{c} {n.dtype}"];
-  shm [{big}, label="input segment, {n.mb:.1f} MB\n(Engine.shared_array)\ncopied in once per image"];
+  shm [{big}, label="input segment, {size}\n(Engine.shared_array)\ncopied in once per image"];
   job [label="Engine.submit: validate,\nplan bands, lease {sum(n.processes)} workers"];
-  wa [label="A: {n.kernels[0]}\n{procs(0)}\n{n.implementation}"];
-  wb [label="B: {n.kernels[1]}\n{procs(1)}\n{n.implementation}"];
-  oa [{big}, label="output A, {n.mb:.1f} MB\nrows written in place"];
-  ob [{big}, label="output B, {n.mb:.1f} MB\nrows written in place"];
+  wa [label="A: {dot(n.kernels[0])}\n{procs(0)}\n{n.implementation}"];
+  wb [label="B: {dot(n.kernels[1])}\n{procs(1)}\n{n.implementation}"];
+  oa [{big}, label="output A, {size}\nrows written in place"];
+  ob [{big}, label="output B, {size}\nrows written in place"];
   res [label="JobResult: outputs,\ntimeline, phases"];
   page [label="page: JPEG previews\n(512 px, 1024 before/after)\nPNG downloads (16-bit kept)"];
   file -> decode -> shm -> job;

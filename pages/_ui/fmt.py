@@ -1,8 +1,13 @@
-"""Numbers for people: significant digits, scientific notation when a number is huge or tiny.
+"""Numbers for people, and people's text for the renderer that shows it.
 
 Every number the pages print that comes from a user's data (kernel weights, sums, gains) or
 spans orders of magnitude (milliseconds from 0.01 to 100,000) goes through here, so that a
 weight of 1e300 reads ``1.00e+300`` instead of 301 digits, and 0.00002 ms is not "0.00 ms".
+Sizes are decimal (SI), like megapixels: 1 MB = 10**6 bytes, 1 MP = 10**6 pixels.
+
+Text a user chose (an uploaded file's name) is escaped for where it goes: Streamlit markdown
+(``md``: a name with ``$5 and $10`` is not math), a Graphviz label (``dot``) and a matplotlib
+title (``mpl``).
 """
 
 from __future__ import annotations
@@ -70,3 +75,54 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def nbytes(n: int) -> str:
+    """A size in bytes with decimal units: ``70 B``, ``1.50 kB``, ``50.3 MB``.
+
+    >>> [nbytes(n) for n in (0, 70, 999, 1500, 512 * 512 * 3, 4096 * 4096 * 3, 2 * 10**9)]
+    ['0 B', '70 B', '999 B', '1.50 kB', '786 kB', '50.3 MB', '2.00 GB']
+    """
+    n = int(n)
+    if abs(n) < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if abs(n) < 1000 * scale or unit == "GB":
+            return f"{sig(n / scale)} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Characters that mean something inside a line of Streamlit markdown: emphasis, code, links,
+#: math ($), strikethrough (~), tables (|), HTML and autolinks (< > &), and the escape itself.
+MARKDOWN_SPECIALS = "\\`*_[]$~|<>&"
+
+
+def md(text: str) -> str:
+    r"""``text`` as literal Streamlit markdown: each special character backslash-escaped.
+
+    >>> print(md('cost $5 and "$10"_[1]*.png'))
+    cost \$5 and "\$10"\_\[1\]\*.png
+    >>> md("plain-name.png")
+    'plain-name.png'
+    """
+    return "".join("\\" + ch if ch in MARKDOWN_SPECIALS else ch for ch in str(text))
+
+
+def dot(text: str) -> str:
+    r"""``text`` inside a double-quoted Graphviz string: backslash and quote escaped, line breaks
+    as spaces (in a label, ``\n`` would break the line).
+
+    >>> print(dot('a "b" \\ c'))
+    a \"b\" \\ c
+    """
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+
+
+def mpl(text: str) -> str:
+    r"""``text`` as a matplotlib title: ``$`` escaped, so that two of them are not mathtext (which
+    fails to draw on most file names: the figure would not save).
+
+    >>> print(mpl("cost $5 and $10.png"))
+    cost \$5 and \$10.png
+    """
+    return str(text).replace("$", "\\$")

@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .fmt import nbytes
+
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "sample_images"
 #: Gallery order and titles; other image files in the folder follow, titled by file name.
 SAMPLE_TITLES = {
@@ -33,7 +35,8 @@ SAMPLE_TITLES = {
 }
 DEFAULT_SAMPLE = "astronaut.png"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
-#: Size presets for timing demos: target pixel counts (None keeps the original).
+#: Size presets for timing demos: target pixel counts (None keeps the original). Named for powers
+#: of two (2**20 pixels, 1.05 MP); the pages print megapixels and bytes in decimal (``fmt``).
 PRESETS = {"original": None, "1 MP": 1 << 20, "4 MP": 1 << 22, "16 MP": 1 << 24}
 #: Longest side of the before/after and difference pictures (the engine always works at full size).
 DISPLAY_MAX_SIDE = 1024
@@ -79,7 +82,7 @@ class Facts:
             ("size", f"{self.width} x {self.height}"),
             ("mode", self.mode),
             ("dtype", f"{self.dtype}, {self.channels} channel{'s' if self.channels > 1 else ''}"),
-            ("file", f"{self.nbytes / 1024:,.0f} KB"),
+            ("file", nbytes(self.nbytes)),
         ]
 
 

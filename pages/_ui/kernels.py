@@ -284,14 +284,18 @@ def chart_spec(kind: str, name: str, weights: np.ndarray) -> dict:
 
 
 def frequency_sentence(k: engine.Kernel) -> str:
-    """One line reading the response: all-pass, low-pass, band-pass, high-pass or sharpening,
-    and the direction when the kernel only sees changes along x or y."""
+    """One line reading the response: all-pass, low-pass, band-pass, high-pass or sharpening
+    (or nothing passes: an all-zero kernel), and the direction when the kernel only sees changes
+    along x or y."""
     mag = frequency_response(k.weights)
+    if not mag.any():  # every weight 0: nothing passes (and no peak to compare with below)
+        return ("Blocks everything: every frequency has gain 0, so the output is 0 everywhere "
+                "(before the output mapping) and the image's content is gone.")
     n = mag.shape[0]
     c = n // 2
     yy, xx = np.indices(mag.shape)
     r = np.hypot(yy - c, xx - c) / n  # cycles per pixel from the centre
-    peak = float(mag.max()) or 1.0
+    peak = float(mag.max())
     dc = float(mag[c, c])
     rim = float(mag[r > 0.42].mean())
     r_peak = float(r.ravel()[np.argmax(mag)])

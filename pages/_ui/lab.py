@@ -16,8 +16,8 @@ import streamlit as st
 
 import engine
 
-from . import charts, estimate, images, jobs, kernels, report
-from .fmt import duration, ms, sig
+from . import charts, estimate, images, jobs, kernels, report, state
+from .fmt import duration, md, mpl, ms, nbytes, sig
 from .holdings import weakly
 from .state import CPUS, PROCESS_MAX, WORKER_CAP, CurrentImage, get_engine, holdings, shared_image
 
@@ -54,9 +54,16 @@ def _pick_sample(name: str) -> None:
     st.session_state["lab_source"] = "sample"
 
 
+def sample_choice() -> str:
+    """The gallery's chosen sample (the default when none was chosen, or it is gone)."""
+    name = st.session_state.get("lab_sample", images.DEFAULT_SAMPLE)
+    return name if name in images.sample_names() else images.DEFAULT_SAMPLE
+
+
 def gallery() -> None:
-    """Thumbnails of the samples, each with a button; the chosen one is highlighted."""
-    chosen = st.session_state.get("lab_sample", images.DEFAULT_SAMPLE)
+    """Thumbnails of the samples, each with a button; the chosen one is highlighted while the lab
+    uses it (not while it uses an upload)."""
+    chosen = sample_choice()
     on_sample = st.session_state.get("lab_source", "sample") == "sample"
     with st.container(horizontal=True, gap="xsmall", wrap=True):
         for name in images.sample_names():
@@ -92,9 +99,10 @@ class Upload:
 def _read_upload() -> None:
     """Decode a new upload once; keep the last good one when a new one is bad.
 
-    The uploader's ``on_change`` runs this before the page script, so the gallery drawn above the
-    uploader already knows the upload replaced the sample; every run calls it again (cheap) to
-    decode the file anew if the session's holdings were released meanwhile."""
+    Every run calls it (cheap) to decode the file anew if the session's holdings were released
+    meanwhile. No file here is not a removal: Streamlit also forgets the uploader's value when the
+    person goes to another page and back, and the lab then keeps its upload; only the uploader's
+    ``on_change`` (``_upload_changed``) sees the person remove the file."""
     up = st.session_state.get("lab_upload")
     if up is None:
         st.session_state.pop("lab_upload_error", None)
@@ -108,14 +116,51 @@ def _read_upload() -> None:
     try:
         a = engine.load_image(data)  # refuses more than engine.MAX_PIXELS, quoting it
     except (engine.ImageError, ValueError, TypeError) as e:
-        st.session_state["lab_upload_error"] = f"{up.name}: {e}"
+        st.session_state["lab_upload_error"] = f"{md(up.name)}: {e}"
         st.session_state["lab_upload_bad"] = up.file_id
         return
     st.session_state.pop("lab_upload_error", None)
     h[UPLOAD] = Upload(up.name, up.file_id, hashlib.sha1(data).hexdigest(), a, images.facts_of(data, a))
     st.session_state["lab_upload_id"] = up.file_id
+    st.session_state["lab_upload_name"] = up.name  # to say which upload a release took
     if new:  # a new file replaces the sample; the same file decoded again (after a release) does not
         st.session_state["lab_source"] = "upload"
+
+
+def _upload_changed() -> None:
+    """The uploader's ``on_change``: the person added or removed a file (it runs before the page
+    script, so the gallery drawn above the uploader already shows the outcome). A removed file
+    hands the lab back to the gallery's sample; the decoded upload is kept, for "Use the uploaded
+    ... again"."""
+    if st.session_state.get("lab_upload") is None:
+        st.session_state.pop("lab_upload_error", None)
+        st.session_state["lab_source"] = "sample"
+        return
+    _read_upload()
+
+
+def _settle_source() -> str | None:
+    """Make ``lab_source`` name an image the lab has, before anything reads it.
+
+    A release (``holdings``) drops the decoded upload: it is decoded again if the uploader still
+    holds the file; if not (the person went to another page meanwhile), the lab goes back to the
+    gallery's sample. Returns the name of the upload lost that way, else None."""
+    if st.session_state.get("lab_source") != "upload" or holdings().get(UPLOAD) is not None:
+        return None
+    _read_upload()
+    if holdings().get(UPLOAD) is not None:
+        return None
+    st.session_state["lab_source"] = "sample"
+    return st.session_state.get("lab_upload_name", "file")
+
+
+def release_note() -> None:
+    """Every page's ``state.release_note``, with the lab's image settled first: when the release
+    took an upload that cannot come back, it says so and which sample the lab uses instead."""
+    lost = _settle_source()
+    state.release_note(None if lost is None else
+                       f"Your upload **{md(lost)}** went with them and the uploader no longer holds it, so the "
+                       f"lab is back on the sample **{md(sample_choice())}** (upload the file again to use it)")
 
 
 def upload_box() -> None:
@@ -123,7 +168,7 @@ def upload_box() -> None:
         "Or upload an image",
         type=images.UPLOAD_TYPES,
         key="lab_upload",
-        on_change=_read_upload,
+        on_change=_upload_changed,
         help=f"PNG, JPEG, TIFF (16-bit too), BMP, GIF or WebP, up to {engine.MAX_PIXELS:,} pixels.",
     )
     _read_upload()
@@ -131,20 +176,19 @@ def upload_box() -> None:
         st.error(f"This file cannot be used: {err}", icon=":material/broken_image:")
     kept = holdings().get(UPLOAD)
     if kept and st.session_state.get("lab_source") == "sample":
-        st.button(f"Use the uploaded {kept.name} again", key="lab_use_upload",
+        st.button(f"Use the uploaded {md(kept.name)} again", key="lab_use_upload",
                   on_click=lambda: st.session_state.update(lab_source="upload"), type="tertiary")
 
 
 def current_image() -> CurrentImage:
-    """The chosen sample or upload at the chosen size, resident in engine shared memory."""
+    """The chosen sample or upload at the chosen size, resident in engine shared memory: the
+    image every page works on (the lab's, Scaling's source, How it works')."""
     kept = holdings().get(UPLOAD)
     if st.session_state.get("lab_source") == "upload" and kept:
         name, ident, original, facts = kept.name, kept.sha1, kept.array, kept.facts
         source = "upload"
     else:
-        name = st.session_state.get("lab_sample", images.DEFAULT_SAMPLE)
-        if name not in images.sample_names():
-            name = images.DEFAULT_SAMPLE
+        name = sample_choice()
         original, facts = load_sample(name)
         source, ident = "sample", name
     preset = st.session_state.get("lab_size", "original")
@@ -162,7 +206,8 @@ def size_picker() -> None:
         persist_state="session",
         required=True,
         help="Resamples the image to about 1, 4 or 16 megapixels (same aspect ratio), so that "
-        "a small photo can still show a speedup.",
+        "a small photo can still show a speedup. The presets count 2^20 pixels a step: 1.05, 4.19 and "
+        "16.8 million pixels (MP).",
     )
 
 
@@ -170,9 +215,10 @@ def image_facts(img: CurrentImage) -> None:
     """The file as the notebook printed it, and what the lab works on."""
     h, w, c = img.shape
     rows = img.facts.rows()
-    table = f"| :material/image: | **{img.name}** |\n|---|---|\n" + "\n".join(f"| {k} | **{v}** |" for k, v in rows)
-    mb = img.array.nbytes / 2**20
-    table += f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {sig(mb)} MB in shared memory |"
+    table = f"| :material/image: | **{md(img.name)}** |\n|---|---|\n"
+    table += "\n".join(f"| {k} | **{v}** |" for k, v in rows)
+    table += (f"\n| in the lab | **{w} x {h} x {c}**, {img.megapixels:.2f} MP, {nbytes(img.array.nbytes)} "
+              "in shared memory |")
     st.markdown(table)
 
 
@@ -238,8 +284,21 @@ def throughput() -> estimate.Throughput:
     return estimate.Throughput()
 
 
-def estimate_of(img: CurrentImage, run: Run | None) -> estimate.Estimate | None:
+def refusal(img: CurrentImage, run: Run | None) -> str | None:
+    """The engine's reason to refuse this run on this image before it starts (python takes only
+    small images: ``FilterRequest.check_image``), or None."""
     if run is None:
+        return None
+    try:
+        run.request.check_image(img.array)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def estimate_of(img: CurrentImage, run: Run | None) -> estimate.Estimate | None:
+    """The run's expected time; None when it cannot run (no time to promise)."""
+    if run is None or refusal(img, run) is not None:
         return None
     eng = get_engine()
     try:
@@ -252,7 +311,11 @@ def estimate_of(img: CurrentImage, run: Run | None) -> estimate.Estimate | None:
 
 def estimate_note(box, est: estimate.Estimate | None, img: CurrentImage, run: Run | None) -> None:
     """Into ``box``, under the Run button: the expected time; above ``WARN_SECONDS`` a warning
-    before the run, with what makes it long and what would be fast."""
+    before the run, with what makes it long and what would be fast. A run the engine will refuse
+    gets its reason instead of a time."""
+    if (why := refusal(img, run)) is not None:
+        box.warning(f"Run will be refused: {why}.", icon=":material/block:")
+        return
     if est is None or run is None:
         return
     if not est.long:
@@ -450,14 +513,15 @@ def result_caption(r: LabResult, i: int) -> str:
     return f"{letter} · {r.kernels[i].name} · {p} process{'es' if p > 1 else ''} · {wall} (run #{r.run_id})"
 
 
-def original_caption(r: LabResult) -> str:
+def original_caption(r: LabResult, escape=md) -> str:
+    """The original's caption; the file name ``escape``d for where it goes (markdown on the page)."""
     h, w, c = r.image.shape
-    return f"Original · {r.image.name} · {w}x{h}, {c} channel{'s' if c > 1 else ''}"
+    return f"Original · {escape(r.image.name)} · {w}x{h}, {c} channel{'s' if c > 1 else ''}"
 
 
 def results_titles(r: LabResult) -> list[str]:
-    """The results row's captions, for the report figure."""
-    return [original_caption(r)] + [result_caption(r, i) for i in range(2)]
+    """The results row's captions, for the report figure (the file name escaped for matplotlib)."""
+    return [original_caption(r, escape=mpl)] + [result_caption(r, i) for i in range(2)]
 
 
 def _show_with(output: str) -> None:
@@ -574,15 +638,21 @@ def route_text(r: LabResult, i: int) -> str:
     return f"**{how}**: {engine.ROUTES[how]}"
 
 
+def serial_code(r: LabResult, i: int) -> charts.SerialCode:
+    """The best serial code for filter ``i``: the route ``Engine.serial_time`` takes, which may not
+    be the route the run took (a numpy run, or a kernel whose 8-bit route differs)."""
+    return charts.SerialCode.of(r.kernels[i], r.image.array.dtype, r.border, r.output)
+
+
 def serial_sentence(r: LabResult, i: int, t: float) -> str:
     """What the processes bought over the best serial code, for filter ``i``."""
     letter, wall, p = "AB"[i], r.result.filter_walls[i], r.processes[i]
-    what = "one OpenCV call" if r.result.routes[i] == "direct" else "the OpenCV band kernel on the whole image"
+    ref = serial_code(r, i)
     ratio = t / wall if wall > 0 else float("inf")
     verdict = (f"the processes bought **{ratio:.2f}x**" if ratio >= 1 else
                f"the run took **{1 / ratio:.2f}x as long** as the serial code")
-    return (f"{letter} on {p} process{'es' if p > 1 else ''}: {ms(wall)}; the best serial code, {what} on one "
-            f"thread, takes {ms(t)}: {verdict}.")
+    return (f"{letter} on {_n(p, 'process', 'processes')}: {ms(wall)}; the best serial code, {ref.sentence} "
+            f"(route **{ref.route}**), takes {ms(t)}: {verdict}.")
 
 
 def timing(r: LabResult) -> dict:
@@ -682,6 +752,22 @@ def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
+def speedup_caption(df: pd.DataFrame, t: float | None, code: charts.SerialCode) -> str:
+    """What a speedup line (``charts.history_speedup_frame``) shows; ``t``: the best serial code's
+    seconds, drawn as the dashed line when known.
+
+    >>> df = pd.DataFrame({"processes": [1, 2], "ms": [10.0, 12.5], "speedup": [1.0, 0.8]})
+    >>> speedup_caption(df, None, charts.SerialCode("direct", "one OpenCV call on one thread", ""))[:35]
+    'Fastest: 1 process, 1.00x against 1'
+    """
+    best = df.iloc[df["speedup"].idxmax()]
+    ref = (f" Dashed dark line: the best serial code, {code.sentence} ({ms(t)}); above it the processes "
+           "beat it." if t else "")
+    return (f"Fastest: {_n(int(best['processes']), 'process', 'processes')}, {best['speedup']:.2f}x against "
+            f"{int(df['processes'].iloc[0])}. The two filters ran at the same time, so each time includes "
+            "sharing the CPUs with the other." + ref)
+
+
 def speedup_lines(r: LabResult) -> None:
     history = st.session_state.get(HISTORY_KEY, [])
     shown = 0
@@ -692,16 +778,12 @@ def speedup_lines(r: LabResult) -> None:
             continue
         t = serial_time(r, i)
         reference = float(df["ms"].iloc[0]) / (t * 1e3) if t else None
+        code = serial_code(r, i)
         with cols[shown]:
             st.markdown(f"**Speedup of {r.kernels[i].name} on this image** (best run per process count)")
-            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[letter], CPUS, reference),
+            st.altair_chart(charts.speedup_line_chart(df, charts.FILTER_COLORS[letter], CPUS, reference, code.label),
                             width="stretch", key=f"lab_speedup_{letter}")
-            best = df.iloc[df["speedup"].idxmax()]
-            ref = (f" Dashed dark line: one OpenCV call on one thread ({ms(t)}); above it the processes beat the "
-                   "best serial code." if t else "")
-            st.caption(f"Fastest: {int(best['processes'])} processes, {best['speedup']:.2f}x against "
-                       f"{int(df['processes'].iloc[0])}. The two filters ran at the same time, so each "
-                       "time includes sharing the CPUs with the other." + ref)
+            st.caption(speedup_caption(df, t, code))
         shown += 1
     if not shown:
         st.caption(":material/trending_up: Run the same image and filter again with other process counts: "

@@ -139,12 +139,15 @@ def page_start() -> None:
     registry().sweep(keep=h)
 
 
-def release_note() -> None:
-    """Say once why this session's image and results are gone, if the registry released them."""
+def release_note(lost: str | None = None) -> None:
+    """Say once why this session's image and results are gone, if the registry released them.
+
+    ``lost`` (markdown): what of the image could not come back, said instead of "the image is
+    back" (the lab's ``release_note`` passes the upload a release took for good)."""
     note = holdings().take_note()
-    if note:
-        st.info(f"This tab's image and results were {note}, to free the server's memory. The image is "
-                "back; press **Run** for new results.", icon=":material/memory:")
+    if note or lost:
+        st.info(f"This tab's image and results were {note or 'released'}, to free the server's memory. "
+                f"{lost or 'The image is back'}; press **Run** for new results.", icon=":material/memory:")
 
 
 @dataclass(eq=False)
@@ -183,7 +186,7 @@ def shared_image(key: Hashable, name: str, facts: Facts, pixels: Callable[[], np
     current = h.get("image")
     if isinstance(current, CurrentImage) and current.key == key:
         return current
-    h["image"] = None  # let the old one go first: at 16 MP it is 48 MiB of shared memory
+    h["image"] = None  # let the old one go first: at 16 MP it is 50 MB of shared memory
     del current
     a = pixels()
     shared = get_engine().shared_array(a.shape, a.dtype)

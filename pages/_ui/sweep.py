@@ -35,6 +35,8 @@ from .holdings import weakly
 from .state import CPUS, WORKER_CAP, get_engine, holdings
 
 KEY = "sweep"  # the key in the session's holdings
+#: Every sweep's border and output mapping (its runs and its serial reference).
+BORDER, OUTPUT = "replicate", "clip"
 SIDES = [128, 256, 512, 1024, 2048, 4096]
 PYTHON_MAX_SIDE = 256
 #: The backends a sweep can run on, as the page names them.
@@ -44,8 +46,13 @@ COLUMNS = ["backend", "implementation", "processes", "repeat", "seconds", "compu
 
 
 def side_label(side: int) -> str:
-    mp = side * side / 2**20
-    return f"{side}x{side}" + (f" ({mp:.0f} MP)" if mp >= 1 else "")
+    """The size as the slider shows it, in decimal megapixels like the lab's.
+
+    >>> side_label(512), side_label(1024), side_label(4096)
+    ('512x512', '1024x1024 (1.0 MP)', '4096x4096 (16.8 MP)')
+    """
+    mp = side * side / 1e6
+    return f"{side}x{side}" + (f" ({mp:.1f} MP)" if mp >= 1 else "")
 
 
 @dataclass(eq=False)
@@ -139,8 +146,9 @@ def start(config: Hashable, kernel: str, image: np.ndarray, impls: list[str], n_
 
 def _submit(sw: Sweep, backend: str, impl: str, p: int):
     if backend == DASK:
-        return cluster.get_cluster().submit(sw.image, sw.kernel, p, implementation=impl)
-    return get_engine().submit(sw.image, engine.FilterRequest([sw.kernel], implementation=impl), processes=p)
+        return cluster.get_cluster().submit(sw.image, sw.kernel, p, border=BORDER, output=OUTPUT, implementation=impl)
+    request = engine.FilterRequest([sw.kernel], border=BORDER, output=OUTPUT, implementation=impl)
+    return get_engine().submit(sw.image, request, processes=p)
 
 
 def _progress_text(job, backend: str, impl: str, p: int, rep: int, run: int, total: int) -> str:
@@ -337,7 +345,7 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
 def serial_key(sw: Sweep) -> tuple:
     """The serial reference's key in the server's cache (``lab.serial_times``): the sweep's image
     (its source and size, in ``config``), kernel, and the sweep's border and output."""
-    return ("sweep", sw.config[-1], sw.config[1], sw.kernel, "replicate", "clip")
+    return ("sweep", sw.config[-1], sw.config[1], sw.kernel, BORDER, OUTPUT)
 
 
 def serial_seconds(sw: Sweep) -> float | None:
@@ -355,14 +363,19 @@ def measure_serial(sw: Sweep) -> float | None:
     key = serial_key(sw)
     if key not in cache and sw.status in ("done", "cancelled", "stopped") and sw.runs:
         try:
-            cache[key] = get_engine().serial_time(sw.image, sw.kernel, border="replicate", output="clip",
+            cache[key] = get_engine().serial_time(sw.image, sw.kernel, border=BORDER, output=OUTPUT,
                                                   implementation="opencv")
         except (ValueError, TypeError, RuntimeError, engine.WorkerError, engine.JobCancelled):
             return None
     return cache.get(key)
 
 
-def serial_sentence(summary: pd.DataFrame, serial_s: float) -> str:
+def serial_code(sw: Sweep) -> charts.SerialCode:
+    """The best serial code for the sweep's filter on its image, and the route it takes."""
+    return charts.SerialCode.of(sw.kernel, sw.image.dtype, BORDER, OUTPUT)
+
+
+def serial_sentence(summary: pd.DataFrame, serial_s: float, code: charts.SerialCode) -> str:
     """Where each series stands against the best serial code."""
     parts = []
     for series, g in summary.groupby("series", sort=False):
@@ -370,7 +383,7 @@ def serial_sentence(summary: pd.DataFrame, serial_s: float) -> str:
         ratio = serial_s * 1e3 / float(best["ms"])
         parts.append(f"**{series}** at best {ratio:.2f}x its speed" if ratio >= 1 else
                      f"**{series}** at best {1 / ratio:.2f}x its time")
-    return (f"Dark dashed line: the best serial code, one OpenCV call on one thread, {ms(serial_s)} "
+    return (f"Dark dashed line: the best serial code, {code.sentence} (route **{code.route}**), {ms(serial_s)} "
             f"(Engine.serial_time); " + "; ".join(parts) + ".")
 
 
@@ -383,18 +396,20 @@ def charts_row(sw: Sweep) -> None:
     summary = charts.sweep_summary(runs, CPUS)
     serial_s = serial_seconds(sw)
     serial_ms = serial_s * 1e3 if serial_s is not None else None
+    code = serial_code(sw)
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
         st.markdown("**Time** (each dot one run, line the median)")
-        st.altair_chart(charts.time_chart(runs, summary, CPUS, n_max, serial_ms), width="stretch")
+        st.altair_chart(charts.time_chart(runs, summary, CPUS, n_max, serial_ms, code.label), width="stretch")
         st.caption(time_sentence(summary))
         if serial_s is not None:
-            st.caption(serial_sentence(summary, serial_s))
+            st.caption(serial_sentence(summary, serial_s, code))
     with c2:
         st.markdown("**Speedup** against the ideal line and Amdahl's law")
-        st.altair_chart(charts.speedup_chart(summary, CPUS, n_max, serial_ms), width="stretch")
+        st.altair_chart(charts.speedup_chart(summary, CPUS, n_max, serial_ms, code.label), width="stretch")
         st.caption(speedup_sentence(summary) + (
-            " Dash-dot: where each series would equal one OpenCV call on one thread." if serial_s is not None else ""))
+            f" Dash-dot: where each series would equal the best serial code, {code.sentence}."
+            if serial_s is not None else ""))
     with c3:
         st.markdown("**Efficiency** (speedup / processes)")
         st.altair_chart(charts.efficiency_chart(summary, CPUS, n_max), width="stretch")
