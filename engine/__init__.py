@@ -78,7 +78,8 @@ def filter_image(image: np.ndarray, kernel, *, processes: int | None = None, bor
         ``(H, W)`` or ``(H, W, C)``, uint8 or uint16, C in 1..4 (an alpha channel, C = 2 or 4,
         is copied unchanged). An array from ``Engine.shared_array`` is not copied in.
     kernel : str, Kernel or array-like
-        A name from ``KERNELS``, a ``Kernel``, or 2-D finite weights with sides 1..31.
+        A name from ``KERNELS``, a ``Kernel``, or 2-D finite real weights with sides 1..31 and
+        ``sum |w| < 1e303`` (no response overflows float64).
     processes : int, optional
         Worker processes, 1..``max_workers``. Default: every CPU this process may use, at most
         one per 262,144 pixels (512x512): a smaller image finishes sooner on fewer.

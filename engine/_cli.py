@@ -6,14 +6,22 @@ Exit status: 0 on success, 2 on a usage or input error (one line on stderr, no t
 1 on any other failure (also one line), 130 on Ctrl-C (after cancelling the job cleanly). A reader
 that closes the output pipe early (``python -m engine kernels | head -5``) is a normal end: exit 0,
 nothing on stderr.
+
+Outputs (images, ``--csv``, ``--figure``) are checked before the input is decoded: their folder
+exists and is writable, none is a folder, the input file or read-only, and no two are the same
+file (each an input error, exit 2). Each is written to a temporary file in its folder and renamed
+over the old one when complete: a failed run leaves an existing output as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
+import secrets
 import select
+import stat
 import sys
 import warnings
 
@@ -110,12 +118,84 @@ def _build() -> argparse.ArgumentParser:
 
 #: The image outputs of the commands: argparse dest -> the name the messages give it.
 _IMAGE_OUTPUTS = {"output_path": "output", "output_a": "output_a", "output_b": "output_b"}
+#: Every file output (images, CSV, figure): argparse dest -> the name the messages give it.
+_OUTPUTS = {**_IMAGE_OUTPUTS, "csv": "--csv", "figure": "--figure"}
+
+
+def _check_outputs(args) -> None:
+    """Refuse, before the input is decoded, every output that cannot be written or whose
+    writing would lose a file: see ``_check_output``; and two outputs that are the same file."""
+    seen: dict = {}
+    for dest, label in _OUTPUTS.items():
+        path = getattr(args, dest, None)
+        if not path:
+            continue
+        _check_output(label, path, args.input)
+        key = _file_key(path)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {label} are the same file {path!r}: give each output its own name "
+                             "(the second would overwrite the first)")
+        seen[key] = label
+
+
+def _check_output(label: str, path: str, source: str) -> None:
+    """One output: its folder exists and may be written in, it is no folder, it is not the
+    input file, and if it exists it is not read-only."""
+    folder = os.path.dirname(os.path.realpath(path))  # a symlink's target is what gets written
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{label} {path!r} is a folder, not a file")
+    if _same_file(path, source):
+        raise UsageError(f"{label} {path!r} is the input file: write to another file (the input would be lost)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {folder!r} is not writable (permission denied)")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{label} {path!r} is read-only (permission denied)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one does not exist (yet)
+        return False
+
+
+def _file_key(path: str):
+    """What identifies the file ``path`` names: its inode when it exists (hard links too), else
+    its resolved path."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it is never left half-written: into a temporary file
+    in the same folder, renamed over ``path`` once complete (what was there stays until then).
+    A symlink is followed; an existing file keeps its permissions."""
+    target = os.path.realpath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as with open()
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _save(array, path):
-    from . import save_image
+    from ._image import _save_format, save_image
 
-    save_image(array, path)
+    _write_file(path, save_image(array, format=_save_format(path).name))
 
 
 def _run(args) -> int:
@@ -139,11 +219,7 @@ def _run(args) -> int:
     if args.command == "batch":
         return _batch(args)
 
-    outs = [getattr(args, name, None) for name in ("output_path", "output_a", "output_b", "csv", "figure")]
-    for path in filter(None, outs):
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise UsageError(f"output folder {folder!r} does not exist")
+    _check_outputs(args)
     images = {_IMAGE_OUTPUTS[n]: getattr(args, n) for n in _IMAGE_OUTPUTS if getattr(args, n, None)}
     for name, path in images.items():
         _save_format(path, name=name)  # a known extension, before the image is decoded
@@ -223,8 +299,7 @@ def _figure_format(path: str) -> str:
 def _write_figure(fig, path: str) -> None:
     from . import plot
 
-    with open(path, "wb") as f:
-        f.write(plot.render(fig, _figure_format(path)))
+    _write_file(path, plot.render(fig, _figure_format(path)))  # rendered first: a failure keeps the old figure
     print(f"figure written to {path}")
 
 
@@ -243,10 +318,11 @@ def _scaling(image, args, common) -> int:
           f"{sc.cpus} CPUs")
     print(sc)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(engine.ScalingRun)])
-            writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in sc.runs)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=[fl.name for fl in dataclasses.fields(engine.ScalingRun)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in sc.runs)
+        _write_file(args.csv, text.getvalue().encode())
         print(f"runs written to {args.csv}")
     if args.figure:
         _write_figure(engine.plot.scaling(sc), args.figure)

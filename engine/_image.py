@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -231,21 +232,45 @@ def _png_chunks(data: bytes):
         pos = end
 
 
+#: PNG chunks Pillow may read an EXIF orientation from (eXIf, or EXIF/XMP text), anywhere in the file.
+_PNG_EXIF_CHUNKS = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
+
+
 def _orientation(im: Image.Image, key: str, source: Union[str, bytes]) -> int:
-    """The EXIF orientation Pillow's ``exif_transpose`` would apply."""
-    if key == "PNG 16-bit color":  # Pillow's getexif would decode the PNG at 8 bits to find it
-        data = _bytes(source)
-        exif = next((data[s + 8 : e - 4] for kind, s, e in _png_chunks(data) if kind == b"eXIf"), None)
-        if exif is None:
-            return 1
-        tags = Image.Exif()
-        tags.load(exif if exif.startswith(b"Exif\0\0") else b"Exif\0\0" + exif)
-        return tags.get(0x0112, 1)
+    """The EXIF orientation Pillow's ``exif_transpose`` would apply, as Pillow's ``getexif``
+    reads it: from EXIF (a PNG's eXIf chunk or "Raw profile type exif" text), else from XMP's
+    ``tiff:Orientation``."""
+    if key == "PNG 16-bit color":  # as at 8 bits, where the pixels are loaded first, but without decoding them
+        with Image.open(io.BytesIO(_png_metadata(_bytes(source)))) as meta:
+            return meta.getexif().get(0x0112, 1)
     return im.getexif().get(0x0112, 1)
 
 
-#: PNG chunks Pillow may read an EXIF orientation from (eXIf, or EXIF/XMP text), anywhere in the file.
-_PNG_EXIF_CHUNKS = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+#: The header and pixels of a 1x1 8-bit gray PNG: what ``_png_metadata`` wraps a file's metadata in.
+_ONE_PIXEL = (_png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)),
+              _png_chunk(b"IDAT", zlib.compress(b"\0\0")) + _png_chunk(b"IEND", b""))
+
+
+def _png_metadata(data: bytes) -> bytes:
+    """A 1x1 PNG holding the chunks of PNG ``data`` that Pillow reads EXIF and XMP from, in
+    their order and before its pixels: opening it reads them all (loading it costs nothing), as
+    decoding ``data`` at 8 bits would. Chunks after the pixels count as Pillow's ``load`` reads
+    them: up to IEND, or in an APNG up to the next frame's fcTL."""
+    chunks = list(_png_chunks(data))
+    animated = any(kind == b"acTL" for kind, _, _ in chunks)
+    kept, after_pixels = [], False
+    for kind, s, e in chunks:
+        if kind == b"IDAT":
+            after_pixels = True
+        elif kind == b"fcTL" and after_pixels and animated:
+            break
+        elif kind in _PNG_EXIF_CHUNKS:
+            kept.append(data[s:e])
+    return data[:8] + _ONE_PIXEL[0] + b"".join(kept) + _ONE_PIXEL[1]
 
 
 def _loaded_size(path: str) -> tuple[int, int]:
@@ -275,14 +300,51 @@ def _checked(source: Source) -> Union[str, bytes]:
         if len(source) == 0:
             raise ImageError("image data is empty (0 bytes): upload a PNG, JPEG, TIFF, BMP, GIF or WebP file")
         return bytes(source)
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise ImageError(f"image file {path!r} does not exist")
-    if os.path.isdir(path):
+    return _checked_path(os.fspath(source))
+
+
+#: What a path that is no regular file is (``stat.S_IFMT``), for the message.
+_SPECIAL = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _checked_path(path: str) -> str:
+    """``path``, once it names a regular, readable, non-empty file. Its kind is read with
+    ``os.stat`` before it is opened: opening a FIFO would wait for a writer."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the path
+        raise ImageError(f"image file {path!r} does not exist") from None
+    except OSError as e:  # a symlink loop, a name too long, a folder on the way that cannot be searched
+        raise ImageError(f"image file {path!r} cannot be read: {_os_reason(e)}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"image path {path!r} is a folder, not a file")
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(st.st_mode):
+        kind = _SPECIAL.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise ImageError(f"image path {path!r} is not a regular file: it is {kind}")
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError as e:
+        raise ImageError(f"image file {path!r} cannot be read: {_os_reason(e)}") from None
+    if st.st_size == 0:
+        if first:  # /proc and the like: a size of 0, and content made up as it is read
+            raise ImageError(f"image path {path!r} is not a regular file: it reports 0 bytes but has content "
+                             "(a kernel file, as under /proc)")
         raise ImageError(f"image file {path!r} is empty (0 bytes)")
     return path
+
+
+def _os_reason(e: OSError) -> str:
+    """'permission denied', 'too many levels of symbolic links': the system's words for ``e``."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def _unreadable(e: BaseException, source: Union[str, bytes]) -> bool:
+    """Whether a decoder failed because the file itself could not be opened or read (its
+    permissions changed, it was removed), rather than because of what it holds."""
+    return isinstance(source, str) and isinstance(e, OSError) and e.errno is not None and e.filename == source
 
 
 def _bytes(source: Union[str, bytes], size: int = -1) -> bytes:
@@ -319,11 +381,13 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     Raises
     ------
     ImageError
-        With a one-line message naming the cause: empty, not an image, truncated or corrupt,
-        more than ``max_pixels`` pixels, a mode with no uint8/uint16 form (floating point,
-        L*a*b*), a layout or compression the decoder does not support, or a format that needs
-        a program or Python package that is not installed (EPS: Ghostscript; 16-bit color
-        TIFF: tifffile, and imagecodecs for most compressions), named with what to install.
+        With a one-line message naming the cause: missing, not a regular file (a folder, a
+        FIFO, a device, a /proc file), unreadable (permission denied), empty, not an image,
+        truncated or corrupt, more than ``max_pixels`` pixels, a mode with no uint8/uint16 form
+        (floating point, L*a*b*), a layout or compression the decoder does not support, or a
+        format that needs a program or Python package that is not installed (EPS: Ghostscript;
+        16-bit color TIFF: tifffile, and imagecodecs for most compressions), named with what to
+        install.
 
     Examples
     --------
@@ -355,6 +419,8 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
         # on corrupt headers TypeError, IndexError, KeyError... (found by fuzzing: a TIFF strip
         # offset stored as a fraction gives TypeError); NotImplementedError for known layouts
         # they cannot read (DDS); tifffile and OpenCV raise ValueError or OSError.
+        if _unreadable(e, source):
+            raise ImageError(f"{what} cannot be read: {_os_reason(e)}") from None
         raise ImageError(f"{what} {_explain(e, _format_of(source))}") from None
 
 
@@ -473,14 +539,23 @@ def _claim(head: bytes) -> tuple[str, bool | str] | None:
 
 
 def _format_of(source: Union[str, bytes]) -> str | None:
-    claim = _claim(_bytes(source, 16))
+    claim = _claim(_head(source))
     return claim[0] if claim else None
+
+
+def _head(source: Union[str, bytes]) -> bytes:
+    """The first 16 bytes, by which plugins claim a file (b'' if it can no longer be read: a
+    message about a file is never replaced by an error from reading it again)."""
+    try:
+        return _bytes(source, 16)
+    except OSError:
+        return b""
 
 
 def _unidentified(source: Union[str, bytes]) -> str:
     """The message for a file Pillow could not identify. Pillow drops its plugins' reasons, so
     the plugin whose signature matches is asked again; no match: not an image."""
-    claim = _claim(_bytes(source, 16))
+    claim = _claim(_head(source))
     if claim is None:
         return "is not a recognized image: use PNG, JPEG, TIFF, BMP, GIF or WebP"
     fmt, verdict = claim
@@ -508,11 +583,9 @@ def _png_gray_alpha16(a: np.ndarray) -> bytes:
     rows = np.zeros((h, 1 + 4 * w), np.uint8)  # each row: filter type 0, then big-endian samples
     rows[:, 1:] = a.astype(">u2").view(np.uint8).reshape(h, 4 * w)
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows.tobytes()))
+            + _png_chunk(b"IEND", b""))
 
 
 # -- encoding: one table of output formats ----------------------------------------------------------

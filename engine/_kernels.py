@@ -254,14 +254,24 @@ def _number(token: str, row: int) -> float:
     return value
 
 
+#: Kernels must have ``sum |w|`` below this. Responses to 16-bit pixels reach ``sum |w| * 65535``
+#: (6.6e307 here), ``normalize`` stretches by their range ``max - min`` (up to twice that, 1.3e308)
+#: and ``offset`` adds 32768: every one stays below float64's largest number, about 1.8e308.
+MAX_WEIGHT_SUM = 1e303
+
+
 def check_weight_sum(weights: np.ndarray, name: str) -> None:
-    """Refuse weights whose absolute sum overflows float64 (every response would be inf or nan)."""
+    """Refuse weights with ``sum |w| >= MAX_WEIGHT_SUM``: a response, or the range ``normalize``
+    divides by, would overflow float64 to inf or nan (and differ with the band split)."""
     with np.errstate(over="ignore"):
         total = float(np.abs(weights).sum())
-    if not math.isfinite(total):
+    if not total < MAX_WEIGHT_SUM:
+        amount = f"{total:.3g}" if math.isfinite(total) else "over 1.8e+308"
         raise ValueError(
-            f"{name} weights are too large: their absolute sum overflows float64 (largest |weight| "
-            f"{float(np.abs(weights).max()):.3g}); scale them down so that sum |w| stays below 1e308"
+            f"{name} weights are too large: their absolute sum is {amount} (largest |weight| "
+            f"{float(np.abs(weights).max()):.3g}), at or above {MAX_WEIGHT_SUM:.0e}, where a response to 16-bit "
+            f"pixels (up to sum |w| x 65535) or their range overflows float64; scale them down so that sum |w| "
+            f"stays below {MAX_WEIGHT_SUM:.0e}"
         )
 
 def parse_kernel(text: str, *, name: str = "custom") -> Kernel:

@@ -5,6 +5,7 @@ Every message names the parameter, the rule and the bad value.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -36,7 +37,8 @@ def check_image(image, name: str = "image") -> np.ndarray:
 
 
 def check_kernel(kernel, name: str = "kernel") -> Kernel:
-    """A registry name, a ``Kernel`` or a 2-D array-like of finite numbers, sides 1..31."""
+    """A registry name, a ``Kernel`` or a 2-D array-like of finite real numbers, sides 1..31,
+    whose absolute sum is below ``MAX_WEIGHT_SUM`` (1e303: no response overflows float64)."""
     if isinstance(kernel, str):
         if kernel in KERNELS:
             return KERNELS[kernel]
@@ -49,13 +51,7 @@ def check_kernel(kernel, name: str = "kernel") -> Kernel:
     else:
         if isinstance(kernel, (Mapping, set, bytes)) or kernel is None:
             raise TypeError(f"{name} must be a kernel name, a Kernel or a 2-D array of numbers, got {type(kernel).__name__}")
-        try:
-            w = np.asarray(kernel, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{name} must be a 2-D array of numbers (1x1 to {MAX_KERNEL_SIDE}x{MAX_KERNEL_SIDE}), got {kernel!r:.80}"
-            ) from None
-        label = "custom"
+        w, label = _weights(kernel, name), "custom"
     if w.ndim != 2 or not (1 <= w.shape[0] <= MAX_KERNEL_SIDE and 1 <= w.shape[1] <= MAX_KERNEL_SIDE):
         raise ValueError(
             f"{name} must be 2-D with odd or even sides of 1..{MAX_KERNEL_SIDE}, got shape {tuple(w.shape)}"
@@ -65,6 +61,56 @@ def check_kernel(kernel, name: str = "kernel") -> Kernel:
         raise ValueError(f"{name} weights must be finite numbers, got {bad}")
     check_weight_sum(w, name)
     return kernel if isinstance(kernel, Kernel) else Kernel(label, w, f"custom {w.shape[0]}x{w.shape[1]} kernel", "user")
+
+
+def _weights(kernel, name: str) -> np.ndarray:
+    """Array-like ``kernel`` as float64 weights. Complex numbers are refused rather than cut to
+    their real part, integers beyond float64's range rather than left to raise OverflowError."""
+    try:
+        raw = np.asarray(kernel)
+    except (TypeError, ValueError):
+        raise _not_numbers(kernel, name) from None
+    complex_ = _complex(raw)
+    if complex_:
+        raise TypeError(f"{name} weights must be real numbers, got {complex_}")
+    try:
+        return raw.astype(np.float64, copy=False)
+    except OverflowError:
+        raise ValueError(
+            f"{name} weights must be finite numbers within float64's range (about 1.8e308), got {_too_big(raw)}"
+        ) from None
+    except (TypeError, ValueError):
+        raise _not_numbers(kernel, name) from None
+
+
+def _not_numbers(kernel, name: str) -> TypeError:
+    return TypeError(
+        f"{name} must be a 2-D array of numbers (1x1 to {MAX_KERNEL_SIDE}x{MAX_KERNEL_SIDE}), got {kernel!r:.80}"
+    )
+
+
+def _complex(raw: np.ndarray) -> str:
+    """The complex dtype of ``raw`` ('complex128'), or the type of a complex number among its
+    objects ('complex'), or ''."""
+    if raw.dtype.kind == "c":
+        return str(raw.dtype)
+    if raw.dtype == object:
+        return next((type(v).__name__ for v in raw.flat if isinstance(v, (complex, np.complexfloating))), "")
+    return ""
+
+
+def _too_big(raw: np.ndarray) -> str:
+    """The first of an object array's numbers that float64 cannot hold, in words."""
+    for v in raw.flat:
+        try:
+            float(v)
+        except OverflowError:
+            if isinstance(v, numbers.Integral):
+                return f"an integer of {math.floor(math.log10(abs(int(v)))) + 1:,} digits"
+            return f"a {type(v).__name__} beyond it"
+        except (TypeError, ValueError):
+            continue
+    return "a number beyond it"
 
 
 def check_choice(value, name: str, choices) -> str:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from PIL import Image
 
 import engine
 from _oracle import assert_close
-from _proc import load_in_child, run_cli
+from _proc import ROOT, cli_command, load_in_child, marked_env, run_cli
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -188,6 +192,33 @@ def test_bomb_between_the_limit_and_twice_it_is_refused_too():
         engine.load_image(png_bomb(10000, 10000))
     with pytest.raises(engine.ImageError, match=r"is 5,120 pixels, more than the limit of 5,000 pixels"):
         engine.load_image(_encode(Image.fromarray(_gradient()), "PNG"), max_pixels=5000)
+
+
+def unprivileged(command: list) -> list:
+    """``command``, run so that file permissions apply: as root, without the capabilities that
+    let root read and write any file (``setpriv`` from util-linux); otherwise as it is."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root, whom file permissions do not stop, and setpriv (util-linux) is not "
+                    "installed to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]
+
+
+def test_an_unreadable_file_is_an_image_error_naming_the_cause(tmp_path):
+    """A file without read permission was a raw PermissionError traceback (reopened by the
+    catch-all to name its format), and exit 1 from the CLI."""
+    path = tmp_path / "noread.png"
+    path.write_bytes(engine.save_image(np.zeros((4, 5, 3), np.uint8)))
+    path.chmod(0)
+    load = "import sys, engine\ntry:\n    engine.load_image(sys.argv[1])\nexcept engine.ImageError as e:\n    print(e)"
+    res = subprocess.run(unprivileged([sys.executable, "-c", load, path]), capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, env=marked_env("unreadable"))
+    assert res.stdout == f"image file {str(path)!r} cannot be read: permission denied\n", (res.stdout, res.stderr)
+    res = subprocess.run(unprivileged(cli_command("filter", path, tmp_path / "out.png", "--kernel", "sobel")),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=marked_env("unreadable"))
+    _assert_usage_error(res, r"^error: image file '.*noread\.png' cannot be read: permission denied$")
+    assert not (tmp_path / "out.png").exists()
 
 
 # -- odd but valid images: what load_image documents ---------------------------------------------

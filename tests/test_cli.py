@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +179,147 @@ def test_usage_errors(inputs, tmp_path, case):
     assert_usage_error(res, *needles)
     assert not out.exists()
     assert not any(p.name.startswith("o.") for p in tmp_path.iterdir())
+
+
+def unprivileged(command: list) -> list:
+    """``command``, run so that file permissions apply: as root, without the capabilities that
+    let root read and write any file (``setpriv`` from util-linux); otherwise as it is."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root, whom file permissions do not stop, and setpriv (util-linux) is not "
+                    "installed to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]
+
+
+OUTPUT_CASES = {
+    # case: (arguments after "python -m engine", with IN for the input file, and T/ for tmp_path; the message)
+    "output is a folder": (["filter", "NOTES", "T/folder.png", "--kernel", "sobel"],
+                           r"^error: output '.*folder\.png' is a folder, not a file$"),
+    "output is the input": (["filter", "IN", "IN", "--kernel", "sobel"],
+                            r"^error: output '.*in\.png' is the input file: write to another file \(the input would be lost\)$"),
+    "output is the input, spelled otherwise": (["filter", "IN", "T/sub/../in.png", "--kernel", "sobel"],
+                                               r"^error: output '.*sub/\.\./in\.png' is the input file"),
+    "output is a hard link to the input": (["filter", "IN", "T/hard.png", "--kernel", "sobel"],
+                                           r"^error: output '.*hard\.png' is the input file"),
+    "output is a symlink to the input": (["filter", "IN", "T/soft.png", "--kernel", "sobel"],
+                                         r"^error: output '.*soft\.png' is the input file"),
+    "pair outputs are the input": (["pair", "IN", "T/a.png", "IN", "--kernels", "sobel", "sobel"],
+                                   r"^error: output_b '.*in\.png' is the input file"),
+    "pair outputs are one file": (["pair", "IN", "T/a.png", "T/sub/../a.png", "--kernels", "sobel", "sobel"],
+                                  r"^error: output_a and output_b are the same file '.*sub/\.\./a\.png': give each output "
+                                  r"its own name \(the second would overwrite the first\)$"),
+    "pair figure is an output": (["pair", "IN", "T/a.png", "T/b.png", "--kernels", "sobel", "sobel", "--figure", "T/a.png"],
+                                 r"^error: output_a and --figure are the same file '.*a\.png'"),
+    "pair figure is the input": (["pair", "IN", "T/a.png", "T/b.png", "--kernels", "sobel", "sobel", "--figure", "IN"],
+                                 r"^error: --figure '.*in\.png' is the input file"),
+    "scaling csv is the input": (["scaling", "IN", "--kernel", "sobel", "--processes", "1", "--csv", "IN"],
+                                 r"^error: --csv '.*in\.png' is the input file"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_outputs_that_would_lose_a_file_are_refused_before_decoding(inputs, tmp_path, case):
+    """Were found after decoding and filtering (a folder: exit 1), or not at all: the input was
+    overwritten with its own filtered image, and a pair's second output replaced its first."""
+    d = inputs[0]
+    src = tmp_path / "in.png"
+    src.write_bytes((d / "rgb.png").read_bytes())
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "sub").mkdir()
+    os.link(src, tmp_path / "hard.png")
+    (tmp_path / "soft.png").symlink_to(src)
+    before = {p.name: (p.read_bytes() if p.is_file() else None) for p in tmp_path.iterdir()}
+    args, message = OUTPUT_CASES[case]
+    # IN is the input; a folder given as output is checked before the input, here not an image, is read
+    src_arg = d / "notes.png" if case == "output is a folder" else src
+    res = run(*[src_arg if a == "IN" else tmp_path / a[2:] if a.startswith("T/") else a for a in args])
+    assert_usage_error(res)
+    assert re.search(message, res.stderr.strip()), (message, res.stderr)
+    assert {p.name: (p.read_bytes() if p.is_file() else None) for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "read-only output"])
+def test_outputs_that_cannot_be_written_are_refused_before_decoding(inputs, tmp_path, case):
+    """Were found when the result was written, after decoding and filtering: exit 1 with
+    "error: PermissionError: ...". The input here is no image, so an output error proves to
+    come first."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "o.png"
+    if case == "read-only output":
+        out.write_bytes(b"keep me")
+        out.chmod(0o444)
+        message = rf"^error: output '{re.escape(str(out))}' is read-only \(permission denied\)$"
+    else:
+        folder.chmod(0o555)
+        message = rf"^error: output folder '{re.escape(str(folder))}' is not writable \(permission denied\)$"
+    try:
+        res = subprocess.run(unprivileged([sys.executable, "-m", "engine", "filter", inputs[0] / "notes.png", out,
+                                           "--kernel", "sobel"]), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert_usage_error(res)
+    assert re.search(message, res.stderr.strip()), (message, res.stderr)
+    assert sorted(p.name for p in folder.iterdir()) == (["o.png"] if case == "read-only output" else [])
+
+
+def test_a_failed_figure_keeps_the_old_one(inputs, tmp_path, monkeypatch):
+    """The figure file was opened (emptied) before the figure was rendered: a failed render
+    lost the figure of an earlier run. Rendered first, then written beside it and renamed."""
+    from engine import _cli
+
+    fig = tmp_path / "run.png"
+    fig.write_bytes(b"the figure of an earlier run")
+
+    def fail(*_):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(engine.plot, "render", fail)
+    code = _cli.main(["pair", str(inputs[0] / "rgb.png"), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                      "--kernels", "sobel", "gaussian", "--processes", "1", "1", "--figure", str(fig)])
+    assert code == 1
+    assert fig.read_bytes() == b"the figure of an earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "run.png"]  # no temporary file left
+
+
+def test_a_failed_write_keeps_the_old_output(tmp_path):
+    """An output was opened (emptied) and then written: a write that failed part way (a full
+    disk; here a file size limit, RLIMIT_FSIZE) left it cut short. Written beside it, renamed."""
+    import resource
+
+    img = np.random.default_rng(1).integers(0, 256, (10000, 4, 1), dtype=np.uint8)  # noise: its PNG > its pixels
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    engine.save_image(img, src)
+    out.write_bytes(b"the output of an earlier run")
+    size = len(engine.save_image(img))
+    limit = (img.nbytes + size) // 2  # room for the engine's shared memory (img.nbytes), not for the PNG
+    assert img.nbytes < limit < size
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = subprocess.run([sys.executable, "-m", "engine", "filter", src, out, "--kernel", "identity"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+                         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert res.returncode == 1 and res.stderr == "error: OSError: [Errno 27] File too large\n", res.stderr
+    assert out.read_bytes() == b"the output of an earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # no temporary file left
+
+
+def test_an_existing_output_is_replaced_keeping_its_mode_and_symlink(inputs, eng, tmp_path):
+    """Writing through a temporary file keeps what writing in place kept: an existing output's
+    permissions, and a symlink pointing at the new file."""
+    d, rgb, _ = inputs
+    real = tmp_path / "real.png"
+    real.write_bytes(b"old")
+    real.chmod(0o640)
+    (tmp_path / "link.png").symlink_to(real.name)
+    res = run("filter", d / "rgb.png", tmp_path / "link.png", "--kernel", "sobel")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "link.png").is_symlink() and (real.stat().st_mode & 0o777) == 0o640
+    assert np.array_equal(engine.load_image(real), eng.filter_image(rgb, "sobel", processes=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "real.png"]
 
 
 def test_no_arguments():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import struct
 import zlib
 
@@ -229,6 +231,68 @@ def test_exif_orientation_on_sixteen_bit_color():
     assert got[0, 3].tolist() == [65535, 1, 2]
 
 
+def _xmp(orientation: int) -> bytes:
+    """An iTXt chunk's body: XMP whose tiff:Orientation is ``orientation``."""
+    return (b"XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf="
+            b"'http://www.w3.org/1999/02/22-rdf-syntax-ns#'><rdf:Description xmlns:tiff='http://ns.adobe.com/tiff/1.0/' "
+            b"tiff:Orientation='%d'/></rdf:RDF></x:xmpmeta>" % orientation).replace(b"'", b'"')
+
+
+def _exif(orientation) -> bytes:
+    """An eXIf chunk's body (a bare TIFF header), with an orientation tag unless None."""
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    else:
+        exif[0x010F] = "camera"  # make: EXIF without an orientation
+    tiff = exif.tobytes()
+    return tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff
+
+
+def _raw_profile(orientation: int) -> bytes:
+    """ImageMagick's "Raw profile type exif" text: the EXIF block in hex."""
+    tiff = _exif(orientation)
+    return f"\nexif\n{len(tiff):8d}\n{tiff.hex()}\n".encode()
+
+
+#: Where EXIF orientation may sit in a PNG: (chunks after IHDR, chunks after the pixels).
+ORIENTED_PNGS = {
+    "XMP before the pixels": ([(b"iTXt", _xmp(6))], []),
+    "XMP after the pixels": ([], [(b"iTXt", _xmp(6))]),
+    "raw profile tEXt": ([(b"tEXt", b"Raw profile type exif\0" + _raw_profile(6))], []),
+    "raw profile zTXt after the pixels": ([], [(b"zTXt", b"Raw profile type exif\0\0" + zlib.compress(_raw_profile(8)))]),
+    "eXIf after the pixels": ([], [(b"eXIf", _exif(3))]),
+    "eXIf wins over XMP": ([(b"eXIf", _exif(6)), (b"iTXt", _xmp(8))], []),
+    "eXIf without orientation, XMP after the pixels": ([(b"eXIf", _exif(None))], [(b"iTXt", _xmp(6))]),
+    "the last eXIf wins": ([(b"eXIf", _exif(8))], [(b"eXIf", _exif(3))]),
+}
+
+
+def _with_chunks(png: bytes, head: list, tail: list) -> bytes:
+    """``png`` with ``head`` chunks inserted after IHDR and ``tail`` chunks before IEND."""
+    assert png[12:16] == b"IHDR" and png[-8:-4] == b"IEND"
+    return (png[:33] + b"".join(chunk(k, d) for k, d in head) + png[33:-12] + b"".join(chunk(k, d) for k, d in tail)
+            + png[-12:])
+
+
+@pytest.mark.parametrize("where", list(ORIENTED_PNGS))
+def test_sixteen_bit_color_png_takes_its_orientation_where_pillow_does(where):
+    """16-bit color PNGs read their orientation only from an eXIf chunk, so XMP and raw-profile
+    orientations rotated the 8-bit twin and not the 16-bit file. Both now follow Pillow's own
+    ``getexif`` on the loaded image (here on the 16-bit file itself, which Pillow decodes at 8 bits)."""
+    a16 = np.zeros((4, 6, 3), np.uint16)
+    a16[0, 0] = [65535, 1, 2]
+    turn = {1: lambda a: a, 3: lambda a: a[::-1, ::-1], 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}
+    for a in (a16, (a16 >> 8).astype(np.uint8)):  # OpenCV's 16-bit route, Pillow's 8-bit route
+        data = _with_chunks(save_image(a), *ORIENTED_PNGS[where])
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # as load_image's 8-bit route: the chunks after the pixels are read
+            orientation = im.getexif().get(0x0112, 1)
+        assert orientation in (3, 6, 8), where
+        got = load_image(data)
+        assert got.dtype == a.dtype and np.array_equal(got, turn[orientation](a)), (where, a.dtype, orientation)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_empty_inputs(tmp_path):
     with pytest.raises(ImageError, match=r"^image data is empty \(0 bytes\)"):
@@ -243,6 +307,52 @@ def test_empty_inputs(tmp_path):
     with pytest.raises(ImageError, match=r"is a folder, not a file$"):
         load_image(tmp_path)
     assert issubclass(ImageError, ValueError)
+
+
+@pytest.mark.timeout(60)  # opening a FIFO would wait for a writer: the kind is read first
+def test_paths_that_are_not_regular_files(tmp_path):
+    """A FIFO, a device or a /proc file has a size of 0: each said "is empty (0 bytes)"."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=rf"^image path {re.escape(repr(str(fifo)))} is not a regular file: "
+                                         r"it is a named pipe \(FIFO\)$"):
+        load_image(fifo)
+    for device in ("/dev/urandom", "/dev/null"):
+        with pytest.raises(ImageError, match=rf"^image path '{device}' is not a regular file: it is a character device$"):
+            load_image(device)
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc on this system")
+    with pytest.raises(ImageError, match=r"^image path '/proc/self/status' is not a regular file: it reports 0 bytes "
+                                         r"but has content \(a kernel file, as under /proc\)$"):
+        load_image("/proc/self/status")
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    with pytest.raises(ImageError, match=r"loop.png' cannot be read: too many levels of symbolic links$"):
+        load_image(loop)
+    (tmp_path / "dangling.png").symlink_to("nope.png")
+    with pytest.raises(ImageError, match=r"dangling.png' does not exist$"):
+        load_image(tmp_path / "dangling.png")
+
+
+def test_a_file_that_cannot_be_opened_while_decoding_is_named_with_the_cause(tmp_path, monkeypatch):
+    """The decoder's PermissionError (the file's permissions changed after the first check) is
+    the file's to report, not a corrupt image; and the message is never replaced by another
+    PermissionError from reopening the file to name its format."""
+    path = tmp_path / "a.png"
+    path.write_bytes(save_image(np.zeros((2, 2, 1), np.uint8)))
+    opened = Image.open
+
+    def refuse(fp, *args, **kwargs):
+        if fp == str(path):
+            raise PermissionError(13, "Permission denied", fp)
+        return opened(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ImageError, match=rf"^{re.escape(str(path))} cannot be read: permission denied$"):
+        load_image(path)
 
 
 def test_truncated_png():

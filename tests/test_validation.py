@@ -104,6 +104,30 @@ def test_kernel_none_weight_is_not_finite(eng):
         eng.filter_image(IMG, [[1, None]])
 
 
+@pytest.mark.parametrize("bad,shown", [([[10**400]], "an integer of 401 digits"),
+                                       ([[1, -(10**309)]], "an integer of 310 digits")])
+def test_kernel_integers_beyond_float64_are_refused(eng, bad, shown):
+    """Was a bare OverflowError ("int too large to convert to float") from numpy."""
+    want = rf"^kernel weights must be finite numbers within float64's range \(about 1\.8e308\), got {shown}$"
+    with pytest.raises(ValueError, match=want):
+        eng.filter_image(IMG, bad)
+    with pytest.raises(ValueError, match=want.replace("^kernel ", r"^kernels\[1\] ")):
+        eng.filter_pair(IMG, "sobel", bad, processes=(1, 1))
+
+
+@pytest.mark.parametrize("bad,shown", [(np.array([[1 + 5j, 0]]), "complex128"), (np.array([[0.5j, 1]], np.complex64), "complex64"),
+                                       (np.array([[1 + 0j]]), "complex128"), ([[1, 2j]], "complex128"),
+                                       ([[1j, 10**400]], "complex")])
+def test_kernel_complex_weights_are_refused(eng, bad, shown):
+    """Were cut to their real part, with only numpy's ComplexWarning to say so."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way
+        with pytest.raises(TypeError, match=rf"^kernel weights must be real numbers, got {shown}$"):
+            eng.filter_image(IMG, bad)
+
+
 def test_kernel_accepts_every_documented_form(eng):
     ref = eng.filter_image(IMG + 7, "sobel", processes=1)
     for form in ("sobel", engine.KERNELS["sobel"], engine.KERNELS["sobel"].weights, engine.KERNELS["sobel"].weights.tolist(),
@@ -384,16 +408,46 @@ def test_parse_kernel_needs_text():
         engine.parse_kernel([[1, 2]])
 
 
+TOO_LARGE = (r"weights are too large: their absolute sum is {total} \(largest \|weight\| {big}\), at or above "
+             r"1e\+303, where a response to 16-bit pixels \(up to sum \|w\| x 65535\) or their range overflows "
+             r"float64; scale them down so that sum \|w\| stays below 1e\+303$")
+
+
 def test_weights_whose_sum_overflows_are_refused(eng):
     w = np.full((3, 3), 1e308)
-    msg = r"^kernel weights are too large: their absolute sum overflows float64 \(largest \|weight\| 1e\+308\); scale"
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ValueError, match="^kernel " + TOO_LARGE.format(total=r"over 1\.8e\+308", big=r"1e\+308")):
         eng.filter_image(IMG, w)
-    with pytest.raises(ValueError, match=r"^kernel text: weights are too large: their absolute sum overflows"):
+    with pytest.raises(ValueError, match="^kernel text: " + TOO_LARGE.format(total=r"over 1\.8e\+308", big=r"1e\+308")):
         engine.parse_kernel("1e308 1e308; 1e308 1e308")
     # huge but summable: accepted, every response saturates
     out = eng.filter_image(np.ones((5, 6, 3), np.uint8), np.full((3, 3), 1e300), processes=1)
     assert (out == 255).all()
+
+
+@pytest.mark.parametrize("weights,total,big", [([[1e306, -1e306]], r"2e\+306", r"1e\+306"),
+                                               ([[5e302, 5e302]], r"1e\+303", r"5e\+302"),
+                                               (np.full((31, 31), 1e301), r"9\.61e\+303", r"1e\+301")])
+def test_weights_whose_responses_overflow_are_refused(eng, weights, total, big):
+    """sum |w| was only checked to be finite: [[1e306, -1e306]] passed, its responses (up to
+    sum |w| x 65535) and their range were inf or nan, and normalize gave a different image for
+    each process count."""
+    with pytest.raises(ValueError, match="^kernel " + TOO_LARGE.format(total=total, big=big)):
+        eng.filter_image(np.zeros((2, 3, 1), np.uint8), weights, output="normalize")
+    text = "; ".join(" ".join(repr(float(v)) for v in row) for row in np.asarray(weights))
+    with pytest.raises(ValueError, match="^kernel text: " + TOO_LARGE.format(total=total, big=big)):
+        engine.parse_kernel(text)
+
+
+def test_weights_just_below_the_bound_give_finite_responses_for_every_process_count(eng):
+    """At sum |w| just under 1e303 the extreme 16-bit responses (+- sum |w| x 65535) and their
+    range are finite: normalize maps them the same way whatever the band split."""
+    w = np.array([[4.99e302, -4.99e302]])  # out[x] = w0 img[x - 1] + w1 img[x]
+    img = np.zeros((6, 3, 1), np.uint16)
+    img[:, 0], img[:, 2] = 65535, 65535  # column 1: + sum |w| x 65535 / 2, column 2: - that
+    outs = [eng.filter_image(img, w, processes=p, output="normalize", implementation=i)
+            for p in (1, 2, 3, 4) for i in ("opencv", "numpy")]
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    assert (outs[0][:, 1] == 65535).all() and (outs[0][:, 2] == 0).all() and (outs[0][:, 0] == 32768).all()
 
 
 # -- separable factors: what OpenCV runs fast (issue 11) -------------------------------------
