@@ -90,9 +90,11 @@ MAX_WORKERS_FLOOR = 16
 POOL_SEGMENTS = 6
 POOL_BYTES = 1 << 30
 _START_TIMEOUT = 120.0
-#: Longest wait for a pair's first workers to arrive at the gate (and to pass it, before the
-#: others are sent): a safety valve; a worker that misses it only starts out of step.
+#: Longest wait for a pair's first workers to pass the gate before the job thread lets them
+#: through and sends the others: a safety valve; a worker that misses it only starts out of step.
 _GATE_WAIT = 0.05
+#: The job thread's sleep between looks at the gate's counters (it must not take a CPU from them).
+_STEP_POLL = 0.0001
 
 
 class _Died(Exception):
@@ -189,12 +191,12 @@ class _Worker:
     memory that only the worker writes, read by ``Job.progress()``.
     """
 
-    def __init__(self, ctx, gate):
+    def __init__(self, ctx, gate, arrivals=None):
         self.conn, child = ctx.Pipe(duplex=True)
         self.bands_done = ctx.RawValue("q", 0)
         self.gate_steps = ctx.RawValue("q", 0)  # only the worker writes it: _Passes.send
         self.process = ctx.Process(
-            target=_worker.serve, args=(child, os.getpid(), self.bands_done, gate, self.gate_steps),
+            target=_worker.serve, args=(child, os.getpid(), self.bands_done, gate, self.gate_steps, arrivals),
             name="pfl-worker", daemon=True
         )
         # Started with SIGINT blocked, as multiprocessing's resource tracker is: a Ctrl-C to the
@@ -566,6 +568,8 @@ class Engine:
         self._returned: collections.deque = collections.deque()  # (key, reuse) of put-off _forget calls
         # a pair's first bands wait here until both filters' first workers have arrived (_Passes.send)
         self._gate = self._ctx.RawValue("q", 0)
+        # each filter's first worker writes its pair's number here on arriving at the gate
+        self._arrivals = self._ctx.RawArray("q", 2)
         self._gate_numbers = itertools.count(1)
         self._gate_lock = threading.Lock()
         self._closed = False
@@ -847,7 +851,7 @@ class Engine:
         if take is None:
             return None
         try:
-            fresh = [_Worker(self._ctx, self._gate) for _ in range(new)]
+            fresh = [_Worker(self._ctx, self._gate, self._arrivals) for _ in range(new)]
             with self._cond:
                 self._all_workers.update(fresh)
         except BaseException:
@@ -983,11 +987,12 @@ class _Passes:
         ...): with more workers than CPUs, the first ones sent take the CPUs, so each filter
         gets one of them at once rather than A all of them and B a time slice later.
 
-        With two filters, the first worker of each waits at the engine's gate, opened once both
-        have arrived there or after ``_GATE_WAIT`` (in a ``finally``: a failed send never leaves a
-        worker waiting): the job thread may lose the GIL between two sends, or B's worker may
-        still be unmapping the last image's segments, and A would start that much before B. The
-        other workers are sent once both first ones have passed: a woken worker would take the
+        With two filters, the first worker of each waits at the gate until the other has arrived
+        (``_worker``'s header: the job thread may lose the GIL between two sends, or B's worker
+        may still be unmapping the last image's segments). This thread sleeps meanwhile, leaving
+        the CPUs to them, until both have passed or ``_GATE_WAIT``; then it lets the pair's
+        number through the engine's gate (in a ``finally``: after a failed send or a death, the
+        worker left waiting goes on) and sends the other workers: a woken worker would take the
         CPU of one still at the gate."""
         rounds = [[m for m in ms if m is not None] for ms in itertools.zip_longest(*passes)] or [[]]
         eng = self.job._engine
@@ -997,12 +1002,10 @@ class _Passes:
             for worker, message, tokens in rounds[0]:
                 worker.start(dataclasses.replace(message, gate=number) if number else message, tokens)
             if number:
-                _await_steps(first, 1)
+                _await_passed(first)
         finally:
             if number:
                 eng._open_gate(number)
-        if number and len(rounds) > 1:
-            _await_steps(first, 2)
         for worker, message, tokens in (m for ms in rounds[1:] for m in ms):
             worker.start(message, tokens)
 
@@ -1050,11 +1053,13 @@ def _weakly(method):
     return call
 
 
-def _await_steps(workers, k: int, timeout: float = _GATE_WAIT) -> None:
-    """Until every ``(worker, steps before)`` has taken ``k`` steps at the gate (1: arrived, 2:
-    passed), yielding the CPU between looks (the wait is a wake-up, shorter than a sleep's); at
-    most ``timeout``: a worker that died never arrives, and the job finds out from its pipe."""
-    _worker.spin_until(lambda: all(w.gate_steps.value >= n + k for w, n in workers), timeout)
+def _await_passed(workers, timeout: float = _GATE_WAIT) -> None:
+    """Until every ``(worker, steps before)`` has passed the gate (two steps: arrived, passed),
+    sleeping ``_STEP_POLL`` between looks (the CPUs are the waiting workers'); at most
+    ``timeout``: a worker that died never arrives, and the job finds out from its pipe."""
+    deadline = time.monotonic() + timeout
+    while not all(w.gate_steps.value >= n + 2 for w, n in workers) and time.monotonic() < deadline:
+        time.sleep(_STEP_POLL)
 
 
 def _answering(workers, timeout):

@@ -9,9 +9,11 @@ One pipe per worker, messages in order::
          kernel, options, first, piped,
          gate) ------------------------------->  attach src/dst (kept between passes);
                                                    a pair's first worker of each filter
-    gate.value = n (once the pair's first          steps += 1, waits until gate.value >= gate
-      workers have arrived: one store) ......>     (wait_gate), steps += 1;
-                                                   run band ``first``, then claim the next
+                                                   writes arrivals[filter] = gate,
+                                                   steps += 1, waits until both filters'
+                                                   arrivals or gate.value reach gate
+    gate.value = n (once both have passed, or      (wait_gate), steps += 1;
+      after _GATE_WAIT; in a finally) ........>    run band ``first``, then claim the next
     [the read end of the pass's token pipe,        band by reading a token (a band index,
      when piped: SCM_RIGHTS]                ---->  2 bytes) from the pipe, until it is empty
                                   <-------------   PassDone(filter, pid, bands) or PassFailed(error)
@@ -24,16 +26,21 @@ so no band is claimed twice; the parent cancels by emptying the pipe. A worker n
 unlinks a segment of a live parent: it attaches, computes, and closes a mapping when told
 (``_shm.Attachments``); when its parent dies, it sweeps the dead parent's segments and exits.
 ``bands_done`` is a shared counter that only this worker writes; the parent reads it for
-``Job.progress()`` without a message per band. ``gate`` is one shared int64 for all workers that
-only the parent writes: the highest pair number opened so far (a pair's once both its first
-workers have arrived, or after at most ``_pool._GATE_WAIT``). Between
-two sends the job thread may lose the GIL for milliseconds (a Streamlit script runs in the same
-process), or while B's worker still unmaps the segments of a previous image; the gate keeps A's
-first band from starting that much before B's. ``steps`` counts this worker's steps at the gate
-(only it writes it): +1 on arriving, +1 on passing. The parent opens the gate once both first
-workers have arrived, and sends a pair's other workers their passes only once both have passed
-(with more workers than CPUs, a woken one would take the CPU of a first one still at the gate,
-and that filter would start a time slice late).
+``Job.progress()`` without a message per band.
+
+The gate starts a pair's two filters together. Between two sends the job thread may lose the GIL
+for milliseconds (a Streamlit script runs in the same process), or B's worker may still unmap the
+segments of a previous image; A's first band would start that much before B's. So the first
+worker of each filter writes the pair's number into ``arrivals[filter]`` (two shared int64 of the
+engine) and waits until both slots hold it: the one that arrives second opens the way for both,
+with no message and no help from the parent, whose thread (and the GIL) stays out of that
+moment. ``gate`` is one shared int64 that only the parent writes, the highest pair number it has
+let through: its fallback when a send failed or a worker died before arriving (then the other is
+let go after ``_pool._GATE_WAIT``), and a slot overwritten by another session's pair at the same
+moment costs no more than that wait. ``steps`` counts this worker's steps at the gate (only it
+writes it): +1 on arriving, +1 on passing. The parent sends a pair's other workers their passes
+only once both first ones have passed (with more workers than CPUs, a woken one would take the
+CPU of a first one still at the gate, and that filter would start a time slice late).
 """
 
 from __future__ import annotations
@@ -118,24 +125,27 @@ class PassFailed:
 # -- the worker -------------------------------------------------------------------------------
 _ATTACHED = Attachments()
 _GATE = None  # the engine's gate (a shared int64 that only the parent writes), given to serve
+_ARRIVALS = None  # per filter, the pair number its first worker last arrived at the gate with (two int64)
 _STEPS = None  # this worker's steps at the gate: +1 arriving, +1 passing (a shared int64 only it writes)
 
 
 def spin_until(done, timeout: float) -> None:
     """Call ``done()`` until it is true or ``timeout`` seconds have passed, yielding the CPU
-    between calls: for waits shorter than waking a sleeping process (the gate's, both sides)."""
+    between calls: for waits shorter than waking a sleeping process (the gate's)."""
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:
         os.sched_yield()
 
 
-def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT) -> None:
-    """Wait until the parent has opened gate ``number`` (``gate.value >= number``), yielding the
-    CPU between looks. The first worker of each filter of a pair waits here until the other
-    filter's first worker has arrived too (the parent sees both arrive and opens the gate with
-    one store, no system call, so both first bands start together); it polls rather than sleeps,
-    because waking a sleeping process costs more than that wait."""
-    spin_until(lambda: gate.value >= number, timeout)
+def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT, arrivals=None) -> None:
+    """Wait until both filters' first workers have arrived at pair ``number`` (both
+    ``arrivals`` slots ``>= number``) or the parent has let it through (``gate.value >=
+    number``), yielding the CPU between looks: polling, not sleeping, because waking a sleeping
+    process costs more than that wait, and both first bands start within microseconds."""
+    if arrivals is None:
+        spin_until(lambda: gate.value >= number, timeout)
+    else:
+        spin_until(lambda: gate.value >= number or min(arrivals[0], arrivals[1]) >= number, timeout)
 
 
 def init(parent_pid: int) -> None:
@@ -168,11 +178,11 @@ def _orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def serve(conn, parent_pid: int, bands_done, gate=None, steps=None) -> None:
+def serve(conn, parent_pid: int, bands_done, gate=None, steps=None, arrivals=None) -> None:
     """The worker's loop: answer the parent's messages in order, until ``Stop`` (or the parent's
     end of the pipe closes: then ``_orphaned``)."""
-    global _GATE, _STEPS
-    _GATE, _STEPS = gate, steps
+    global _GATE, _STEPS, _ARRIVALS
+    _GATE, _STEPS, _ARRIVALS = gate, steps, arrivals
     init(parent_pid)
     try:
         conn.send(os.getpid())
@@ -217,9 +227,11 @@ def run_pass(conn, p: Pass, bands_done) -> PassDone | PassFailed:
     try:
         with _ATTACHED.arrays(p.src, p.dst) as (src, dst):
             if p.gate and _GATE is not None:
+                if _ARRIVALS is not None:
+                    _ARRIVALS[p.filter] = p.gate
                 if _STEPS is not None:
                     _STEPS.value += 1  # arrived: attached, every earlier message handled
-                wait_gate(_GATE, p.gate)
+                wait_gate(_GATE, p.gate, arrivals=_ARRIVALS)
                 if _STEPS is not None:
                     _STEPS.value += 1  # passed
             index = p.first

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import engine
-from engine import _shm
+from engine import _shm, _worker
 
 RNG = np.random.default_rng(99)
 
@@ -637,37 +637,68 @@ def test_a_pairs_passes_go_to_the_filters_workers_in_turn(eng, monkeypatch):
     assert sent == [(0, 0), (1, 0), (0, 1), (1, 1)]
 
 
-def test_a_pairs_first_bands_wait_at_the_gate_until_the_parent_opens_it(eng, monkeypatch):
+def test_a_pairs_first_bands_wait_for_each_other_at_the_gate_without_the_parent(eng, monkeypatch):
     """The job thread may lose the GIL for milliseconds between A's and B's first sends (a
     Streamlit script runs in the same process); A's first band waits at the gate until B's first
-    worker is there too. Here the gate opens 0.3 s late: neither first band may start before it."""
-    opened, starts = [], []
-    real_open, real_init = engine.Engine._open_gate, engine._pool._Passes.__init__  # noqa: SLF001
+    worker is there too, and the two let each other through: here B's pass goes out 0.3 s after
+    A's and the parent never opens the gate, yet neither first band starts before B's pass was
+    sent, and the pair is not held until the worker's safety valve (``GATE_TIMEOUT``, 5 s)."""
+    sent, starts = [], []
+    real_start, real_init = engine._pool._Worker.start, engine._pool._Passes.__init__  # noqa: SLF001
 
-    def late_open(self, number):
-        time.sleep(0.3)
-        opened.append(time.perf_counter())
-        real_open(self, number)
+    def start(self, message, tokens):
+        if message.filter == 1 and message.gate:
+            time.sleep(0.3)
+            sent.append(time.perf_counter())
+        return real_start(self, message, tokens)
 
     def init(self, job, workers, src, dsts, t_start):
         starts.append(t_start)
         real_init(self, job, workers, src, dsts, t_start)
 
-    monkeypatch.setattr(engine.Engine, "_open_gate", late_open)
+    opened = []
+    monkeypatch.setattr(engine._pool._Worker, "start", start)  # noqa: SLF001
     monkeypatch.setattr(engine._pool._Passes, "__init__", init)  # noqa: SLF001
-    res = eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(1, 1))
-    assert len(opened) == 1
-    for fi in (0, 1):
-        assert starts[0] + min(r.start for r in res.timeline if r.filter == fi) >= opened[0]
+    monkeypatch.setattr(engine.Engine, "_open_gate", lambda self, number: opened.append(number))
+    img = rgb(64, 40, 3)
+    res = eng.filter_pair(img, "gaussian", "sobel", processes=(1, 1))
+    assert len(sent) == 1 and len(opened) == 1
+    firsts = [starts[0] + min(r.start for r in res.timeline if r.filter == fi) for fi in (0, 1)]
+    assert min(firsts) >= sent[0]
+    assert max(firsts) - sent[0] < 0.5 * _worker.GATE_TIMEOUT
+    np.testing.assert_array_equal(res.outputs[0], eng.filter_image(img, "gaussian"))
     opened.clear()
-    eng.filter_image(rgb(64, 40, 3), "gaussian", processes=2)  # one filter: nothing to wait for
+    eng.filter_image(img, "gaussian", processes=2)  # one filter: nothing to wait for
     assert opened == []
 
 
-def test_the_gate_opens_when_both_first_workers_are_there_and_the_others_go_once_they_passed(eng, monkeypatch):
+def test_a_failed_send_lets_the_worker_waiting_at_the_gate_go_at_once(eng, monkeypatch):
+    """B's first pass fails to go out: A's first worker, already waiting at the gate, must not
+    wait for B (or until its 5 s safety valve): the job thread lets the pair through in a
+    ``finally``, the job fails fast, and the next pair is right (no message left unread)."""
+    real_start = engine._pool._Worker.start  # noqa: SLF001
+
+    def start(self, message, tokens):
+        if message.filter == 1 and message.gate:
+            raise RuntimeError("send failed (test)")
+        return real_start(self, message, tokens)
+
+    img = rgb(64, 40, 3)
+    monkeypatch.setattr(engine._pool._Worker, "start", start)  # noqa: SLF001
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="send failed"):
+        eng.filter_pair(img, "gaussian", "sobel", processes=(1, 1))
+    assert time.monotonic() - t0 < 0.5 * _worker.GATE_TIMEOUT
+    monkeypatch.undo()
+    a, b = eng.filter_pair(img, "gaussian", "sobel", processes=(1, 1))
+    np.testing.assert_array_equal(a, eng.filter_image(img, "gaussian"))
+    np.testing.assert_array_equal(b, eng.filter_image(img, "sobel"))
+
+
+def test_the_first_workers_pass_the_gate_together_and_the_others_go_once_they_passed(eng, monkeypatch):
     """Jobs of several sessions may open their gates out of order: the value never goes back (a
-    lower one would hold a later pair's workers until the safety valve). The gate opens once both
-    first workers have arrived (B's may still be unmapping the last image's segments: here it
+    lower one would hold a later pair's workers until the safety valve). The two first workers
+    pass once both have arrived (B's may still be unmapping the last image's segments: here it
     reads a long Release first); with more workers than CPUs the second round goes out once
     both are past it."""
     earlier, later = eng._gate_number(), eng._gate_number()  # noqa: SLF001
@@ -695,7 +726,7 @@ def test_the_gate_opens_when_both_first_workers_are_there_and_the_others_go_once
     eng.filter_pair(rgb(64, 40, 3), "gaussian", "sobel", processes=(2, 2))
     assert [(m.filter, m.first, bool(m.gate)) for _, m, _ in sent] == [(0, 0, True), (1, 0, True), (0, 1, False),
                                                                       (1, 1, False)]
-    assert at_open == [1, 1]  # the gate opened once both first workers were there, not before
+    assert at_open == [2, 2]  # the job thread let the pair through only once both had passed by themselves
 
 
 def test_numpy_out_is_written_and_two_d_results_keep_their_shape(eng):

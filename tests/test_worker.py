@@ -119,3 +119,18 @@ def test_wait_gate_returns_once_the_number_is_open_and_gives_up_after_its_timeou
     t0 = time.monotonic()
     _worker.wait_gate(gate, 5, timeout=0.2)  # never opened: the safety valve lets the band run
     assert time.monotonic() - t0 >= 0.2
+
+
+def test_wait_gate_lets_a_pair_through_once_both_filters_have_arrived():
+    """A pair's two first workers let each other through: both ``arrivals`` slots must hold the
+    pair's number (an older pair's number in one slot is not an arrival)."""
+    ctx = mp.get_context("spawn")
+    gate, arrivals = ctx.RawValue("q", 0), ctx.RawArray("q", 2)
+    arrivals[0], arrivals[1] = 7, 6  # B's slot still holds the last pair's number
+    t0 = time.monotonic()
+    _worker.wait_gate(gate, 7, timeout=0.2, arrivals=arrivals)
+    assert time.monotonic() - t0 >= 0.2
+    arrivals[1] = 7
+    t0 = time.monotonic()
+    _worker.wait_gate(gate, 7, timeout=30, arrivals=arrivals)
+    assert time.monotonic() - t0 < 5
