@@ -9,6 +9,7 @@ name (``pfl_<pid>_<hex>``), so the CLI's own segments are found by name.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 from engine import _shm
 
@@ -160,3 +162,14 @@ def load_in_child(path) -> tuple[str, float, int]:
                          timeout=50, cwd=ROOT, env=dict(os.environ, OPENCV_LOG_LEVEL="OFF"))
     message, figures = res.stdout.splitlines()
     return message, float(figures.split()[0]), int(figures.split()[1])
+
+
+def unprivileged(command: list) -> list:
+    """``command``, run so that file permissions apply: as root, without the capabilities that
+    let root read and write any file (``setpriv`` from util-linux); otherwise as it is."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root, whom file permissions do not stop, and setpriv (util-linux) is not "
+                    "installed to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]

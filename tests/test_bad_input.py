@@ -11,7 +11,6 @@ import base64
 import io
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from PIL import Image
 
 import engine
 from _oracle import assert_close
-from _proc import ROOT, cli_command, load_in_child, marked_env, run_cli
+from _proc import ROOT, cli_command, load_in_child, marked_env, run_cli, unprivileged
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -192,17 +191,6 @@ def test_bomb_between_the_limit_and_twice_it_is_refused_too():
         engine.load_image(png_bomb(10000, 10000))
     with pytest.raises(engine.ImageError, match=r"is 5,120 pixels, more than the limit of 5,000 pixels"):
         engine.load_image(_encode(Image.fromarray(_gradient()), "PNG"), max_pixels=5000)
-
-
-def unprivileged(command: list) -> list:
-    """``command``, run so that file permissions apply: as root, without the capabilities that
-    let root read and write any file (``setpriv`` from util-linux); otherwise as it is."""
-    if os.geteuid() != 0:
-        return command
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root, whom file permissions do not stop, and setpriv (util-linux) is not "
-                    "installed to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
-    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]
 
 
 def test_an_unreadable_file_is_an_image_error_naming_the_cause(tmp_path):

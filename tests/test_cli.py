@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import engine
+from _proc import unprivileged
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(5)
@@ -179,17 +179,6 @@ def test_usage_errors(inputs, tmp_path, case):
     assert_usage_error(res, *needles)
     assert not out.exists()
     assert not any(p.name.startswith("o.") for p in tmp_path.iterdir())
-
-
-def unprivileged(command: list) -> list:
-    """``command``, run so that file permissions apply: as root, without the capabilities that
-    let root read and write any file (``setpriv`` from util-linux); otherwise as it is."""
-    if os.geteuid() != 0:
-        return command
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root, whom file permissions do not stop, and setpriv (util-linux) is not "
-                    "installed to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
-    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]
 
 
 OUTPUT_CASES = {
