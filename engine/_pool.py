@@ -191,7 +191,7 @@ class _Worker:
     memory that only the worker writes, read by ``Job.progress()``.
     """
 
-    def __init__(self, ctx, gate, arrivals=None):
+    def __init__(self, ctx, gate, arrivals):
         self.conn, child = ctx.Pipe(duplex=True)
         self.bands_done = ctx.RawValue("q", 0)
         self.gate_steps = ctx.RawValue("q", 0)  # only the worker writes it: _Passes.send

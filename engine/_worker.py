@@ -72,8 +72,8 @@ GATE_TIMEOUT = 5.0
 class Pass:
     """Run bands of one filter: ``first``, then the pass's token pipe's (sent right after this
     message when ``piped``). ``kind``: ``"range"`` (normalize's first pass: each band's min and
-    max, no output) or ``"filter"``. ``gate``: when not 0, wait at the engine's gate until the
-    parent has opened this number before the first band (``wait_gate``)."""
+    max, no output) or ``"filter"``. ``gate``: when not 0, the pair's number: wait at the gate
+    (``wait_gate``) before the first band."""
 
     filter: int
     kind: str
@@ -137,15 +137,12 @@ def spin_until(done, timeout: float) -> None:
         os.sched_yield()
 
 
-def wait_gate(gate, number: int, timeout: float = GATE_TIMEOUT, arrivals=None) -> None:
+def wait_gate(gate, arrivals, number: int, timeout: float = GATE_TIMEOUT) -> None:
     """Wait until both filters' first workers have arrived at pair ``number`` (both
     ``arrivals`` slots ``>= number``) or the parent has let it through (``gate.value >=
     number``), yielding the CPU between looks: polling, not sleeping, because waking a sleeping
     process costs more than that wait, and both first bands start within microseconds."""
-    if arrivals is None:
-        spin_until(lambda: gate.value >= number, timeout)
-    else:
-        spin_until(lambda: gate.value >= number or min(arrivals[0], arrivals[1]) >= number, timeout)
+    spin_until(lambda: gate.value >= number or min(arrivals[0], arrivals[1]) >= number, timeout)
 
 
 def init(parent_pid: int) -> None:
@@ -178,7 +175,7 @@ def _orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def serve(conn, parent_pid: int, bands_done, gate=None, steps=None, arrivals=None) -> None:
+def serve(conn, parent_pid: int, bands_done, gate, steps, arrivals) -> None:
     """The worker's loop: answer the parent's messages in order, until ``Stop`` (or the parent's
     end of the pipe closes: then ``_orphaned``)."""
     global _GATE, _STEPS, _ARRIVALS
@@ -226,14 +223,11 @@ def run_pass(conn, p: Pass, bands_done) -> PassDone | PassFailed:
     done = []
     try:
         with _ATTACHED.arrays(p.src, p.dst) as (src, dst):
-            if p.gate and _GATE is not None:
-                if _ARRIVALS is not None:
-                    _ARRIVALS[p.filter] = p.gate
-                if _STEPS is not None:
-                    _STEPS.value += 1  # arrived: attached, every earlier message handled
-                wait_gate(_GATE, p.gate, arrivals=_ARRIVALS)
-                if _STEPS is not None:
-                    _STEPS.value += 1  # passed
+            if p.gate:  # only the engine's workers (serve) get such passes
+                _ARRIVALS[p.filter] = p.gate
+                _STEPS.value += 1  # arrived: attached, every earlier message handled
+                wait_gate(_GATE, _ARRIVALS, p.gate)
+                _STEPS.value += 1  # passed
             index = p.first
             while index is not None:
                 t0 = time.perf_counter()

@@ -111,13 +111,14 @@ def test_claim_reads_whole_tokens_and_none_when_empty():
 
 
 def test_wait_gate_returns_once_the_number_is_open_and_gives_up_after_its_timeout():
-    gate = mp.get_context("spawn").RawValue("q", 4)
+    ctx = mp.get_context("spawn")
+    gate, nobody = ctx.RawValue("q", 4), ctx.RawArray("q", 2)  # no filter has arrived
     t0 = time.monotonic()
-    _worker.wait_gate(gate, 4, timeout=30)  # open: 4 >= 4
-    _worker.wait_gate(gate, 3, timeout=30)  # an older pair's number
+    _worker.wait_gate(gate, nobody, 4, timeout=30)  # open: 4 >= 4
+    _worker.wait_gate(gate, nobody, 3, timeout=30)  # an older pair's number
     assert time.monotonic() - t0 < 5
     t0 = time.monotonic()
-    _worker.wait_gate(gate, 5, timeout=0.2)  # never opened: the safety valve lets the band run
+    _worker.wait_gate(gate, nobody, 5, timeout=0.2)  # never opened: the safety valve lets the band run
     assert time.monotonic() - t0 >= 0.2
 
 
@@ -128,9 +129,9 @@ def test_wait_gate_lets_a_pair_through_once_both_filters_have_arrived():
     gate, arrivals = ctx.RawValue("q", 0), ctx.RawArray("q", 2)
     arrivals[0], arrivals[1] = 7, 6  # B's slot still holds the last pair's number
     t0 = time.monotonic()
-    _worker.wait_gate(gate, 7, timeout=0.2, arrivals=arrivals)
+    _worker.wait_gate(gate, arrivals, 7, timeout=0.2)
     assert time.monotonic() - t0 >= 0.2
     arrivals[1] = 7
     t0 = time.monotonic()
-    _worker.wait_gate(gate, 7, timeout=30, arrivals=arrivals)
+    _worker.wait_gate(gate, arrivals, 7, timeout=30)
     assert time.monotonic() - t0 < 5
