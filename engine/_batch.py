@@ -126,18 +126,26 @@ def _tmp_path(out_path: str) -> str:
     return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _write_atomic(image, out_path: str) -> None:
-    tmp = _tmp_path(out_path)
+def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that it is never left half-written: into a temporary file
+    in the same folder (``_tmp_path``: ``sweep_temps`` finds those of a killed run), synced,
+    given ``mode`` if one is named, and renamed over ``path`` once complete."""
+    tmp = _tmp_path(path)
     try:
-        data = save_image(image, None, format="TIFF" if out_path.lower().endswith((".tif", ".tiff")) else "PNG")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out_path)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_atomic(image, out_path: str) -> None:
+    write_atomic(out_path, save_image(image, None, format="TIFF" if out_path.lower().endswith((".tif", ".tiff")) else "PNG"))
 
 
 def sweep_temps(folder: str) -> list[str]:

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import os
-import secrets
 import select
 import stat
 import sys
@@ -172,24 +171,17 @@ def _file_key(path: str):
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that it is never left half-written: into a temporary file
-    in the same folder, renamed over ``path`` once complete (what was there stays until then).
-    A symlink is followed; an existing file keeps its permissions."""
+    """Write ``data`` to ``path`` so that it is never left half-written (``_batch.write_atomic``:
+    what was there stays until the new file is complete). A symlink is followed; an existing
+    file keeps its permissions."""
+    from ._batch import write_atomic
+
     target = os.path.realpath(path)
-    folder, name = os.path.split(target)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as with open()
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    write_atomic(target, data, mode)
 
 
 def _save(array, path):
