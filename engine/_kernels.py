@@ -277,8 +277,8 @@ def check_weight_sum(weights: np.ndarray, name: str) -> None:
 def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
     """Parse a kernel typed as text.
 
-    Rows are separated by newlines or ``;``, numbers by spaces or commas; fractions such as
-    ``1/16`` and brackets (``[[1, 2], [3, 4]]``) are accepted.
+    Rows are separated by line breaks (``\\n``, ``\\r\\n`` or ``\\r``) or ``;``, numbers by
+    spaces or commas; fractions such as ``1/16`` and brackets (``[[1, 2], [3, 4]]``) are accepted.
 
     Raises
     ------
@@ -300,7 +300,8 @@ def parse_kernel(text: str, *, name: str = "custom") -> Kernel:
                          f"{MAX_KERNEL_SIDE}), got {len(text):,}")
     # "] [" and "]," end a row (as numpy prints "[[1 2] [3 4]]" on one line), other brackets go
     cleaned = re.sub(r"\]\s*,?\s*\[", ";", text).replace("],", ";").replace("[", " ").replace("]", " ")
-    rows = [r for r in re.split(r"[;\n]", cleaned) if r.strip(" \t\r,")]
+    # any line break ends a row: "\r" alone (pasted from old Mac files), "\r\n", "\u2028"...
+    rows = [r for line in cleaned.splitlines() for r in line.split(";") if r.strip(" \t,")]
     if not rows:
         raise ValueError("kernel text is empty: type rows of numbers, e.g. '1 2 1; 2 4 2; 1 2 1'")
     for token in ("nan", "inf"):
