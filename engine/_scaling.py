@@ -50,7 +50,11 @@ def amdahl_fit(processes, seconds, cpus: int) -> tuple[float, float] | None:
         return None
     a_mat = np.column_stack([np.ones_like(p), 1.0 / p])
     (a, b), *_ = np.linalg.lstsq(a_mat, t, rcond=None)
-    a, b = max(float(a), 0.0), max(float(b), 0.0)
+    if a < 0 or b < 0:  # s outside [0, 1]: the best fit with a = 0 (s = 0) or b = 0 (s = 1), not a clipped one
+        x = a_mat[:, 1]
+        bounds = [(0.0, max(float(x @ t / (x @ x)), 0.0)), (max(float(t.mean()), 0.0), 0.0)]
+        a, b = min(bounds, key=lambda ab: float(np.sum((ab[0] + ab[1] * x - t) ** 2)))
+    a, b = float(a), float(b)
     t1 = a + b
     if t1 <= 0:
         return None

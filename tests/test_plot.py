@@ -275,3 +275,14 @@ def test_measure_scaling_validates_before_any_run(eng, kwargs, error, message):
     args = {"kernel": "sobel", "engine": eng, **kwargs}
     with pytest.raises(error, match=message):
         engine.measure_scaling(np.zeros((8, 8), np.uint8), args.pop("kernel"), **args)
+
+
+@pytest.mark.parametrize("seconds, want", [
+    ([10.0, 4.0], (9.6, 0.0)),  # faster than linear: s = 0, T1 = sum(t/p) / sum(1/p^2) = 12 / 1.25
+    ([1.0, 2.0], (1.5, 1.0)),  # slower with more processes: s = 1, T1 = the mean time
+])
+def test_amdahl_fit_at_a_bound_is_the_least_squares_fit_there(seconds, want):
+    """With s held at 0 or 1 the fitted T1 is the best one for that s, not the unconstrained
+    fit's leftover term (which gave T1 = 12 and 3, above every measured time)."""
+    t1, s = engine.amdahl_fit([1, 2], seconds, cpus=2)
+    assert (t1, s) == (pytest.approx(want[0], rel=1e-12), want[1])
