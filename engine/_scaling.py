@@ -34,7 +34,14 @@ def amdahl_fit(processes, seconds, cpus: int) -> tuple[float, float] | None:
     -------
     (T1, s) or None
         The fitted one-process time and serial fraction ``s`` in [0, 1]; None with fewer than
-        two distinct effective process counts.
+        two distinct effective process counts. At ``s`` = 0 or 1 (times falling faster than
+        ``1 / p``, or rising), ``T1`` is the least-squares fit with ``s`` held there.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``cpus`` is not an integer >= 1, a process count is not one, ``seconds`` holds a
+        negative or non-finite time, or the two differ in length.
 
     Examples
     --------
@@ -44,8 +51,15 @@ def amdahl_fit(processes, seconds, cpus: int) -> tuple[float, float] | None:
     >>> round(t1, 6), round(s, 6)
     (10.0, 0.2)
     """
-    p = np.minimum(np.asarray(processes, dtype=float), cpus)
-    t = np.asarray(seconds, dtype=float)
+    _check_count("cpus", cpus)
+    p, t = np.asarray(processes, dtype=float), np.asarray(seconds, dtype=float)
+    if p.ndim != 1 or t.ndim != 1 or len(p) != len(t):
+        raise ValueError(f"processes and seconds must be 1-D and of one length, got {p.size} and {t.size}")
+    if not np.all((p >= 1) & (p == np.round(p))):  # NaN fails both
+        raise ValueError(f"processes must be integers >= 1, got {_listed(processes)}")
+    if not np.all(np.isfinite(t) & (t >= 0)):
+        raise ValueError(f"seconds must be finite and >= 0, got {_listed(seconds)}")
+    p = np.minimum(p, cpus)
     if len(np.unique(p)) < 2:
         return None
     a_mat = np.column_stack([np.ones_like(p), 1.0 / p])
@@ -76,6 +90,7 @@ class ScalingRun:
 
     ``processes`` workers, repeat number ``repeat`` (from 1), ``seconds`` of wall time, and the
     engine's phases in seconds (NaN for a backend that has none) and band count (None then).
+    A count below 1 or a time that is not finite and > 0 raises ``TypeError``/``ValueError``.
     """
 
     processes: int
@@ -85,6 +100,16 @@ class ScalingRun:
     compute: float = math.nan
     copy_out: float = math.nan
     bands: int | None = None
+
+    def __post_init__(self):
+        _check_count("processes", self.processes)
+        _check_count("repeat", self.repeat)
+        t = self.seconds
+        rule = f"seconds must be a finite number > 0 (a run's wall time), got {t!r}"
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)):
+            raise TypeError(rule)
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(rule)
 
     @classmethod
     def from_result(cls, result: JobResult, repeat: int) -> ScalingRun:
@@ -136,6 +161,7 @@ class Scaling:
         runs = tuple(self.runs)
         if not runs or not all(isinstance(r, ScalingRun) for r in runs):
             raise ValueError(f"runs must be a non-empty sequence of ScalingRun, got {self.runs!r:.80}")
+        _check_count("cpus", self.cpus)
         object.__setattr__(self, "runs", runs)
 
     @property
@@ -263,3 +289,14 @@ def _check_counts(processes, limit: int, default) -> tuple[int, ...]:
                        for p in counts)):
         raise ValueError(f"{rule}, got {list(counts)!r}")
     return tuple(int(p) for p in counts)
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _listed(values) -> str:
+    return f"{np.asarray(values).tolist()!r:.200}"

@@ -286,3 +286,33 @@ def test_amdahl_fit_at_a_bound_is_the_least_squares_fit_there(seconds, want):
     fit's leftover term (which gave T1 = 12 and 3, above every measured time)."""
     t1, s = engine.amdahl_fit([1, 2], seconds, cpus=2)
     assert (t1, s) == (pytest.approx(want[0], rel=1e-12), want[1])
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: ScalingRun(1, 1, 0.0), ValueError, r"^seconds must be a finite number > 0 \(a run's wall time\), got 0\.0$"),
+    (lambda: ScalingRun(1, 1, -1.0), ValueError, r"^seconds must be a finite number > 0 .*got -1\.0$"),
+    (lambda: ScalingRun(1, 1, math.nan), ValueError, r"^seconds must be a finite number > 0 .*got nan$"),
+    (lambda: ScalingRun(1, 1, "1"), TypeError, r"^seconds must be a finite number > 0 .*got '1'$"),
+    (lambda: ScalingRun(0, 1, 1.0), ValueError, r"^processes must be an integer >= 1, got 0$"),
+    (lambda: ScalingRun(1.5, 1, 1.0), TypeError, r"^processes must be an integer >= 1, got 1\.5$"),
+    (lambda: ScalingRun(1, 0, 1.0), ValueError, r"^repeat must be an integer >= 1, got 0$"),
+    (lambda: Scaling((ScalingRun(1, 1, 1.0),), cpus=0), ValueError, r"^cpus must be an integer >= 1, got 0$"),
+    (lambda: Scaling((ScalingRun(1, 1, 1.0),), cpus=True), TypeError, r"^cpus must be an integer >= 1, got True$"),
+])
+def test_a_run_or_sweep_that_is_no_measurement_is_refused(make, error, message):
+    """A zero time gave speedups of inf and nan (and a figure that could not set its limits);
+    0 processes or 0 CPUs divided by zero in the fit."""
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (([1, 2], [1.0], 2), ValueError, r"^processes and seconds must be 1-D and of one length, got 2 and 1$"),
+    (([0, 1], [1.0, 1.0], 2), ValueError, r"^processes must be integers >= 1, got \[0, 1\]$"),
+    (([1, 2], [1.0, math.nan], 2), ValueError, r"^seconds must be finite and >= 0, got \[1\.0, nan\]$"),
+    (([1, 2], [1.0, -1.0], 2), ValueError, r"^seconds must be finite and >= 0, got \[1\.0, -1\.0\]$"),
+    (([1, 2], [1.0, 0.5], 0), ValueError, r"^cpus must be an integer >= 1, got 0$"),
+])
+def test_amdahl_fit_bad_input_names_the_parameter(args, error, message):
+    with pytest.raises(error, match=message):
+        engine.amdahl_fit(*args[:2], cpus=args[2])
