@@ -232,8 +232,11 @@ def scaling(sweep, *, colors=None) -> Figure:
     ax_e.set_ylim(0, max(1.1, 1.05 * max(float(sc.efficiency.max()) for sc in series.values())))
     ax_e.yaxis.set_major_formatter(PercentFormatter(1.0))
     handles, labels = ax_t.get_legend_handles_labels()
-    handles += [Line2D([], [], ls="--", color=_IDEAL), Line2D([], [], ls=":", lw=1.5, color=_IDEAL)]
-    labels += ["ideal", "Amdahl's law fitted to the medians"]
+    handles.append(Line2D([], [], ls="--", color=_IDEAL))
+    labels.append("ideal")
+    if any(sc.amdahl is not None for sc in series.values()):  # no entry for a curve that is not drawn
+        handles.append(Line2D([], [], ls=":", lw=1.5, color=_IDEAL))
+        labels.append("Amdahl's law fitted to the medians")
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(_sweep_title(series.values()), fontsize=10)
     return fig

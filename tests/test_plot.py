@@ -316,3 +316,15 @@ def test_a_run_or_sweep_that_is_no_measurement_is_refused(make, error, message):
 def test_amdahl_fit_bad_input_names_the_parameter(args, error, message):
     with pytest.raises(error, match=message):
         engine.amdahl_fit(*args[:2], cpus=args[2])
+
+
+@pytest.mark.parametrize("runs", [
+    (ScalingRun(1, 1, 1.0),),  # one point
+    (ScalingRun(2, 1, 1.0), ScalingRun(4, 1, 0.9)),  # both at or past the 2 CPUs: one effective count
+])
+def test_scaling_figure_without_a_fit_has_no_amdahl_in_its_legend(runs):
+    sc = Scaling(runs, cpus=2)
+    assert sc.amdahl is None
+    fig = plot.scaling(sc)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["opencv", "ideal"]
+    assert not [line for line in fig.axes[1].lines if len(line.get_xdata()) == 60]  # no Amdahl curve drawn
