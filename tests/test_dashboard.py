@@ -1186,3 +1186,23 @@ def test_the_ui_modules_doctests_hold(name):
 
     res = doctest.testmod(importlib.import_module(f"pages._ui.{name}"), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.failed == 0, f"{res.failed} of {res.attempted} examples failed in pages/_ui/{name}.py"
+
+
+def test_the_speedup_caption_names_the_amdahl_curve_by_its_dots_and_only_when_drawn():
+    """The speedup chart draws the ideal line dashed and Amdahl's fit dotted (as engine.plot does);
+    the caption called the fit "Dashed", and named it on a one-point sweep that has no fit."""
+    def summary(counts):
+        rows = [{"backend": sweep.POOL, "implementation": "opencv", "processes": p, "repeat": 1,
+                 "seconds": 0.01 * (0.1 + 0.9 / p)} for p in counts]
+        return charts.sweep_summary(sweep.Sweep(None, "gaussian", np.zeros((1, 1, 1), np.uint8), [], 0,
+                                                runs=rows).frame(), cpus=2)
+
+    two = summary([1, 2])
+    layers = charts.speedup_chart(two, 2, 2).to_dict()["layer"]
+    dashes = {json.dumps(ly["mark"].get("strokeDash")) for ly in layers if isinstance(ly.get("mark"), dict)}
+    assert {"[5, 4]", "[2, 3]"} <= dashes  # ideal dashed, Amdahl dotted
+    text = sweep.speedup_sentence(two)
+    assert text.endswith(" Dashed grey: the ideal, speedup = processes. Dotted: Amdahl's law fitted to the "
+                         "medians, counting at most the CPUs as parallel."), text
+    one = sweep.speedup_sentence(summary([1]))
+    assert one == "**opencv** reached 1.00x on 1 process (ideal 1x). Dashed grey: the ideal, speedup = processes.", one

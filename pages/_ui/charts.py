@@ -307,7 +307,7 @@ def serial_speedups(summary: pd.DataFrame, serial_ms: float) -> pd.DataFrame:
 
 def speedup_chart(summary: pd.DataFrame, cpus: int, n_max: int, serial_ms: float | None = None,
                   serial_label: str = "") -> alt.Chart:
-    """Measured speedup, the ideal line ``y = p`` and the Amdahl fit (dashed), per backend and
+    """Measured speedup, the ideal line ``y = p`` (dashed) and the Amdahl fit (dotted), per backend and
     implementation (each against its own backend's 1 process); ``serial_ms``: the best serial
     code (labelled ``serial_label``), drawn per series as the speedup it has over that series'
     1 process (dash-dot)."""

@@ -321,8 +321,9 @@ def speedup_sentence(summary: pd.DataFrame) -> str:
                       "on any number of cores")
         parts.append(s)
     each = " Each backend is measured against its own time on 1 process." if _both(summary) else ""
-    return ("; ".join(parts) + ". Dashed: Amdahl's law fitted to the medians, counting at most the CPUs as "
-            "parallel." + each)
+    fit = (" Dotted: Amdahl's law fitted to the medians, counting at most the CPUs as parallel."
+           if summary["amdahl"].notna().any() else "")  # speedup_chart draws the fit only where there is one
+    return "; ".join(parts) + ". Dashed grey: the ideal, speedup = processes." + fit + each
 
 
 def efficiency_sentence(summary: pd.DataFrame) -> str:
