@@ -7,6 +7,8 @@ border mode means, and which OpenCV constant extrapolates it, is ``_options.BORD
 
 from __future__ import annotations
 
+import math
+
 import threading
 
 import numpy as np
@@ -192,9 +194,12 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
     elif output == "offset":
         f = np.add(f, output_offset(dtype), out=f)
     elif output == "normalize":
-        lo, hi = value_range
-        if hi > lo:
-            f = np.multiply(np.subtract(f, lo, out=f), maxval / (hi - lo), out=f)
+        lo, hi = (float(v) for v in value_range)
+        scale = maxval / (hi - lo) if hi > lo else 0.0
+        if math.isinf(scale):  # a subnormal range: (f - lo) / (hi - lo) <= 1 stays finite
+            f = np.multiply(np.divide(np.subtract(f, lo, out=f), hi - lo, out=f), maxval, out=f)
+        elif scale:
+            f = np.multiply(np.subtract(f, lo, out=f), scale, out=f)
         else:
             f[...] = 0
     np.rint(f, out=f)
@@ -204,8 +209,8 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
 
 def band_range(src, band, kernel, border, implementation):
     """``(min, max)`` of the band's float response over color channels (for ``normalize``)."""
-    acc = np.float64  # as filter_band computes it for normalize
-    f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=True)
+    acc = np.float64  # as filter_band computes it for normalize (with the rescaled kernel)
+    f = correlate_band(src, band, kernel.rescaled(), border, implementation, acc=acc, exact=True)
     f = f[:, :, : color_channels(src.shape[2])]
     return float(f.min()), float(f.max())
 
@@ -384,8 +389,12 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
         _chunked_rows(src, dst, band.start, band.stop, kernel, border, output)
     else:
         # normalize stretches the range to full scale, and any error with it: float64 from the
-        # exact weights (a response that is exactly constant must stay constant, tests/test_fuzz.py)
-        acc = np.float64 if output == "normalize" else kernel.precision(src.dtype)
+        # exact weights (a response that is exactly constant must stay constant, tests/test_fuzz.py),
+        # scaled by a power of two (``Kernel.rescaled``, as ``band_range`` does)
+        if output == "normalize":
+            kernel, acc = kernel.rescaled(), np.float64
+        else:
+            acc = kernel.precision(src.dtype)
         f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=output == "normalize")
         dst[rows, :, :nc] = map_output(np.ascontiguousarray(f[:, :, :nc]), output, src.dtype, value_range)
     if nc < src.shape[2]:

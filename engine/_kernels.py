@@ -133,6 +133,25 @@ class Kernel:
             got = self._cv[key] = np.float32 if bound <= F32_MAX_ERROR else np.float64
         return got
 
+    def rescaled(self) -> "Kernel":
+        """This kernel times the power of two that brings its largest ``|weight|`` into [1, 2)
+        (itself if it is there already, or all zeros). ``normalize`` computes with it: stretching
+        to full scale cancels any positive factor, and a power of two scales every product and
+        sum exactly; so tiny (even subnormal) weights keep all of float64's bits, and
+        ``maxval / (max - min)`` cannot overflow. Bits are the same as from the kernel itself
+        wherever its own sums neither underflow nor overflow.
+
+        >>> Kernel("tiny", [[2.0**-1070, -2.0**-1072]]).rescaled().weights.tolist()
+        [[1.0, -0.25]]
+        """
+        got = self._cv.get("rescaled")
+        if got is None:
+            top = float(np.abs(self.weights).max(initial=0.0))
+            power = 1 - math.frexp(top)[1] if top and math.isfinite(top) else 0
+            got = self if power == 0 else Kernel(self.name, np.ldexp(self.weights, power), self.description, self.source)
+            self._cv["rescaled"] = got
+        return got
+
     def opencv_weights(self, dtype) -> tuple[np.ndarray, ...]:
         """What OpenCV is called with for images of ``dtype``, in ``precision(dtype)``: the
         ``(column, row)`` factors when separable, else ``(weights,)``. float32 factors of a

@@ -32,12 +32,26 @@ def _correlate_channel(x: np.ndarray, w: np.ndarray, border: str) -> np.ndarray:
     return ndi.correlate(x, w, mode=SCIPY_MODE[border], cval=0.0)
 
 
-def correlate(image: np.ndarray, weights, border: str) -> np.ndarray:
-    """Float64 correlation of every color channel of ``image`` ((H, W) or (H, W, C))."""
-    img = image if image.ndim == 3 else image[:, :, None]
+def scale_free(weights) -> tuple[np.ndarray, int]:
+    """``(weights * 2**p, p)`` with the largest ``|weight|`` in [1, 2) (p = 0 for all zeros):
+    exact in float64."""
     w = np.asarray(weights, dtype=np.float64)
+    top = float(np.abs(w).max(initial=0.0))
+    p = 1 - int(np.frexp(top)[1]) if top else 0
+    return np.ldexp(w, p), p
+
+
+def correlate(image: np.ndarray, weights, border: str) -> np.ndarray:
+    """Float64 correlation of every color channel of ``image`` ((H, W) or (H, W, C)).
+
+    scipy.ndimage.correlate skips every weight with ``|w| <= DBL_EPSILON``: it gets the weights
+    times the power of two that makes the largest one 1 to 2 (exact), and the response is
+    scaled back."""
+    img = image if image.ndim == 3 else image[:, :, None]
+    w, p = scale_free(weights)
     nc = color_channels(img.shape[2])
-    return np.stack([_correlate_channel(img[:, :, c].astype(np.float64), w, border) for c in range(nc)], axis=-1)
+    f = np.stack([_correlate_channel(img[:, :, c].astype(np.float64), w, border) for c in range(nc)], axis=-1)
+    return np.ldexp(f, -p)
 
 
 def map_output(f: np.ndarray, output: str, dtype) -> np.ndarray:
@@ -49,6 +63,8 @@ def expected(image: np.ndarray, weights, border: str, output: str) -> np.ndarray
     """The oracle rounded to nearest, same shape and dtype as ``image`` (``assert_close`` also
     accepts the other neighbour within the tie band)."""
     img = image if image.ndim == 3 else image[:, :, None]
+    if output == "normalize":  # stretched to full scale: the kernel's scale cancels
+        weights = scale_free(weights)[0]
     res = img.copy()
     nc = color_channels(img.shape[2])
     res[:, :, :nc] = map_output(correlate(img, weights, border), output, img.dtype)
@@ -102,7 +118,7 @@ def mapped(f: np.ndarray, output: str, dtype) -> np.ndarray:
         return f + (top + 1) / 2
     if output == "normalize":
         lo, hi = f.min(), f.max()
-        return (f - lo) * (top / (hi - lo)) if hi > lo else np.zeros_like(f)
+        return (f - lo) / (hi - lo) * top if hi > lo else np.zeros_like(f)
     assert output == "clip", output
     return f
 
@@ -115,6 +131,8 @@ def assert_close(got: np.ndarray, image: np.ndarray, weights, border: str, outpu
     g = got if got.ndim == 3 else got[:, :, None]
     assert got.shape == image.shape and got.dtype == image.dtype, (got.shape, got.dtype, image.shape, image.dtype)
     nc = color_channels(img.shape[2])
+    if output == "normalize":  # stretched to full scale: the kernel's scale cancels
+        weights = scale_free(weights)[0]
     response = correlate(img, weights, border)
     m = mapped(response, output, img.dtype)
     top = float(np.iinfo(img.dtype).max)

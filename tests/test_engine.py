@@ -163,6 +163,33 @@ def test_filter_pair_into_shared_outputs(eng, count_segments):
     assert np.array_equal(outs[1], eng.filter_image(img, "sobel_y", processes=1))
 
 
+@pytest.mark.parametrize("implementation", ["opencv", "numpy", "python"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_normalize_does_not_depend_on_the_kernels_scale(eng, implementation, dtype):
+    """``normalize`` stretches the response to full scale, so a kernel times a power of two
+    (exact in float64) must give the same bits, from subnormal weights (2**-1064: each product
+    would keep a few bits, and ``maxval / (max - min)`` overflow) to huge ones."""
+    img = rgb(23, 17, 3, dtype)
+    w = np.array([[3, -8, 1], [5, 2, -7], [-1, 6, 4]]) / 16  # 4 bits each: exact at every scale below
+    want = eng.filter_image(img, w, processes=1, output="normalize", implementation=implementation)
+    assert want.min() == 0 and want.max() == np.iinfo(dtype).max
+    for power in (-1060, -1040, -1000, -300, 300, 1000):
+        scaled = np.ldexp(w, power)
+        assert np.array_equal(np.ldexp(scaled, -power), w)
+        got = eng.filter_image(img, scaled, processes=2, output="normalize", implementation=implementation)
+        assert np.array_equal(got, want), (power, int(np.abs(got.astype(int) - want).max()))
+
+
+def test_normalize_stretches_a_subnormal_range():
+    """A range ``max - min`` so small that ``maxval / (max - min)`` overflows is still stretched
+    linearly (not to 0 and 255 only)."""
+    from engine._compute import map_output
+
+    tiny = 2.0**-1074
+    got = map_output(np.array([0.0, 1.0, 2.0, 3.0]) * tiny, "normalize", np.uint8, (0.0, 3 * tiny))
+    assert got.tolist() == [0, 85, 170, 255]
+
+
 # -- the timeline and phases ----------------------------------------------------------------------
 @pytest.mark.parametrize("output", ["clip", "normalize"])
 def test_timeline_one_record_per_band(eng, output):

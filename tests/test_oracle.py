@@ -323,6 +323,26 @@ def test_the_oracle_agrees_with_numpy_pad():
         assert np.allclose(correlate(x, k, border)[:, :, 0], want), (h, w, kh, kw, border)
 
 
+def test_the_oracle_sees_tiny_weights():
+    """scipy.ndimage.correlate skips weights with |w| <= DBL_EPSILON; the oracle must not."""
+    x = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for power in (-60, -1000, -1060):
+        got = correlate(x, np.ldexp(np.array([[1.0, 0.0, -1.0]]), power), "replicate")[:, :, 0]
+        want = np.ldexp(np.pad(x.astype(float), ((0, 0), (1, 1)), mode="edge"), power)
+        assert np.array_equal(got, want[:, :-2] - want[:, 2:]), power
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("implementation", ["opencv", "numpy"])
+def test_tiny_and_huge_kernels_meet_the_oracle(eng, output, implementation):
+    """Weights far below float64's epsilon (some subnormal) and near the largest sums accepted."""
+    img = image((29, 31), 3, np.uint8, 5)
+    for power, seed in itertools.product((-1068, -1030, -200, 200, 990), (1, 2)):
+        w = np.ldexp(weights(3, 5, seed), power)
+        got = run_all_counts(eng, img, w, output=output, implementation=implementation, border="reflect")
+        assert_close(got, img, w, "reflect", output, f"2**{power}")
+
+
 # -- the module-level functions (the default engine) --------------------------------------------
 
 

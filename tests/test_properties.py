@@ -27,9 +27,10 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 DTYPES = st.sampled_from([np.uint8, np.uint16])
-#: Weights: zero, or 1e-3 <= |w| <= 8 of either sign (subnormal weights would make the
-#: response's range itself subnormal, where "normalize" has no meaningful answer).
+#: Weights: zero, or 1e-3 <= |w| <= 8 of either sign; now and then the whole kernel is scaled by a
+#: power of two (``SCALES``), down to subnormal weights and up to sums near the largest accepted.
 WEIGHT = st.one_of(st.just(0.0), st.floats(1e-3, 8.0), st.floats(-8.0, -1e-3), st.sampled_from([1.0, -1.0, 0.5, 1 / 3]))
+SCALES = st.one_of(st.just(0), st.just(0), st.just(0), st.sampled_from([-1066, -1030, -600, 600, 990]))
 
 
 @st.composite
@@ -45,7 +46,7 @@ def images(draw):
 @st.composite
 def kernels(draw):
     kh, kw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    return draw(arrays(np.float64, (kh, kw), elements=WEIGHT))
+    return np.ldexp(draw(arrays(np.float64, (kh, kw), elements=WEIGHT)), draw(SCALES))
 
 
 def well_posed(img, w, border, output) -> bool:
