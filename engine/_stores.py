@@ -135,6 +135,18 @@ def _open_source(src):
     return z
 
 
+def _location(store):
+    """Where a store's array lives, to tell two spellings of one store apart: the real path of
+    a path or of a ``zarr.Array`` on local storage (symlinks resolved), else the store object and
+    the array's path in it; None for anything else."""
+    if isinstance(store, (str, os.PathLike)):
+        return os.path.realpath(store)
+    root = getattr(getattr(store, "store", None), "root", None)
+    if root is not None:
+        return os.path.realpath(os.path.join(os.fspath(root), store.path))
+    return (id(store.store), store.path) if hasattr(store, "store") and hasattr(store, "path") else None
+
+
 def _plan(h, w, kernel, border, threads, *, band_rows=None, row_chunk=None, src_chunk=None):
     n = store_band_count(h, w, threads, band_rows=band_rows, row_chunk=row_chunk, src_chunk=src_chunk)
     return plan_bands(h, kernel.shape[0], n, wrap=BORDER[border].wraps)
@@ -215,9 +227,10 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
     img3 = request.check_image(proxy, "src")
     h, w, c = img3.shape
     shape = tuple(shape)
-    if isinstance(src, (str, os.PathLike)) and isinstance(dst, (str, os.PathLike)) and \
-            os.path.abspath(src) == os.path.abspath(dst):
-        raise ValueError(f"dst must not be the same store as src (filters read rows a band would overwrite): {os.fspath(dst)!r}")
+    where = _location(dst)
+    if where is not None and where == _location(src):
+        raise ValueError(f"dst must not be the same store as src (filters read rows a band would overwrite): "
+                         f"{where if isinstance(where, str) else dst!r}")
 
     tiff_out = _is_tiff(dst)
     if tiff_out:

@@ -480,3 +480,19 @@ def _dask_free_reference(img):
     (band,) = plan_bands(img.shape[0], 3, 1)
     filter_band(img, out, band, engine.KERNELS["sobel"], "replicate", "clip", "opencv")
     return out
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+def test_zarr_refuses_dst_that_is_src_under_another_name(tmp_path):
+    """The same store given as an array and a path, twice as one array, or through a symlink:
+    the bands would overwrite rows other bands still read, and the input would be lost."""
+    img = rand((64, 40, 3), np.uint8, 21)
+    path = str(tmp_path / "in.zarr")
+    src = zarr.create_array(path, shape=img.shape, dtype=img.dtype, chunks=(16, 40, 3))
+    src[...] = img
+    os.symlink(path, tmp_path / "link.zarr")
+    for s, d in [(src, src), (src, path), (path, zarr.open_array(path, mode="r+")), (path, str(tmp_path / "link.zarr")),
+                 (tmp_path / "in.zarr", str(tmp_path / "sub" / ".." / "in.zarr"))]:
+        with pytest.raises(ValueError, match="dst must not be the same store as src .*in.zarr"):
+            engine.filter_zarr(s, d, "gaussian", scheduler="synchronous")
+        assert np.array_equal(src[...], img)
