@@ -157,6 +157,12 @@ def _row_chunk(source) -> int | None:
     return int(chunks[0]) if chunks else None
 
 
+def _write_unit(z) -> tuple:
+    """The shape a write to ``z`` rewrites whole: its shards when sharded (its ``chunks`` are
+    then the inner chunks, and two tasks writing chunks of one shard lose each other's rows)."""
+    return tuple(getattr(z, "shards", None) or z.chunks)
+
+
 def _aligned(plan, row_chunk) -> bool:
     return all(b.start % row_chunk == 0 for b in plan)
 
@@ -210,9 +216,9 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
 
     Notes
     -----
-    Bands line up with ``dst``'s row chunks when the height allows it, and then each band's
-    task writes its own whole chunks; otherwise the bands are rechunked to ``dst``'s rows by
-    Dask before writing, so that no two tasks ever write the same chunk. A rerun after a failure
+    Bands line up with ``dst``'s row chunks (its shards, when sharded) when the height allows
+    it, and then each band's task writes its own whole chunks; otherwise the bands are rechunked
+    to ``dst``'s rows by Dask before writing, so that no two tasks ever write the same chunk. A rerun after a failure
     rewrites every band (band writes are idempotent).
     """
     request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
@@ -253,7 +259,7 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
                 plan = _plan(h, w, k, border, threads, band_rows=band_rows, src_chunk=_row_chunk(source))
                 target = zarr.create_array(os.fspath(dst), shape=shape, dtype=dtype,
                                            chunks=tuple(chunks) if chunks else (plan[0].rows, min(w, 4096)) + shape[2:])
-            row_chunk = target.chunks[0]
+            row_chunk = _write_unit(target)[0]
             plan = plan or _plan(h, w, k, border, threads, band_rows=band_rows, row_chunk=row_chunk,
                                  src_chunk=_row_chunk(source))
         sched = scheduler if client is None else None

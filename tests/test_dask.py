@@ -496,3 +496,18 @@ def test_zarr_refuses_dst_that_is_src_under_another_name(tmp_path):
         with pytest.raises(ValueError, match="dst must not be the same store as src .*in.zarr"):
             engine.filter_zarr(s, d, "gaussian", scheduler="synchronous")
         assert np.array_equal(src[...], img)
+
+
+@pytest.mark.parametrize("band_rows", [16, 24])
+def test_zarr_sharded_dst_no_shard_written_by_two_bands(eng, client, tmp_path, band_rows):
+    """A sharded dst (zarr v3): its ``chunks`` are the inner chunks, but a write rewrites the
+    whole shard. Bands that own chunks of one shard lost each other's rows."""
+    img = rand((512, 300, 3), np.uint8, 22)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, dtype=img.dtype, chunks=(64, 300, 3))
+    src[...] = img
+    want = eng.filter_image(img, "sobel", processes=2)
+    for sched in (client, "threads"):
+        dst = zarr.create_array(str(tmp_path / "out.zarr"), shape=img.shape, dtype=img.dtype, chunks=(16, 300, 3),
+                                shards=(256, 300, 3), overwrite=True)
+        engine.filter_zarr(src, dst, "sobel", scheduler=sched, band_rows=band_rows)
+        assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], want), sched
