@@ -107,11 +107,14 @@ def output_names(names) -> dict[str, str]:
 def is_complete(out_path: str, in_path: str) -> bool:
     """An output counts as done when it decodes as an image of the size ``load_image`` gives
     the input: its header's, sides swapped by an EXIF orientation of 5-8 (Pillow reads the
-    headers and, for PNG, checks every chunk's CRC without decompressing the pixels)."""
+    headers and, for PNG, checks every chunk's CRC without decompressing the pixels). Only
+    regular files (or links to them) are opened: anything else there is not done."""
     from PIL import Image
 
     from ._image import _loaded_size
 
+    if not (os.path.isfile(out_path) and os.path.isfile(in_path)):  # opening a FIFO would wait for a writer
+        return False
     try:
         with Image.open(out_path) as out:
             size = out.size

@@ -79,6 +79,28 @@ def test_a_rerun_does_not_redo_a_rotated_jpeg(tmp_path, capsys):
     assert "0 filtered, 1 already done" in capsys.readouterr().out
 
 
+
+def test_a_fifo_at_an_output_name_is_not_done_and_does_not_hang(tmp_path):
+    """``is_complete`` opened whatever had the output's name: a named pipe there blocked the run
+    for good (opening a FIFO waits for a writer) before any image was filtered."""
+    import os
+    import threading
+
+    src, out = tmp_path / "a.png", tmp_path / "out.png"
+    engine.save_image(RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8), src)
+    os.mkfifo(out)
+    answer = []
+    t = threading.Thread(target=lambda: answer.append(_batch.is_complete(str(out), str(src))), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    hung = t.is_alive()
+    if hung:  # blocked in open(): a writer that comes and goes releases it
+        with open(out, "wb"):
+            pass
+        t.join()
+    assert not hung and answer == [False]
+
+
 # -- output names ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("names", [
     ["a.gif", "a.jpg", "a.jpg.png"],
