@@ -161,6 +161,11 @@ def _check_scheduler(scheduler):
         )
     _, _, distributed = _dask()
     if isinstance(scheduler, distributed.Client) or hasattr(scheduler, "scheduler_address"):
+        status = getattr(scheduler, "status", None)
+        status = getattr(status, "name", status)  # a Client's is a str, a cluster's an enum
+        if status in ("closing", "closed", "failed"):
+            raise ValueError(f"scheduler must be a running Client or cluster; got a {type(scheduler).__name__} "
+                             f"that is {status}")
         return scheduler
     raise TypeError(
         "scheduler must be a dask.distributed.Client, a cluster, an address string, 'local', 'threads' "

@@ -511,3 +511,21 @@ def test_zarr_sharded_dst_no_shard_written_by_two_bands(eng, client, tmp_path, b
                                 shards=(256, 300, 3), overwrite=True)
         engine.filter_zarr(src, dst, "sobel", scheduler=sched, band_rows=band_rows)
         assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], want), sched
+
+
+def test_a_closed_client_or_cluster_is_refused_by_name(client, tmp_path):
+    """A closed Client gave AttributeError: 'NoneType' object has no attribute 'ncores'."""
+    from distributed import Client
+
+    img = rand((20, 20, 3), np.uint8, 23)
+    closed = Client(client.scheduler.address, set_as_default=False)
+    closed.close()
+    with pytest.raises(ValueError, match="scheduler must be a running Client or cluster; got a Client that is closed"):
+        engine.filter_image(img, "sobel", scheduler=closed)
+    with pytest.raises(ValueError, match="scheduler must be a running Client or cluster; got a Client that is closed"):
+        engine.filter_zarr(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), "sobel", scheduler=closed)
+    assert not (tmp_path / "out.zarr").exists()
+    cluster = _dask.local_cluster(1)
+    cluster.close()
+    with pytest.raises(ValueError, match="scheduler must be a running Client or cluster; got a LocalCluster that is closed"):
+        engine.filter_image(img, "sobel", scheduler=cluster)
