@@ -66,12 +66,13 @@ def _image_extensions() -> set[str]:
 
 
 def list_images(folder: str) -> tuple[list[str], int]:
-    """Image files in ``folder`` (by extension, hidden files excluded), sorted; and how many
-    other files were ignored."""
+    """Image files in ``folder`` (by extension, hidden files and folders excluded), sorted; and
+    how many other files were ignored. A broken link or a special file with an image's name is
+    listed, so that the run reports it as bad rather than leaving it out without a word."""
     exts = _image_extensions()
     images, ignored = [], 0
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or entry.is_dir():
             continue
         if os.path.splitext(entry.name)[1].lower() in exts:
             images.append(entry.name)

@@ -150,6 +150,27 @@ def test_a_pdf_in_the_folder_is_ignored_not_bad(tmp_path, capsys):
     assert "1 filtered" in text and "1 non-image file(s) ignored" in text and "report.pdf" not in text
 
 
+
+def test_an_image_name_that_is_no_regular_file_is_reported_bad_not_dropped(tmp_path, capsys):
+    """A broken link or a named pipe called ``*.png`` was left out of the listing without a word:
+    neither an image (reported bad) nor an ignored file, and the run exited 0."""
+    import os
+
+    d, out = _one_image_folder(tmp_path), tmp_path / "out"
+    os.symlink(tmp_path / "gone.png", d / "link.png")
+    os.mkfifo(d / "pipe.png")
+    os.mkfifo(d / "pipe.txt")
+    (d / "sub.png").mkdir()  # a folder is neither
+    assert _batch.list_images(str(d)) == (["a.png", "link.png", "pipe.png"], 1)
+    assert _cli.main(["batch", str(d), str(out), "--kernel", "identity", "--processes", "1"]) == 1
+    text = capsys.readouterr().out
+    assert f"link.png: skipped, bad image: image file {str(d / 'link.png')!r} does not exist" in text
+    assert f"pipe.png: skipped, bad image: image path {str(d / 'pipe.png')!r} is not a regular file: it is a " \
+           "named pipe (FIFO)" in text
+    assert "batch: 3 image(s)" in text and "1 filtered, 0 already done, 2 skipped as bad (link.png, pipe.png); " \
+           "1 non-image file(s) ignored" in text
+
+
 # -- up-front checks -------------------------------------------------------------------------------
 def _one_image_folder(tmp_path):
     d = tmp_path / "in"
