@@ -233,6 +233,7 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
     img3 = request.check_image(proxy, "src")
     h, w, c = img3.shape
     shape = tuple(shape)
+    _check_chunks(chunks, shape)
     where = _location(dst)
     if where is not None and where == _location(src):
         raise ValueError(f"dst must not be the same store as src (filters read rows a band would overwrite): "
@@ -283,6 +284,16 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
             _run_tasks(client, sched, [stores])
             if progress is not None:
                 progress(total, total)
+
+
+def _check_chunks(chunks, shape) -> None:
+    if chunks is None:
+        return
+    ok = isinstance(chunks, (tuple, list)) and len(chunks) == len(shape) and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in chunks)
+    if not ok:
+        raise ValueError(f"chunks must be {len(shape)} positive integers, one per axis of src's shape {shape}; "
+                         f"got {chunks!r}")
 
 
 def _open_dst(dst, shape, dtype):

@@ -529,3 +529,17 @@ def test_a_closed_client_or_cluster_is_refused_by_name(client, tmp_path):
     cluster.close()
     with pytest.raises(ValueError, match="scheduler must be a running Client or cluster; got a LocalCluster that is closed"):
         engine.filter_image(img, "sobel", scheduler=cluster)
+
+
+@pytest.mark.parametrize("chunks, shown", [((0, 40, 3), r"\(0, 40, 3\)"), ((16, 40), r"\(16, 40\)"),
+                                           ((16.5, 40, 3), r"\(16.5, 40, 3\)"), ("abc", "'abc'"),
+                                           ((True, 40, 3), r"\(True, 40, 3\)")])
+def test_zarr_bad_chunks_refused_before_dst_is_created(tmp_path, chunks, shown):
+    """They reached zarr.create_array (ZeroDivisionError, zarr's own messages) after it had
+    made the store: an empty dst was left behind."""
+    img = rand((64, 40, 3), np.uint8, 24)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, dtype=img.dtype, chunks=(16, 40, 3))
+    src[...] = img
+    with pytest.raises(ValueError, match=rf"chunks must be 3 positive integers, one per axis of src's shape \(64, 40, 3\); got {shown}"):
+        engine.filter_zarr(src, str(tmp_path / "out.zarr"), "sobel", scheduler="synchronous", chunks=chunks)
+    assert not (tmp_path / "out.zarr").exists()
