@@ -369,6 +369,8 @@ def filter_dask(image, kernel, *, border: str = "replicate", output: str = "clip
     """
     _, da, _ = _dask()
     x = image if isinstance(image, da.Array) else da.asarray(image)
+    if any(np.isnan(n) for n in x.shape):
+        raise ValueError(f"image must have known chunk sizes (call image.compute_chunk_sizes() first), got shape {x.shape}")
     proxy = np.lib.stride_tricks.as_strided(np.zeros(1, x.dtype), shape=x.shape, strides=(0,) * x.ndim)
     request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
     request.check_image(proxy)

@@ -543,3 +543,17 @@ def test_zarr_bad_chunks_refused_before_dst_is_created(tmp_path, chunks, shown):
     with pytest.raises(ValueError, match=rf"chunks must be 3 positive integers, one per axis of src's shape \(64, 40, 3\); got {shown}"):
         engine.filter_zarr(src, str(tmp_path / "out.zarr"), "sobel", scheduler="synchronous", chunks=chunks)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_filter_dask_unknown_chunk_sizes_refused_by_name():
+    """A Dask array whose row count is unknown (boolean indexing) raised TypeError: 'float'
+    object cannot be interpreted as an integer."""
+    import dask.array as da
+
+    x = da.from_array(rand((30, 20, 3), np.uint8, 25), chunks=(7, 20, 3))
+    x = x[x[:, 0, 0] >= 0]
+    with pytest.raises(ValueError, match=r"image must have known chunk sizes \(call image.compute_chunk_sizes\(\) "
+                                         r"first\), got shape \(nan, 20, 3\)"):
+        engine.filter_dask(x, "sobel")
+    got = engine.filter_dask(x.compute_chunk_sizes(), "sobel", band_rows=4).compute(scheduler="synchronous")
+    assert np.array_equal(got, _dask_free_reference(x.compute()))
