@@ -284,7 +284,7 @@ def filter_on_dask(image, request: FilterRequest, *, scheduler, out=None, band_r
 
     img3 = request.check_image(image)
     (k,) = request.kernels
-    o = check_out(out, img3)
+    o = check_out(out, img3, shown_shape=image.shape)
     band_rows = _check_band_rows(band_rows)
     check_choice(transport, "transport", ("auto", "shm", "tcp"))
     _check_scheduler(scheduler)

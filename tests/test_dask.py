@@ -557,3 +557,13 @@ def test_filter_dask_unknown_chunk_sizes_refused_by_name():
         engine.filter_dask(x, "sobel")
     got = engine.filter_dask(x.compute_chunk_sizes(), "sobel", band_rows=4).compute(scheduler="synchronous")
     assert np.array_equal(got, _dask_free_reference(x.compute()))
+
+
+def test_out_of_the_wrong_shape_names_the_image_shape_as_given(eng):
+    """For a 2-D image the message said the image's shape was (H, W, 1), as the pool does not."""
+    img = rand((30, 20), np.uint8, 26)
+    msg = r"out must have the image's shape \(30, 20\) and dtype uint8, got \(30, 21\) uint8"
+    with pytest.raises(ValueError, match=msg):
+        eng.filter_image(img, "sobel", processes=1, out=np.zeros((30, 21), np.uint8))
+    with pytest.raises(ValueError, match=msg):
+        engine.filter_image(img, "sobel", scheduler="synchronous", out=np.zeros((30, 21), np.uint8))
