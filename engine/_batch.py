@@ -83,7 +83,8 @@ def list_images(folder: str) -> tuple[list[str], int]:
 
 def output_names(names) -> dict[str, str]:
     """Input name -> output name, no two the same (letter case ignored). PNG and TIFF keep their
-    name; other formats become PNG (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or
+    name (the first of names that differ in letter case only: the others are named as below);
+    other formats become PNG (lossless, 16-bit, alpha): ``a.jpg`` -> ``a.png``, or
     ``a.jpg.png`` when that is taken, or ``a.jpg-2.png``, ``a.jpg-3.png``... when that is taken
     too. Names are handed out in the order given (``list_images``: sorted), so a rerun on the
     same folder gets the same names.
@@ -93,8 +94,11 @@ def output_names(names) -> dict[str, str]:
     >>> output_names(["a.gif", "a.jpg", "a.jpg.png"])
     {'a.jpg.png': 'a.jpg.png', 'a.gif': 'a.png', 'a.jpg': 'a.jpg-2.png'}
     """
-    out = {n: n for n in names if os.path.splitext(n)[1].lower() in _KEEP_EXT}
-    taken = {n.lower() for n in out}
+    out, taken = {}, set()
+    for n in names:
+        if os.path.splitext(n)[1].lower() in _KEEP_EXT and n.lower() not in taken:
+            out[n] = n
+            taken.add(n.lower())
     for n in names:
         if n in out:
             continue

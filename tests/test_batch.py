@@ -106,13 +106,26 @@ def test_a_fifo_at_an_output_name_is_not_done_and_does_not_hang(tmp_path):
     ["a.gif", "a.jpg", "a.jpg.png"],
     ["a.bmp", "a.gif", "a.jpg", "a.jpg.png", "a.jpg-2.png", "a.png"],
     ["A.JPG", "a.gif", "a.jpg", "a.JPG.png"],
+    ["A.png", "a.png", "a.png.png"],  # kept names that differ in letter case only
+    ["B.TIF", "b.tif", "b.tif.png"],
 ])
 def test_output_names_are_unique_whatever_the_inputs_are_called(names):
     out = _batch.output_names(names)
     assert sorted(out) == sorted(names)
     assert len({v.lower() for v in out.values()}) == len(names), out
     for n, v in out.items():
-        assert v == n if n.lower().endswith((".png", ".tif", ".tiff")) else v.endswith(".png")
+        if not n.lower().endswith((".png", ".tif", ".tiff")):
+            assert v.endswith(".png")
+        else:  # its own name, unless another input has it in other letter case
+            assert v == n or (v.endswith(".png") and any(m != n and m.lower() == n.lower() for m in names))
+
+
+def test_inputs_whose_names_differ_in_case_only_get_two_outputs(tmp_path):
+    """On a case-insensitive output folder (a USB stick, macOS) ``A.png`` and ``a.png`` kept their
+    names and the second output replaced the first."""
+    assert _batch.output_names(["A.png", "a.png", "a.png.png"]) == {
+        "A.png": "A.png", "a.png.png": "a.png.png", "a.png": "a.png-2.png"}
+    assert _batch.output_names(["B.TIF", "b.tif"]) == {"B.TIF": "B.TIF", "b.tif": "b.png"}
 
 
 def test_two_inputs_never_share_an_output(tmp_path, capsys):
