@@ -127,7 +127,10 @@ def _open_source(src):
     if isinstance(src, (str, os.PathLike)):
         if not os.path.exists(src):
             raise FileNotFoundError(f"src Zarr store {os.fspath(src)!r} does not exist")
-        z = zarr.open_array(os.fspath(src), mode="r")
+        try:
+            z = zarr.open_array(os.fspath(src), mode="r")
+        except (ValueError, OSError) as e:  # zarr's errors derive from these
+            raise ValueError(f"src {os.fspath(src)!r} is not a Zarr array or a .tif/.tiff file ({e})") from None
     elif isinstance(src, zarr.Array):
         z = src
     else:
@@ -299,7 +302,11 @@ def _check_chunks(chunks, shape) -> None:
 def _open_dst(dst, shape, dtype):
     import zarr
 
-    z = dst if isinstance(dst, zarr.Array) else zarr.open_array(os.fspath(dst), mode="r+")
+    try:
+        z = dst if isinstance(dst, zarr.Array) else zarr.open_array(os.fspath(dst), mode="r+")
+    except (ValueError, OSError) as e:  # zarr's errors derive from these
+        raise ValueError(f"dst {os.fspath(dst)!r} exists but is not a Zarr array ({e}); give a new path or a "
+                         f"Zarr array of src's shape and dtype") from None
     if tuple(z.shape) != tuple(shape) or np.dtype(z.dtype) != dtype:
         raise ValueError(f"dst must have src's shape {tuple(shape)} and dtype {dtype}, got {tuple(z.shape)} {z.dtype}")
     return z

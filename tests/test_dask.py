@@ -567,3 +567,21 @@ def test_out_of_the_wrong_shape_names_the_image_shape_as_given(eng):
         eng.filter_image(img, "sobel", processes=1, out=np.zeros((30, 21), np.uint8))
     with pytest.raises(ValueError, match=msg):
         engine.filter_image(img, "sobel", scheduler="synchronous", out=np.zeros((30, 21), np.uint8))
+
+
+def test_zarr_paths_that_are_not_zarr_arrays_are_named(tmp_path):
+    """A dst path that is a plain file raised FileExistsError: [Errno 17] File exists; a folder
+    or a Zarr group gave zarr's messages, which named neither src nor dst."""
+    img = rand((16, 8, 3), np.uint8, 27)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, dtype=img.dtype, chunks=(8, 8, 3))
+    src[...] = img
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "folder").mkdir()
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    for name in ("notes.txt", "folder", "group.zarr"):
+        p = str(tmp_path / name)
+        with pytest.raises(ValueError, match=f"dst {p!r} exists but is not a Zarr array"):
+            engine.filter_zarr(src, p, "sobel", scheduler="synchronous")
+        with pytest.raises(ValueError, match=f"src {p!r} is not a Zarr array"):
+            engine.filter_zarr(p, str(tmp_path / "out.zarr"), "sobel", scheduler="synchronous")
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "out.zarr").exists()
