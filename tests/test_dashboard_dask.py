@@ -135,3 +135,15 @@ def test_dask_jobs_queue_on_one_cluster_and_cancel_before_they_run(dask_cluster,
     after = dc.submit(img, "sobel", 2).result()
     assert after.workers == 2 == dc.workers()
     assert np.array_equal(after.output, app_engine.filter_image(img, "sobel", processes=2))
+
+
+def test_a_cluster_whose_client_closed_is_rebuilt(dask_cluster, app_engine):
+    """``validate`` looked at the cluster alone: with its Client closed (the scheduler's
+    connection lost) every later Dask run of every session failed until the server restarted."""
+    img = np.random.default_rng(5).integers(0, 256, (64, 64, 1), dtype=np.uint8)
+    dc = cluster.get_cluster()
+    dc.client.close()
+    fresh = cluster.get_cluster()
+    assert fresh is not dc and not dc.alive()
+    run = fresh.submit(img, "sobel", 1).result()
+    assert np.array_equal(run.output, app_engine.filter_image(img, "sobel", processes=1))

@@ -21,8 +21,8 @@ cluster for all sessions, so a job owns it from ``scale`` to the end of its run.
 the cluster is not interrupted by Cancel: its bands write into a segment the engine reuses, and
 cancelling Dask futures under ``engine.filter_image`` could leave a task writing into it after
 the call returned. Runs are short at the page's sizes (well under a second for opencv), so
-Cancel waits at most that long. A worker that dies is replaced by its nanny (see docs/scale-out.md); a cluster that
-closed is rebuilt on the next use (``validate``).
+Cancel waits at most that long. A worker that dies is replaced by its nanny (see docs/scale-out.md); a cluster, or
+its Client, that closed is rebuilt on the next use (``validate``).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class DaskCluster:
         atexit.register(self.close)
 
     def alive(self) -> bool:
-        return not self._closed and self.cluster.status.name == "running"
+        return not self._closed and self.cluster.status.name == "running" and self.client.status == "running"
 
     def workers(self) -> int:
         return len(self.client.nthreads())
