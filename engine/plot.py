@@ -87,6 +87,7 @@ def results(image: np.ndarray, outputs, *, titles=None, max_side: int = MAX_SIDE
     >>> [ax.get_title() for ax in fig.axes], fig.axes[0].images[0].get_clim()
     (['original', 'halved'], (0.0, 65535.0))
     """
+    _check_max_side(max_side)
     panels, default = _outputs(image, outputs)
     names = _titles(titles, default, len(panels))
     fig = Figure(figsize=_results_size(panels[0], len(panels)), layout="constrained")
@@ -148,6 +149,7 @@ def pair(image: np.ndarray, result, *, titles=None, max_side: int = MAX_SIDE) ->
     >>> len(fig.subfigs), len(fig.axes)
     (2, 4)
     """
+    _check_max_side(max_side)
     panels, default = _outputs(image, result)
     names = _titles(titles, default, len(panels))
     records, kernel_names = _records(result, None)
@@ -280,9 +282,11 @@ def _outputs(image, outputs) -> tuple[list[np.ndarray], list[str]]:
     if hasattr(outputs, "outputs") and hasattr(outputs, "timeline"):  # a JobResult
         arrays = list(outputs.outputs)
         default = ["original"] + [_pair_title(outputs, i) for i in range(len(arrays))]
-    else:
+    elif isinstance(outputs, np.ndarray) or (hasattr(outputs, "__iter__") and not isinstance(outputs, (str, bytes))):
         arrays = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
         default = ["original"] + [f"result {i + 1}" for i in range(len(arrays))]
+    else:
+        raise TypeError(f"outputs must be an array, a sequence of arrays or a JobResult, got {type(outputs).__name__}")
     if not arrays:
         raise ValueError("outputs must hold at least one array, got none")
     panels = [img]
@@ -305,9 +309,16 @@ def _pair_title(result, i: int) -> str:
 def _titles(titles, default: list[str], n: int) -> list[str]:
     if titles is None:
         return default
-    if isinstance(titles, str) or len(titles) != n:
+    if isinstance(titles, str) or not hasattr(titles, "__len__") or len(titles) != n:
         raise ValueError(f"titles must be {n} strings (the original's, then each output's), got {titles!r}")
     return [str(t) for t in titles]
+
+
+def _check_max_side(max_side) -> None:
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)):
+        raise TypeError(f"max_side must be an integer >= 1, got {max_side!r}")
+    if max_side < 1:
+        raise ValueError(f"max_side must be an integer >= 1, got {max_side!r}")
 
 
 def _results_size(image: np.ndarray, n: int) -> tuple[float, float]:

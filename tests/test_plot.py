@@ -96,6 +96,23 @@ def test_results_bad_input_names_the_parameter(outputs, titles, error, message):
         plot.results(np.zeros((8, 8), np.uint8), outputs, titles=titles)
 
 
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"outputs": None}, TypeError, r"^outputs must be an array, a sequence of arrays or a JobResult, got NoneType$"),
+    ({"outputs": 5}, TypeError, r"^outputs must be an array, a sequence of arrays or a JobResult, got int$"),
+    ({"titles": 5}, ValueError, r"^titles must be 2 strings \(the original's, then each output's\), got 5$"),
+    ({"titles": (t for t in "ab")}, ValueError, r"^titles must be 2 strings .*got <generator"),
+    ({"max_side": 0}, ValueError, r"^max_side must be an integer >= 1, got 0$"),
+    ({"max_side": "big"}, TypeError, r"^max_side must be an integer >= 1, got 'big'$"),
+])
+def test_results_arguments_of_the_wrong_kind_name_the_parameter(kwargs, error, message):
+    """They raised Python's own words ("'NoneType' object is not iterable", "object of type 'int'
+    has no len()"), or drew a 1x1 picture for max_side=0."""
+    args = {"outputs": [np.zeros((8, 8), np.uint8)], **kwargs}
+    with pytest.raises(error, match=message):
+        plot.results(np.zeros((8, 8), np.uint8), args.pop("outputs"), **args)
+
+
 def test_results_bad_image_names_the_image():
     with pytest.raises(ValueError, match="image must be 2-D"):
         plot.results(np.zeros((2, 2, 2, 2), np.uint8), [np.zeros((2, 2, 2, 2), np.uint8)])
