@@ -118,7 +118,7 @@ def timeline(result, *, kernel_names=None) -> Figure:
     Raises
     ------
     TypeError
-        ``result`` has no ``timeline``.
+        ``result`` has no ``timeline``, or ``kernel_names`` is not a sequence.
     ValueError
         The timeline is empty.
 
@@ -185,7 +185,7 @@ def scaling(sweep, *, colors=None) -> Figure:
     Raises
     ------
     TypeError
-        ``sweep`` is not a ``Scaling`` or a non-empty mapping of them.
+        ``sweep`` is not a ``Scaling`` or a non-empty mapping of them, or ``colors`` is not a mapping.
 
     Examples
     --------
@@ -195,6 +195,8 @@ def scaling(sweep, *, colors=None) -> Figure:
     ['Time', 'Speedup', 'Efficiency']
     """
     series = _series(sweep)
+    if colors is not None and not isinstance(colors, Mapping):
+        raise TypeError(f"colors must be a mapping of series label to colour, got {type(colors).__name__}")
     colors = dict(colors or {})
     for i, label in enumerate(series):
         colors.setdefault(label, SERIES_COLORS[i % len(SERIES_COLORS)])
@@ -359,7 +361,9 @@ def _records(result, kernel_names):
         raise ValueError("result.timeline is empty: there are no bands to draw")
     if kernel_names is None:
         kernel_names = [k.name for k in getattr(result, "kernels", ())]
-    return list(records), list(kernel_names)
+    elif isinstance(kernel_names, str) or not hasattr(kernel_names, "__iter__"):
+        raise TypeError(f"kernel_names must be a sequence of str, got {type(kernel_names).__name__}")
+    return list(records), [str(n) for n in kernel_names]
 
 
 def _timeline_height(records) -> float:

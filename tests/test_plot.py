@@ -345,3 +345,13 @@ def test_scaling_figure_without_a_fit_has_no_amdahl_in_its_legend(runs):
     fig = plot.scaling(sc)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["opencv", "ideal"]
     assert not [line for line in fig.axes[1].lines if len(line.get_xdata()) == 60]  # no Amdahl curve drawn
+
+
+
+def test_scaling_colors_and_timeline_names_of_the_wrong_kind_name_the_parameter(pair_run):
+    """They raised "dictionary update sequence element #0 has length 3" and "'int' object is not
+    iterable"."""
+    with pytest.raises(TypeError, match=r"^colors must be a mapping of series label to colour, got list$"):
+        plot.scaling(_sweep(), colors=["red"])
+    with pytest.raises(TypeError, match=r"^kernel_names must be a sequence of str, got int$"):
+        plot.timeline(pair_run[1], kernel_names=5)
