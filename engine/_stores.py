@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._bands import plan_bands, store_band_count, take_rows
-from ._dask import _check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session, _stack
+from ._dask import _LOCAL_SCHEDULERS, _check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session, _stack
 from ._dask_worker import block_range, filter_block, global_range
 from ._options import BORDER
 from ._request import FilterRequest
@@ -188,8 +188,9 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
         it must be on storage they share with the caller.
     dst : str, os.PathLike or zarr.Array
         The output: a Zarr path (created with ``src``'s shape and dtype when missing, else it
-        must match them), a ``zarr.Array``, or a ``.tif``/``.tiff`` path (written tiled,
-        256x256, by the caller). Never the same store as ``src``.
+        must match them), a ``zarr.Array`` (in memory only with 'threads', 'synchronous' or
+        None: cluster workers cannot write into it), or a ``.tif``/``.tiff`` path (written
+        tiled, 256x256, by the caller). Never the same store as ``src``.
     kernel, border, output, implementation
         As in ``engine.filter_image``; results are bit-identical to it.
     scheduler : Client, cluster, str or None
@@ -249,6 +250,11 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
             raise FileNotFoundError(f"dst folder {folder!r} does not exist")
     elif not isinstance(dst, (str, os.PathLike, zarr.Array)):
         raise TypeError(f"dst must be a path (Zarr or .tif/.tiff) or a zarr.Array, got {type(dst).__name__}")
+    elif isinstance(dst, zarr.Array) and isinstance(dst.store, zarr.storage.MemoryStore) and \
+            scheduler is not None and scheduler not in _LOCAL_SCHEDULERS:
+        raise ValueError("dst is a zarr.Array in memory (a MemoryStore): the cluster's workers would write into "
+                         "copies of it, and it would stay empty; give a path on storage they share, or "
+                         "scheduler='threads' or 'synchronous'")
 
     with _session(scheduler) as client:
         threads = _cluster_threads(client)

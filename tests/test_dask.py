@@ -585,3 +585,22 @@ def test_zarr_paths_that_are_not_zarr_arrays_are_named(tmp_path):
         with pytest.raises(ValueError, match=f"src {p!r} is not a Zarr array"):
             engine.filter_zarr(p, str(tmp_path / "out.zarr"), "sobel", scheduler="synchronous")
     assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "out.zarr").exists()
+
+
+def test_zarr_in_memory_dst_refused_on_a_cluster(eng, client):
+    """Workers write into their own unpickled copies of a MemoryStore: the call returned and
+    dst stayed all zeros. The threaded schedulers share the caller's memory and keep working."""
+    img = rand((64, 30, 3), np.uint8, 28)
+    src = zarr.array(img, chunks=(16, 30, 3))
+
+    def memory_dst():
+        return zarr.create_array(zarr.storage.MemoryStore(), shape=img.shape, dtype=img.dtype, chunks=(16, 30, 3))
+
+    with pytest.raises(ValueError, match="dst is a zarr.Array in memory .*MemoryStore.*the cluster's workers would "
+                                         "write into copies of it"):
+        engine.filter_zarr(src, memory_dst(), "sobel", scheduler=client)
+    want = eng.filter_image(img, "sobel", processes=2)
+    for sched in ("threads", "synchronous", None):
+        dst = memory_dst()
+        engine.filter_zarr(src, dst, "sobel", scheduler=sched)
+        assert np.array_equal(dst[...], want), sched
