@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._pool import JobResult, _wait, default_engine
+from ._pool import Engine, JobResult, _wait, default_engine
 from ._request import FilterRequest
 
 __all__ = ["ScalingRun", "Scaling", "measure_scaling", "amdahl_fit", "amdahl_speedup"]
@@ -259,6 +259,8 @@ def measure_scaling(image: np.ndarray, kernel, *, processes=None, repeats: int =
     >>> [(r.processes, r.repeat) for r in sc.runs]
     [(1, 1), (2, 1)]
     """
+    if engine is not None and not isinstance(engine, Engine):
+        raise TypeError(f"engine must be an engine.Engine or None, got {type(engine).__name__}")
     eng = engine if engine is not None else default_engine()
     request = FilterRequest([kernel], border=border, output=output, implementation=implementation)
     img = request.check_image(image)

@@ -287,6 +287,7 @@ def test_measure_scaling_runs_every_count_repeats_times(eng):
     ({"repeats": 0}, ValueError, "repeats must be an integer >= 1, got 0"),
     ({"border": "nearest"}, ValueError, "border"),
     ({"kernel": "blurry"}, ValueError, "'blurry' is not a known kernel"),
+    ({"engine": "local"}, TypeError, r"^engine must be an engine\.Engine or None, got str$"),
 ])
 def test_measure_scaling_validates_before_any_run(eng, kwargs, error, message):
     args = {"kernel": "sobel", "engine": eng, **kwargs}
