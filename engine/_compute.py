@@ -207,6 +207,16 @@ def map_output(f: np.ndarray, output: str, dtype, value_range=None) -> np.ndarra
     return f.astype(dtype)
 
 
+def resolved_range(value_range, kernel: Kernel, dtype):
+    """``normalize``'s ``(min, max)``, or ``(min, min)`` (every output 0) when the whole range
+    lies within the float64 rounding error of the sums, ``taps * 2**-52 * maxval * sum |w|``:
+    such a response (0.1 + 0.2 - 0.3 times a pixel) cannot be told from a constant one, and
+    stretching it would show each implementation's rounding noise at full scale."""
+    lo, hi = (float(v) for v in value_range)
+    noise = kernel.weights.size * 2.0**-52 * float(np.iinfo(dtype).max) * float(np.abs(kernel.weights).sum())
+    return (lo, lo) if hi - lo <= noise else (lo, hi)
+
+
 def band_range(src, band, kernel, border, implementation):
     """``(min, max)`` of the band's float response over color channels (for ``normalize``)."""
     acc = np.float64  # as filter_band computes it for normalize (with the rescaled kernel)
@@ -393,6 +403,7 @@ def filter_band(src, dst, band, kernel, border, output, implementation, *, value
         # scaled by a power of two (``Kernel.rescaled``, as ``band_range`` does)
         if output == "normalize":
             kernel, acc = kernel.rescaled(), np.float64
+            value_range = resolved_range(value_range, kernel, src.dtype)
         else:
             acc = kernel.precision(src.dtype)
         f = correlate_band(src, band, kernel, border, implementation, acc=acc, exact=output == "normalize")

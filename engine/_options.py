@@ -88,7 +88,8 @@ BORDERS = {b.name: b.text for b in BORDER_TABLE}
 OUTPUTS = {
     "clip": "round to nearest and clip to the dtype's range: negative responses become black",
     "abs": "absolute value, then clip: edges of both signs show bright",
-    "normalize": "stretch the whole result's min..max to the full range (a constant result gives 0)",
+    "normalize": "stretch the whole result's min..max to the full range (a constant result gives 0, as does a "
+                 "range within float64's rounding error)",
     "offset": "add half the range (128 or 32768), then clip: zero is mid-gray, signs show as dark/light",
 }
 #: Implementation -> one-line explanation: what computes each band.

@@ -54,9 +54,9 @@ def correlate(image: np.ndarray, weights, border: str) -> np.ndarray:
     return np.ldexp(f, -p)
 
 
-def map_output(f: np.ndarray, output: str, dtype) -> np.ndarray:
+def map_output(f: np.ndarray, output: str, dtype, weights) -> np.ndarray:
     """Float responses -> integers of ``dtype``: round half to even, clip (after the mapping)."""
-    return np.clip(np.rint(mapped(f, output, dtype)), 0, float(np.iinfo(dtype).max)).astype(dtype)
+    return np.clip(np.rint(mapped(f, output, dtype, weights)), 0, float(np.iinfo(dtype).max)).astype(dtype)
 
 
 def expected(image: np.ndarray, weights, border: str, output: str) -> np.ndarray:
@@ -67,7 +67,7 @@ def expected(image: np.ndarray, weights, border: str, output: str) -> np.ndarray
         weights = scale_free(weights)[0]
     res = img.copy()
     nc = color_channels(img.shape[2])
-    res[:, :, :nc] = map_output(correlate(img, weights, border), output, img.dtype)
+    res[:, :, :nc] = map_output(correlate(img, weights, border), output, img.dtype, weights)
     return res if image.ndim == 3 else res[:, :, 0]
 
 
@@ -108,8 +108,10 @@ def error_bound(dtype, weights, output: str, response: np.ndarray) -> float:
     return bound + 1e-9  # the oracle's own float64 rounding
 
 
-def mapped(f: np.ndarray, output: str, dtype) -> np.ndarray:
-    """Float responses after the output mapping, before rounding and clipping."""
+def mapped(f: np.ndarray, output: str, dtype, weights) -> np.ndarray:
+    """Float responses after the output mapping, before rounding and clipping. ``normalize``
+    counts a range within the float64 rounding error of the sums (``taps * 2**-52 * top * sum
+    |w|``) as a constant response: no float64 computation resolves it."""
     top = float(np.iinfo(dtype).max)
     f = np.array(f, dtype=np.float64)
     if output == "abs":
@@ -117,8 +119,10 @@ def mapped(f: np.ndarray, output: str, dtype) -> np.ndarray:
     if output == "offset":
         return f + (top + 1) / 2
     if output == "normalize":
+        w = np.asarray(weights, dtype=np.float64)
         lo, hi = f.min(), f.max()
-        return (f - lo) / (hi - lo) * top if hi > lo else np.zeros_like(f)
+        flat = hi - lo <= w.size * 2.0**-52 * top * np.abs(w).sum()
+        return np.zeros_like(f) if flat else (f - lo) / (hi - lo) * top
     assert output == "clip", output
     return f
 
@@ -134,7 +138,7 @@ def assert_close(got: np.ndarray, image: np.ndarray, weights, border: str, outpu
     if output == "normalize":  # stretched to full scale: the kernel's scale cancels
         weights = scale_free(weights)[0]
     response = correlate(img, weights, border)
-    m = mapped(response, output, img.dtype)
+    m = mapped(response, output, img.dtype, weights)
     top = float(np.iinfo(img.dtype).max)
     eps = error_bound(img.dtype, weights, output, response)
     lo = np.clip(np.floor(m - eps + 0.5), 0, top)  # every rounding of a value within eps of m

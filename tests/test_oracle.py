@@ -311,6 +311,17 @@ def test_normalize_of_a_constant_result_is_zero(eng, implementation, dtype):
                 assert np.array_equal(got[..., 3], img[..., 3])
 
 
+@pytest.mark.parametrize("implementation", list(engine.IMPLEMENTATIONS))
+def test_normalize_of_a_range_below_float64_resolution_is_zero(eng, implementation):
+    """0.1 + 0.2 - 0.3 is 5.6e-17 in float64: on a 1-pixel-wide image the response is that times
+    each pixel, a range far inside the rounding error of the sums (``taps * 2**-52 * maxval *
+    sum |w|``). No float implementation resolves it, so normalize gives 0, not stretched noise."""
+    for shape, w in (((40, 1), [[0.1, 0.2, -0.3]]), ((1, 40), [[0.1], [0.2], [-0.3]]),
+                     ((40, 1), [[1 / 3, 1 / 3, 1 / 3, -1.0]])):
+        got = run_all_counts(eng, image(shape, 3, np.uint8, 7), w, output="normalize", implementation=implementation)
+        assert not got.any(), (w, np.unique(got))
+
+
 def test_the_oracle_agrees_with_numpy_pad():
     """The oracle's scipy modes are the borders the issue names (checked against numpy.pad)."""
     rng = np.random.default_rng(0)
