@@ -215,6 +215,18 @@ def _cluster_threads(client, workers=None) -> int:
     return max(1, sum((client.nthreads() if workers is None else workers).values()))
 
 
+def _workers(client):
+    """``client.nthreads()`` (None without a client); a cluster without workers is refused:
+    scatter and compute would wait for one forever."""
+    if client is None:
+        return None
+    workers = client.nthreads()
+    if not workers:
+        raise ValueError(f"scheduler has no workers ({client.scheduler.address}); start some (cluster.scale(n)) "
+                         f"or wait for them (client.wait_for_workers(n)) first")
+    return workers
+
+
 def _worker_error(exc):
     return WorkerError(
         f"a Dask worker died while running this job, and the task was retried until Dask's "
@@ -291,7 +303,7 @@ def filter_on_dask(image, request: FilterRequest, *, scheduler, out=None, band_r
     h, w, c = img3.shape
     result = o if o is not None else np.empty(img3.shape, img3.dtype)
     with _session(scheduler) as client:
-        workers = client.nthreads() if client is not None else None
+        workers = _workers(client)
         threads = _cluster_threads(client, workers)
         hosts = _dask_shm.shared_memory_hosts(client, workers) if client is not None and transport != "tcp" else None
         if transport == "shm" and hosts is None:

@@ -29,7 +29,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ._bands import plan_bands, store_band_count, take_rows
-from ._dask import _LOCAL_SCHEDULERS, _check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session, _stack
+from ._dask import (_LOCAL_SCHEDULERS, _check_band_rows, _check_scheduler, _cluster_threads, _dask, _run_tasks, _session,
+                    _stack, _workers)
 from ._dask_worker import block_range, filter_block, global_range
 from ._options import BORDER
 from ._request import FilterRequest
@@ -257,7 +258,7 @@ def filter_zarr(src, dst, kernel, *, scheduler=None, border: str = "replicate", 
                          "scheduler='threads' or 'synchronous'")
 
     with _session(scheduler) as client:
-        threads = _cluster_threads(client)
+        threads = _cluster_threads(client, _workers(client))
         if tiff_out:
             target, row_chunk = None, _TIFF_TILE
             plan = _plan(h, w, k, border, threads, band_rows=band_rows, row_chunk=row_chunk, src_chunk=_row_chunk(source))

@@ -604,3 +604,35 @@ def test_zarr_in_memory_dst_refused_on_a_cluster(eng, client):
         dst = memory_dst()
         engine.filter_zarr(src, dst, "sobel", scheduler=sched)
         assert np.array_equal(dst[...], want), sched
+
+
+def test_a_cluster_without_workers_is_refused_instead_of_hanging(tmp_path):
+    """scatter and compute wait for a worker forever: the call never returned."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    img = rand((20, 20, 3), np.uint8, 29)
+    src = zarr.array(img, store=str(tmp_path / "in.zarr"), chunks=(10, 20, 3))
+    msg = r"scheduler has no workers \(tcp://127.0.0.1:\d+\); start some \(cluster.scale\(n\)\) or wait for them"
+    with LocalCluster(n_workers=0, dashboard_address=":0", silence_logs=40) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        for call in (lambda: engine.filter_image(img, "sobel", scheduler=c),
+                     lambda: engine.filter_zarr(src, str(tmp_path / "out.zarr"), "sobel", scheduler=c)):
+            box = {}
+
+            def run(call=call, box=box):
+                try:
+                    call()
+                except BaseException as e:  # noqa: BLE001
+                    box["error"] = e
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            t.join(30)
+            hung = t.is_alive()
+            if hung:
+                c.cancel(list(c.futures.values()), force=True)
+            assert not hung, "the call did not return in 30 s"
+            with pytest.raises(ValueError, match=msg):
+                raise box["error"]
