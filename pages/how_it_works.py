@@ -49,7 +49,6 @@ colors = explain.worker_colors(workers)
 cols = st.columns(2, gap="large")
 for col, letter, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
     bands = plans[letter]
-    top, bottom = (bands[0].halo_top or bands[-1].halo_top), (bands[0].halo_bottom or bands[-1].halo_bottom)
     with col:
         st.markdown(f"**Filter {letter}: {k.name}** ({k.shape[0]}x{k.shape[1]}) on {p} process{'es' if p > 1 else ''}: "
                     f"{len(bands)} band{'s' if len(bands) > 1 else ''}")
@@ -58,7 +57,9 @@ for col, letter, k, p in ((cols[0], "A", ka, pa), (cols[1], "B", kb, pb)):
         st.caption(
             f"Tint = the worker that ran the band (grey stripes before a run); red = halo rows: a "
             f"{k.shape[0]}-row kernel reads {k.shape[0] // 2} row(s) above and "
-            f"{k.shape[0] - 1 - k.shape[0] // 2} below each output row. "
+            f"{k.shape[0] - 1 - k.shape[0] // 2} below each output row"
+            + (" (wrap: above the first band it reads the image's last rows, below the last band its first). "
+               if border == "wrap" else ". ")
             + ("Workers are the ones the last run used." if same else
                "Which worker takes which band is decided at run time (the first free one); run the lab to see it.")
         )

@@ -428,6 +428,24 @@ def test_how_it_works_shows_the_plan_the_flow_and_the_five_filters(at, eng):
     assert any("identical to the original" in c.value for c in at.caption)
 
 
+def test_band_picture_draws_wrap_halos_where_the_rows_come_from():
+    """With ``wrap`` the first band's halo above is the image's last rows, the last band's halo
+    below its first rows: the picture tints those red (it tinted the top rows for both)."""
+    img = np.zeros((100, 60), np.uint8)
+    red = lambda pic, y: int(pic[y, 30, 0]) - int(pic[y, 30, 1]) > 60  # noqa: E731
+    for border, bottom_red in (("wrap", True), ("replicate", False)):
+        bands = engine.plan_bands(100, 5, 2, wrap=border == "wrap")
+        assert [explain.halo_rows(b, 100) for b in bands] == (
+            [[(98, 100), (50, 52)], [(48, 50), (0, 2)]] if bottom_red else [[(50, 52)], [(48, 50)]])
+        pic = explain.bands_on_image(img, bands, {}, {})
+        assert red(pic, pic.shape[0] - 1) is bottom_red and red(pic, 0) is bottom_red, border
+        assert red(pic, pic.shape[0] // 2 - 3) and not red(pic, pic.shape[0] // 4), border  # halo 48-50
+        chart = charts.band_plan_chart(charts.band_plan_frame({"A": bands}, {}), 100, {}).layer[0].data
+        halos = chart[chart["part"] == "halo rows"]
+        assert sorted(zip(halos["y"], halos["y2"])) == sorted(r for b in bands for r in explain.halo_rows(b, 100))
+        assert ("wrap: the image's last rows" in " ".join(halos["tip"])) is bottom_red
+
+
 @pytest.mark.parametrize(("page", "title"), [("lab.py", "Filter lab"), ("scaling.py", "Scaling"),
                                              ("how_it_works.py", "How it works")])
 def test_each_page_also_runs_on_its_own(page, title):

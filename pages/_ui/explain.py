@@ -50,6 +50,23 @@ def workers_from_timeline(timeline: pd.DataFrame, letter: str) -> dict[int, str]
     return {int(b): f"pid {int(p)}" for b, p in zip(t["band"], t["pid"])}
 
 
+def halo_rows(band, height: int) -> list[tuple[int, int]]:
+    """The image rows ``[lo, hi)`` a band reads beyond its own: with ``wrap`` the rows above the
+    first band are the image's last ones, and those below the last band its first ones.
+
+    >>> from engine import plan_bands
+    >>> [halo_rows(b, 10) for b in plan_bands(10, 5, 2, wrap=True)]
+    [[(8, 10), (5, 7)], [(3, 5), (0, 2)]]
+    """
+    out = []
+    for lo, hi in ((band.start - band.halo_top, band.start), (band.stop, band.stop + band.halo_bottom)):
+        for shift in (height, 0, -height):  # rows before the first, in the image, after the last
+            a, b = max(lo + shift, 0), min(hi + shift, height)
+            if a < b:
+                out.append((a, b))
+    return out
+
+
 def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: dict[str, tuple[int, int, int]],
                    max_side: int = 520) -> np.ndarray:
     """The image (display version) with each band tinted by its worker (alternating grey tints when
@@ -65,9 +82,7 @@ def bands_on_image(image: np.ndarray, bands, workers: dict[int, str], colors: di
         tint[y0:y1] = colors[key] if key in colors else ((70, 80, 90) if b.index % 2 else (150, 160, 170))
     out = disp * 0.7 + tint * 0.3
     for b in bands:
-        for lo, hi in ((b.start - b.halo_top, b.start), (b.stop, b.stop + b.halo_bottom)):
-            if hi <= lo:
-                continue
+        for lo, hi in halo_rows(b, h):
             y0, y1 = int(np.floor(lo * s)), int(np.ceil(hi * s))
             if y1 - y0 < 2:
                 y1 = y0 + 2
