@@ -34,7 +34,8 @@ segments of a previous image; A's first band would start that much before B's. S
 worker of each filter writes the pair's number into ``arrivals[filter]`` (two shared int64 of the
 engine) and waits until both slots hold it: the one that arrives second opens the way for both,
 with no message and no help from the parent, whose thread (and the GIL) stays out of that
-moment. ``gate`` is one shared int64 that only the parent writes, the highest pair number it has
+moment; the first to arrive keeps its CPU for up to ``GATE_HOLD`` while it waits, so that it is
+on a CPU when the other arrives. ``gate`` is one shared int64 that only the parent writes, the highest pair number it has
 let through: its fallback when a send failed or a worker died before arriving (then the other is
 let go after ``_pool._GATE_WAIT``), and a slot overwritten by another session's pair at the same
 moment costs no more than that wait. ``steps`` counts this worker's steps at the gate (only it
@@ -59,12 +60,15 @@ from ._kernels import Kernel
 from ._shm import Attachments, SegmentRef, sweep_owner
 
 __all__ = ["Pass", "Release", "Stop", "BandDone", "PassDone", "PassFailed", "serve", "run_pass", "claim", "empty",
-           "wait_gate", "spin_until", "TOKEN_BYTES", "GATE_TIMEOUT"]
+           "wait_gate", "spin_until", "TOKEN_BYTES", "GATE_TIMEOUT", "GATE_HOLD"]
 
 TOKEN_BYTES = 2  # a band index in a token pipe, little-endian: up to 65536 bands a filter
 #: Longest wait at the gate. A safety valve only (the parent opens the gate in a ``finally``):
 #: a band that starts without the gate computes the same bits, just not at the same moment.
 GATE_TIMEOUT = 5.0
+#: A first worker at the gate polls without yielding its CPU for this long, then yields between
+#: looks (``wait_gate``).
+GATE_HOLD = 0.005
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -129,20 +133,31 @@ _ARRIVALS = None  # per filter, the pair number its first worker last arrived at
 _STEPS = None  # this worker's steps at the gate: +1 arriving, +1 passing (a shared int64 only it writes)
 
 
-def spin_until(done, timeout: float) -> None:
-    """Call ``done()`` until it is true or ``timeout`` seconds have passed, yielding the CPU
-    between calls: for waits shorter than waking a sleeping process (the gate's)."""
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
-        os.sched_yield()
+def spin_until(done, timeout: float, *, hold: float = 0.0) -> None:
+    """Call ``done()`` until it is true or ``timeout`` seconds have passed: for waits shorter
+    than waking a sleeping process (the gate's). For the first ``hold`` seconds it keeps the
+    CPU; after that it yields the CPU between calls."""
+    start = time.monotonic()
+    deadline, held = start + timeout, start + min(hold, timeout)
+    while not done():
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if now >= held:
+            os.sched_yield()
 
 
-def wait_gate(gate, arrivals, number: int, timeout: float = GATE_TIMEOUT) -> None:
+def wait_gate(gate, arrivals, number: int, timeout: float = GATE_TIMEOUT, hold: float = GATE_HOLD) -> None:
     """Wait until both filters' first workers have arrived at pair ``number`` (both
     ``arrivals`` slots ``>= number``) or the parent has let it through (``gate.value >=
-    number``), yielding the CPU between looks: polling, not sleeping, because waking a sleeping
-    process costs more than that wait, and both first bands start within microseconds."""
-    spin_until(lambda: gate.value >= number or min(arrivals[0], arrivals[1]) >= number, timeout)
+    number``). Polling, not sleeping: waking a sleeping process costs more than the wait.
+
+    For ``hold`` seconds it polls without yielding: a worker that yields while the other is on
+    its way lets a browser's or server's thread onto its CPU and, once the other arrives,
+    starts when the scheduler gives the CPU back, a time slice late (docs/benchmarks.md, the
+    start gap). Past ``hold`` it yields, so that a late partner waiting for this very CPU is not
+    kept off it for long."""
+    spin_until(lambda: gate.value >= number or min(arrivals[0], arrivals[1]) >= number, timeout, hold=hold)
 
 
 def init(parent_pid: int) -> None:

@@ -106,3 +106,22 @@ def test_where_time_goes_quick_leaves_no_segment():
     assert "| kernel | job wall ms | bare 2 processes ms | job / bare | OpenCV best, 1 thread ms |" in out
     assert out.count("| random_5x5 |") >= 9 and "CPU: " in out
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+def test_start_gap_with_busy_processes_leaves_none_behind():
+    """benchmarks/start_gap.py --busy runs its busy processes only while it measures."""
+    import uuid
+
+    from _proc import marked_env, wait_gone
+
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "start_gap.py"), "--size", "64", "--jobs", "4", "--warm", "1",
+         "--busy", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked_env(mark),
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    rows = [line for line in out.splitlines() if line.startswith("| 64² RGB")]
+    assert [r.split(" | ")[2:5] for r in rows] == [["1 + 1", "2", "3"], ["2 + 2", "2", "3"]]
+    assert wait_gone(mark, proc.pid) == ([], [])  # no busy process, no worker, no segment

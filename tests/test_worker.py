@@ -122,6 +122,21 @@ def test_wait_gate_returns_once_the_number_is_open_and_gives_up_after_its_timeou
     assert time.monotonic() - t0 >= 0.2
 
 
+def test_the_gate_holds_the_cpu_first_then_yields(monkeypatch):
+    """A first worker keeps its CPU while the other is on its way (``hold``), then yields it."""
+    yields = []
+    monkeypatch.setattr(_worker.os, "sched_yield", lambda: yields.append(time.monotonic()))
+    ctx = mp.get_context("spawn")
+    gate, arrivals = ctx.RawValue("q", 0), ctx.RawArray("q", 2)
+    t0 = time.monotonic()
+    _worker.wait_gate(gate, arrivals, 1, timeout=0.05, hold=0.02)
+    assert time.monotonic() - t0 >= 0.05
+    assert yields and min(yields) - t0 >= 0.02  # none while held, then yielding between looks
+    yields.clear()
+    _worker.wait_gate(gate, arrivals, 1, timeout=0.02, hold=1.0)  # held for the whole wait
+    assert not yields
+
+
 def test_wait_gate_lets_a_pair_through_once_both_filters_have_arrived():
     """A pair's two first workers let each other through: both ``arrivals`` slots must hold the
     pair's number (an older pair's number in one slot is not an arrival)."""
