@@ -8,7 +8,6 @@ border mode means, and which OpenCV constant extrapolates it, is ``_options.BORD
 from __future__ import annotations
 
 import math
-
 import threading
 
 import numpy as np
@@ -24,6 +23,7 @@ __all__ = [
     "map_output",
     "filter_band",
     "band_range",
+    "resolved_range",
     "route",
     "routes",
 ]

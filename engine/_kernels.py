@@ -148,8 +148,9 @@ class Kernel:
         if got is None:
             top = float(np.abs(self.weights).max(initial=0.0))
             power = 1 - math.frexp(top)[1] if top and math.isfinite(top) else 0
-            got = self if power == 0 else Kernel(self.name, np.ldexp(self.weights, power), self.description, self.source)
-            self._cv["rescaled"] = got
+            if power == 0:
+                return self  # not cached: the cache would hold the kernel itself
+            got = self._cv["rescaled"] = Kernel(self.name, np.ldexp(self.weights, power), self.description, self.source)
         return got
 
     def opencv_weights(self, dtype) -> tuple[np.ndarray, ...]:

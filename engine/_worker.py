@@ -35,13 +35,14 @@ worker of each filter writes the pair's number into ``arrivals[filter]`` (two sh
 engine) and waits until both slots hold it: the one that arrives second opens the way for both,
 with no message and no help from the parent, whose thread (and the GIL) stays out of that
 moment; the first to arrive keeps its CPU for up to ``GATE_HOLD`` while it waits, so that it is
-on a CPU when the other arrives. ``gate`` is one shared int64 that only the parent writes, the highest pair number it has
-let through: its fallback when a send failed or a worker died before arriving (then the other is
-let go after ``_pool._GATE_WAIT``), and a slot overwritten by another session's pair at the same
-moment costs no more than that wait. ``steps`` counts this worker's steps at the gate (only it
-writes it): +1 on arriving, +1 on passing. The parent sends a pair's other workers their passes
-only once both first ones have passed (with more workers than CPUs, a woken one would take the
-CPU of a first one still at the gate, and that filter would start a time slice late).
+on a CPU when the other arrives. ``gate`` is one shared int64 that only the parent writes, the
+highest pair number it has let through: its fallback when a send failed or a worker died before
+arriving (then the other is let go after ``_pool._GATE_WAIT``), and a slot overwritten by another
+session's pair at the same moment costs no more than that wait. ``steps`` counts this worker's
+steps at the gate (only it writes it): +1 on arriving, +1 on passing. The parent sends a pair's
+other workers their passes only once both first ones have passed (with more workers than CPUs, a
+woken one would take the CPU of a first one still at the gate, and that filter would start a
+time slice late).
 """
 
 from __future__ import annotations
