@@ -375,10 +375,12 @@ def test_a_job_waits_for_busy_workers_then_runs(eng):
     assert first.state() == "running", "the small job waited for the big one"
     second = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=2)  # needs two: waits
     third = eng.submit(rgb(40, 40), engine.FilterRequest(["sobel"]), processes=1)  # FIFO: waits behind the second
-    samples = 0
+    samples, total = 0, first.progress()[1]
     while first.state() == "running":
         states = (second.state(), third.state())
-        if first.state() == "running":
+        # read after the states: bands still to do means first held its workers while they were read
+        # (its state stays "running" while it hands them back, and second may start meanwhile)
+        if first.progress()[0] < total:
             assert states == ("waiting", "waiting") and second.progress()[0] == 0
             samples += 1
         time.sleep(0.01)
