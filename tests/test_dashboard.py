@@ -444,6 +444,12 @@ def test_band_picture_draws_wrap_halos_where_the_rows_come_from():
         halos = chart[chart["part"] == "halo rows"]
         assert sorted(zip(halos["y"], halos["y2"])) == sorted(r for b in bands for r in explain.halo_rows(b, 100))
         assert ("wrap: the image's last rows" in " ".join(halos["tip"])) is bottom_red
+    # one band over the whole image: under wrap it reads its own last rows above and first rows below
+    (whole,) = engine.plan_bands(100, 5, 1, wrap=True)
+    chart = charts.band_plan_chart(charts.band_plan_frame({"A": (whole,)}, {}), 100, {}).layer[0].data
+    assert sorted(chart[chart["part"] == "halo rows"]["tip"]) == [
+        "halo rows 0–1, read below band 0 (wrap: the image's first rows)",
+        "halo rows 98–99, read above band 0 (wrap: the image's last rows)"]
 
 
 @pytest.mark.parametrize(("page", "title"), [("lab.py", "Filter lab"), ("scaling.py", "Scaling"),

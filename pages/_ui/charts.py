@@ -422,14 +422,14 @@ def band_plan_chart(df: pd.DataFrame, height: int, segments: dict[str, str],
         bx1 = bx0 + half - 0.1
         reads = f"band {b.band} of {b.filter} reads rows {b.read_start}–{b.read_stop - 1}"
         rects.append(_rect(bx0, bx1, b.start, b.stop, "rows it writes", reads))
-        for lo, hi in explain.halo_rows(b, height):  # wrap: the other edge's rows
-            tip = f"halo rows {lo}–{hi - 1}, read {'above' if hi <= b.start else 'below'} band {b.band}"
-            if not b.start - b.halo_top <= lo < hi <= b.stop + b.halo_bottom:  # across the image from its band
-                tip = (f"halo rows {lo}–{hi - 1}, read {'above' if lo >= b.stop else 'below'} band {b.band} "
-                       f"(wrap: the image's {'last' if lo >= b.stop else 'first'} rows)")
-            if hi - lo < min_h:  # grown away from the band's own rows (or into the image)
-                lo, hi = (lo, lo + min_h) if lo in (0, b.stop) else (hi - min_h, hi)
-            rects.append(_rect(bx0, bx1, lo, hi, "halo rows", tip))
+        for side, lo0, hi0 in explain.halo_sides(b):
+            for lo, hi in explain.image_rows(lo0, hi0, height):  # wrap: the other edge's rows
+                tip = f"halo rows {lo}–{hi - 1}, read {side} band {b.band}"
+                if (lo, hi) != (lo0, hi0):
+                    tip += f" (wrap: the image's {'last' if side == 'above' else 'first'} rows)"
+                if hi - lo < min_h:  # grown away from the band's own rows (or into the image)
+                    lo, hi = (lo, lo + min_h) if lo in (0, b.stop) else (hi - min_h, hi)
+                rects.append(_rect(bx0, bx1, lo, hi, "halo rows", tip))
         rects.append(_rect(*lanes[f"output {b.filter}"], b.start, b.stop, b.worker,
                            f"band {b.band}: rows {b.rows} → {b.worker}", label=f"band {b.band}"))
     rdf = pd.DataFrame(rects)

@@ -58,12 +58,23 @@ def halo_rows(band, height: int) -> list[tuple[int, int]]:
     >>> [halo_rows(b, 10) for b in plan_bands(10, 5, 2, wrap=True)]
     [[(8, 10), (5, 7)], [(3, 5), (0, 2)]]
     """
+    return [r for side in halo_sides(band) for r in image_rows(*side[1:], height)]
+
+
+def halo_sides(band) -> tuple[tuple[str, int, int], ...]:
+    """``(("above", lo, hi), ("below", lo, hi))``: the rows a band reads beyond its own, as row
+    numbers that may lie outside the image (``wrap``)."""
+    return ("above", band.start - band.halo_top, band.start), ("below", band.stop, band.stop + band.halo_bottom)
+
+
+def image_rows(lo: int, hi: int, height: int) -> list[tuple[int, int]]:
+    """Rows ``[lo, hi)`` as the image's rows: those before the first are its last ones, and those
+    after the last its first ones (``wrap``; other borders never read outside the image)."""
     out = []
-    for lo, hi in ((band.start - band.halo_top, band.start), (band.stop, band.stop + band.halo_bottom)):
-        for shift in (height, 0, -height):  # rows before the first, in the image, after the last
-            a, b = max(lo + shift, 0), min(hi + shift, height)
-            if a < b:
-                out.append((a, b))
+    for shift in (height, 0, -height):  # rows before the first, in the image, after the last
+        a, b = max(lo + shift, 0), min(hi + shift, height)
+        if a < b:
+            out.append((a, b))
     return out
 
 
