@@ -145,19 +145,12 @@ def _check_output(label: str, path: str, source: str) -> None:
         raise UsageError(f"output folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{label} {path!r} is a folder, not a file")
-    if _same_file(path, source):
+    if os.path.exists(source) and _file_key(path) == _file_key(source):  # the same inode
         raise UsageError(f"{label} {path!r} is the input file: write to another file (the input would be lost)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"output folder {folder!r} is not writable (permission denied)")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{label} {path!r} is read-only (permission denied)")
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):  # one does not exist (yet)
-        return False
 
 
 def _file_key(path: str):
