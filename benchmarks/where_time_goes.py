@@ -86,20 +86,16 @@ def _band_kernel_rows(cv, img, dst, shm_src, shm_dst, k, rounds) -> list:
     return rows
 
 
-def _bare_worker(conn, names, shape, half, weights) -> None:
-    """One process of ``BareProcesses``: rows ``half`` of the shared input, per message."""
-    import cv2
-
-    cv2.setNumThreads(1)
+def _bare_worker(conn, names, shape, half, kernel) -> None:
+    """One process of ``BareProcesses``: OpenCV best on rows ``half`` of the shared input, per message."""
+    cv = OpenCV()
+    cv.cv2.setNumThreads(1)
     segs = [shared_memory.SharedMemory(name=n) for n in names]
     src, dst = (np.ndarray(shape, np.uint8, s.buf) for s in segs)
     lo, hi = half
     try:
         while conn.recv():
-            if len(weights) == 2:
-                cv2.sepFilter2D(src[lo:hi], -1, weights[1], weights[0], dst=dst[lo:hi], borderType=cv2.BORDER_REPLICATE)
-            else:
-                cv2.filter2D(src[lo:hi], -1, weights[0], dst=dst[lo:hi], borderType=cv2.BORDER_REPLICATE)
+            cv.best(src[lo:hi], kernel, dst[lo:hi])
             conn.send(True)
     finally:
         del src, dst
@@ -119,7 +115,7 @@ class BareProcesses:
         for lo, hi in ((0, h // 2), (h // 2, h)):
             mine, theirs = ctx.Pipe()
             p = ctx.Process(target=_bare_worker, daemon=True, args=(
-                theirs, [s.name for s in self.segs], img.shape, (lo, hi), kernel.opencv_weights(img.dtype)))
+                theirs, [s.name for s in self.segs], img.shape, (lo, hi), kernel))
             p.start()
             self.conns.append(mine)
             self.procs.append(p)
